@@ -1,0 +1,3 @@
+from fp8demo.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,252 @@
+"""python -m fp8demo: the dashboard's engine and store, from a terminal.
+
+    train    queue a comparison (defaults: the Keras example), show progress, print results
+    runs     every run in the store
+    show     one run: config, status, metrics, float8 layers and their final scales
+    predict  positive probability of texts under a finished run's model
+    worker   the training process (started for you by train and the dashboard)
+"""
+
+import argparse
+import json
+import sys
+import time
+
+from fp8demo.config import ConfigError, PRESETS, TrainConfig, preset
+from fp8demo.store import ENDED, Store, StoreError
+
+# CLI flag → TrainConfig field.
+TRAIN_FLAGS = {
+    "data": "data", "subset": "subset", "epochs": "epochs", "batch_size": "batch_size",
+    "vocab_size": "vocab_size", "seq_len": "seq_len", "hidden_dim": "hidden_dim",
+    "heads": "heads", "intermediate_dim": "intermediate_dim", "dropout": "dropout", "lr": "lr",
+    "seed": "seed", "precision": "precisions", "vocab_method": "vocab_method",
+    "quantize_head": "quantize_head",
+}
+
+
+class CliError(Exception):
+    pass
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="python -m fp8demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train a comparison (default: the Keras example)")
+    train.add_argument("--preset", choices=list(PRESETS), help="start from a preset")
+    defaults = TrainConfig()
+    for flag, field in TRAIN_FLAGS.items():
+        default = getattr(defaults, field)
+        shown = ",".join(default) if isinstance(default, tuple) else default
+        train.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="X",
+                           help=f"(default {shown!r})")
+    train.add_argument("--no-wait", action="store_true", help="queue and return at once")
+    train.add_argument("--json", action="store_true", help="print the final results as JSON")
+
+    runs = commands.add_parser("runs", help="list every run")
+    runs.add_argument("--json", action="store_true")
+
+    show = commands.add_parser("show", help="show one run")
+    show.add_argument("run")
+    show.add_argument("--json", action="store_true")
+
+    predict = commands.add_parser("predict", help="predict with a finished run's model")
+    predict.add_argument("run")
+    predict.add_argument("texts", nargs="+")
+    predict.add_argument("--json", action="store_true")
+
+    cancel = commands.add_parser("cancel", help="cancel a queued or running run")
+    cancel.add_argument("run")
+
+    commands.add_parser("worker", help="run the queue (started automatically)")
+    return parser.parse_args(argv)
+
+
+# -- train ---------------------------------------------------------------------------------
+
+
+def config_from_args(args) -> TrainConfig:
+    given = {TRAIN_FLAGS[f]: getattr(args, f) for f in TRAIN_FLAGS if getattr(args, f) is not None}
+    typed = TrainConfig.from_strings(given)
+    base = preset(args.preset) if args.preset else TrainConfig()
+    import dataclasses
+
+    chosen = {k: getattr(typed, k) for k in given}
+    return dataclasses.replace(base, **chosen).validate()
+
+
+def progress_line(run) -> str:
+    total = run["total_steps"] or 0
+    done = run["step"] or 0
+    width = 24
+    filled = int(width * done / total) if total else 0
+    bar = "█" * filled + "·" * (width - filled)
+    parts = [f"run {run['id']:>3} {run['precision']:<7} [{bar}] {done}/{total or '?'}",
+             f"epoch {run['epoch']}/{run['config'].epochs}", run["phase"]]
+    if run["steps_per_sec"]:
+        parts.append(f"{run['steps_per_sec']:.1f} steps/s")
+    if run["eta"] is not None and run["status"] == "running":
+        parts.append(f"ETA {run['eta']:.0f}s")
+    return "  ".join(parts)
+
+
+def results_table(runs) -> str:
+    header = f"{'precision':<10}{'status':<12}{'test acc':>10}{'test loss':>11}{'fit s':>9}{'steps/s':>9}"
+    lines = [header, "-" * len(header)]
+    for r in runs:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
+        fit = f"{r['fit_seconds']:.1f}" if r["fit_seconds"] is not None else "-"
+        rate = f"{r['steps_per_sec']:.1f}" if r["steps_per_sec"] is not None else "-"
+        lines.append(f"{r['precision']:<10}{r['status']:<12}{acc:>10}{loss:>11}{fit:>9}{rate:>9}")
+        if r["error"]:
+            lines.append(f"    {r['error']}")
+    return "\n".join(lines)
+
+
+def cmd_train(args, store: Store) -> int:
+    from fp8demo import worker
+
+    config = config_from_args(args)
+    comparison_id = worker.launch(config, store)
+    run_ids = [r["id"] for r in store.runs(comparison_id)]
+    print(f"comparison {comparison_id}: runs {', '.join(map(str, run_ids))} queued "
+          f"(store {store.home})", flush=True)
+    if args.no_wait:
+        return 0
+    interactive = sys.stdout.isatty()
+    last_lines, last_print = {}, 0.0
+    try:
+        while True:
+            worker.supervise(store)
+            runs = store.runs(comparison_id)
+            for run in runs:
+                line = progress_line(run)
+                key = (run["phase"], run["status"])
+                # On a terminal redraw; in a log print phase changes and every 10 s.
+                if interactive or last_lines.get(run["id"]) != key or time.time() - last_print > 10:
+                    if run["status"] == "running" or last_lines.get(run["id"]) != key:
+                        print(line, flush=True)
+                    last_lines[run["id"]] = key
+            if time.time() - last_print > 10:
+                last_print = time.time()
+            if all(r["status"] in ENDED for r in runs):
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print("\ncancelling …", flush=True)
+        store.cancel_comparison(comparison_id)
+        return 130
+    runs = store.runs(comparison_id)
+    if args.json:
+        print(json.dumps([run_json(r) for r in runs], indent=2))
+    else:
+        print()
+        print(results_table(runs))
+        by_precision = {r["precision"]: r for r in runs}
+        if {"bf16", "fp8"} <= set(by_precision) and all(
+                by_precision[p]["test_accuracy"] is not None for p in ("bf16", "fp8")):
+            diff = by_precision["fp8"]["test_accuracy"] - by_precision["bf16"]["test_accuracy"]
+            print(f"\nfp8 − bf16 test accuracy: {diff * 100:+.2f} points")
+    return 0 if all(r["status"] == "finished" for r in runs) else 1
+
+
+# -- runs, show, predict ----------------------------------------------------------------
+
+
+RUN_FIELDS = ("id", "comparison_id", "precision", "status", "phase", "worker_pid", "epoch",
+              "step", "total_steps", "test_accuracy", "test_loss", "fit_seconds",
+              "steps_per_sec", "samples_per_sec", "params", "device", "error")
+
+
+def run_json(run) -> dict:
+    return {k: run[k] for k in RUN_FIELDS}
+
+
+def cmd_runs(args, store: Store) -> int:
+    from fp8demo import worker
+
+    worker.supervise(store)
+    runs = store.runs()
+    if args.json:
+        print(json.dumps([run_json(r) for r in runs], indent=2))
+        return 0
+    print(f"{'run':>4} {'cmp':>4} {'precision':<9} {'status':<12} {'pid':>7} {'epoch':>5} "
+          f"{'step':>6} {'test acc':>9}")
+    for r in runs:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        print(f"{r['id']:>4} {r['comparison_id']:>4} {r['precision']:<9} {r['status']:<12} "
+              f"{r['worker_pid'] or '-':>7} {r['epoch']:>5} {r['step']:>6} {acc:>9}")
+    if not runs:
+        print("(no runs yet: python -m fp8demo train)")
+    return 0
+
+
+def cmd_show(args, store: Store) -> int:
+    run = store.run(args.run)
+    summary = run["summary"]
+    layers = summary.get("fp8_layers", [])
+    after = summary.get("fp8_after") or summary.get("fp8_before") or {}
+    detail = {
+        **run_json(run),
+        "config": run["config"].to_dict(),
+        "epochs": store.epoch_metrics(run["id"]),
+        "float8_layers": [{**layer, "scales": {role: v["scale"] for role, v in
+                                               after.get(layer["name"], {}).items()}}
+                          for layer in layers],
+    }
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    for key in RUN_FIELDS:
+        if detail[key] is not None:
+            print(f"{key:>16}: {detail[key]}")
+    print(f"{'config':>16}: {json.dumps(detail['config'])}")
+    for e in detail["epochs"]:
+        print(f"{'epoch ' + str(e['epoch'] + 1):>16}: loss {e['loss']:.4f} acc {e['accuracy']:.4f} "
+              f"val_loss {e['val_loss'] or float('nan'):.4f} val_acc {e['val_accuracy'] or float('nan'):.4f}")
+    if layers:
+        print(f"{'float8 layers':>16}: {len(layers)}")
+        for layer in detail["float8_layers"]:
+            scales = "  ".join(f"{role}_scale={v:.3g}" for role, v in layer["scales"].items())
+            print(f"  {layer['name']:<44} {layer['policy']:<28} {scales}")
+    return 0
+
+
+def cmd_predict(args, store: Store) -> int:
+    from fp8demo.predict import load_run
+
+    loaded = load_run(store, args.run)
+    probabilities = loaded.predict(args.texts)
+    rows = [{"text": t, "positive_probability": float(p)} for t, p in zip(args.texts, probabilities)]
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        for row in rows:
+            label = "positive" if row["positive_probability"] >= 0.5 else "negative"
+            print(f"{row['positive_probability']:.4f}  {label:<8}  {row['text'][:70]}")
+    return 0
+
+
+def main(argv=None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    from fp8demo.data import DataError
+    from fp8demo.predict import PredictError
+
+    try:
+        store = Store()
+        if args.command == "worker":
+            from fp8demo import worker
+
+            return worker.main(store)
+        if args.command == "cancel":
+            status = store.request_cancel(args.run)
+            print(f"run {args.run}: cancel requested (was {status})")
+            return 0
+        return {"train": cmd_train, "runs": cmd_runs, "show": cmd_show,
+                "predict": cmd_predict}[args.command](args, store)
+    except (ConfigError, StoreError, DataError, PredictError, CliError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,188 @@
+"""One training configuration: the Keras example's hyperparameters, validated in one place.
+
+The same dataclass is serialised into the run store, the dashboard's URL and the CLI flags.
+"""
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+PRECISIONS = ("bf16", "fp8", "float32")
+VOCAB_METHODS = ("keras", "fast")
+RESERVED_TOKENS = ("[PAD]", "[UNK]")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be trained; the message says what to change."""
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    # Training, as the example: adam, binary cross-entropy, batch 32, 3 epochs.
+    epochs: int = 3
+    batch_size: int = 32
+    lr: float = 1e-3  # adam's default, which the example uses
+    seed: int = 42
+    # Tokenizer.
+    vocab_size: int = 20000
+    seq_len: int = 200
+    # "keras": compute_word_piece_vocabulary as the example (about 100 s on the full data);
+    # "fast": the Hugging Face WordPiece trainer (seconds).
+    vocab_method: str = "keras"
+    # Model.
+    hidden_dim: int = 32
+    heads: int = 2
+    intermediate_dim: int = 32
+    dropout: float = 0.1
+    # The example quantizes every Dense, the sigmoid head included.
+    quantize_head: bool = True
+    # Which precisions one launch trains, in order.
+    precisions: tuple = ("bf16", "fp8")
+    # Data: "" = the cached or downloaded archive; otherwise a local archive or folder.
+    data: str = ""
+    # Reviews per split (train, validation, test), half positive and half negative; 0 = all.
+    subset: int = 0
+
+    def errors(self) -> list[str]:
+        """Every problem with this configuration, as sentences a user can act on."""
+        problems = []
+
+        def check_int(name, low, high):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                problems.append(f"{name} must be a whole number, got {value!r}.")
+                return False
+            if not low <= value <= high:
+                problems.append(f"{name} must be between {low:,} and {high:,}, got {value:,}.")
+                return False
+            return True
+
+        check_int("epochs", 1, 1000)
+        check_int("batch_size", 1, 65536)
+        check_int("seed", 0, 2**31 - 1)
+        check_int("vocab_size", 64, 1_000_000)
+        check_int("seq_len", 4, 32768)
+        hidden_ok = check_int("hidden_dim", 1, 65536)
+        heads_ok = check_int("heads", 1, 256)
+        check_int("intermediate_dim", 1, 262144)
+        check_int("subset", 0, 1_000_000)
+        if hidden_ok and heads_ok and self.hidden_dim % self.heads:
+            problems.append(
+                f"hidden_dim ({self.hidden_dim}) must be divisible by heads ({self.heads}): "
+                "each attention head gets hidden_dim / heads dimensions."
+            )
+        for name, low, high in (("dropout", 0.0, 1.0), ("lr", 0.0, 10.0)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+                problems.append(f"{name} must be a number, got {value!r}.")
+        if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
+            problems.append(f"dropout must be in [0, 1), got {self.dropout}.")
+        if isinstance(self.lr, (int, float)) and not 0.0 < self.lr <= 10.0:
+            problems.append(f"lr must be greater than 0 (and at most 10), got {self.lr}.")
+        if self.vocab_method not in VOCAB_METHODS:
+            problems.append(
+                f"vocab_method must be one of {', '.join(VOCAB_METHODS)}, got {self.vocab_method!r}."
+            )
+        precisions = tuple(self.precisions)
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            problems.append(
+                f"Unknown precision {', '.join(map(str, unknown))}: choose from {', '.join(PRECISIONS)}."
+            )
+        elif not precisions:
+            problems.append("Choose at least one precision (bf16, fp8 or float32).")
+        elif len(set(precisions)) != len(precisions):
+            problems.append("Each precision may appear only once.")
+        if not isinstance(self.data, str):
+            problems.append("data must be a path (text).")
+        if not isinstance(self.quantize_head, bool):
+            problems.append("quantize_head must be true or false.")
+        return problems
+
+    def validate(self) -> "TrainConfig":
+        problems = self.errors()
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return self
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["precisions"] = list(self.precisions)
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """Build from a dict of already-typed values; unknown keys are an error."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ConfigError(f"Unknown setting(s): {', '.join(unknown)}.")
+        values = dict(values)
+        if "precisions" in values:
+            p = values["precisions"]
+            values["precisions"] = tuple(p.split(",")) if isinstance(p, str) else tuple(p)
+        return cls(**values)
+
+    @classmethod
+    def from_strings(cls, values: dict) -> "TrainConfig":
+        """Build from text values (URL query parameters, CLI flags), with clear messages.
+
+        Values that do not parse are reported all at once, as ConfigError.
+        """
+        typed, problems = {}, []
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, raw in values.items():
+            if name not in fields:
+                problems.append(f"Unknown setting {name!r}.")
+                continue
+            default = fields[name].default
+            text = str(raw).strip()
+            try:
+                if isinstance(default, bool):
+                    if text.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                        raise ValueError
+                    typed[name] = text.lower() in ("true", "1", "yes")
+                elif isinstance(default, int):
+                    typed[name] = int(text)
+                elif isinstance(default, float):
+                    number = float(text)
+                    if number != number or number in (float("inf"), float("-inf")):
+                        raise ValueError
+                    typed[name] = number
+                elif isinstance(default, tuple):
+                    typed[name] = tuple(p.strip() for p in text.split(",") if p.strip())
+                else:
+                    typed[name] = text
+            except ValueError:
+                kind = "true or false" if isinstance(default, bool) else type(default).__name__
+                kind = {"int": "a whole number", "float": "a number"}.get(kind, kind)
+                problems.append(f"{name} must be {kind}, got {text[:40]!r}.")
+        if problems:
+            raise ConfigError(" ".join(problems))
+        return cls(**typed)
+
+    def differences(self, other: "TrainConfig | None" = None) -> dict:
+        """Settings that differ from `other` (default: the example's)."""
+        base = (other or TrainConfig()).to_dict()
+        return {k: v for k, v in self.to_dict().items() if base.get(k) != v}
+
+
+EXAMPLE = TrainConfig()
+
+# Presets shown in the dashboard and accepted by the CLI (--preset).
+PRESETS = {
+    "Keras example": {},
+    "Quick demo": dict(subset=2000, vocab_size=5000, seq_len=128, epochs=1, vocab_method="keras"),
+    "Wider (hidden 256)": dict(hidden_dim=256, heads=4, intermediate_dim=1024),
+    "Large (hidden 1024)": dict(hidden_dim=1024, heads=8, intermediate_dim=4096, epochs=1),
+    "XL (hidden 4096)": dict(hidden_dim=4096, heads=32, intermediate_dim=16384, epochs=1),
+}
+
+
+def preset(name: str, **overrides) -> TrainConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"Unknown preset {name!r}: choose from {', '.join(PRESETS)}.")
+    return dataclasses.replace(EXAMPLE, **{**PRESETS[name], **overrides})

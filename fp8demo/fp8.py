@@ -1,0 +1,81 @@
+"""Float8 layers, their scales and amax histories, as numpy.
+
+After model.quantize("float8") each Dense/EinsumDense layer holds, per tensor role
+(inputs, kernel, outputs_grad), a scalar `<role>_scale` and a `<role>_amax_history`
+(length 1024; index 0 newest, then h[-1], h[-2], ... back in time; unfilled slots 0). Keras updates them through the optimizer
+("gradient" = new value). scale = amax / fmax, with fmax 448 (E4M3, forward) and
+57344 (E5M2, gradients).
+
+Reading during `fit` on JAX: call this with the callback's `self.model` (the property
+writes the training state back into the variables) and copy to numpy at once; device
+arrays are donated to the next step.
+"""
+
+import numpy as np
+
+from fp8demo.store import ROLES
+
+E4M3_MAX = 448.0
+E5M2_MAX = 57344.0
+FORMAT_MAX = {"inputs": E4M3_MAX, "kernel": E4M3_MAX, "outputs_grad": E5M2_MAX}
+
+
+def float8_layers(model) -> list:
+    """Every layer that computes in float8, in a stable (depth-first) order."""
+    found = []
+
+    def walk(layer):
+        for child in getattr(layer, "_layers", []) or []:
+            if getattr(child, "quantization_mode", None) == "float8":
+                found.append(child)
+            walk(child)
+
+    walk(model)
+    return found
+
+
+def describe_layers(model) -> list[dict]:
+    return [{"name": layer.path, "class": type(layer).__name__,
+             "policy": layer.dtype_policy.name} for layer in float8_layers(model)]
+
+
+def read_state(layers) -> tuple[np.ndarray, np.ndarray]:
+    """(amax histories [layers, roles, history] oldest → newest, scales [layers, roles])."""
+    histories = np.stack([
+        np.stack([np.asarray(getattr(layer, f"{role}_amax_history").value, dtype=np.float32)
+                  for role in ROLES]) for layer in layers
+    ]) if layers else np.zeros((0, len(ROLES), 0), np.float32)
+    scales = np.array([[float(np.asarray(getattr(layer, f"{role}_scale").value)) for role in ROLES]
+                       for layer in layers], dtype=np.float32).reshape(len(layers), len(ROLES))
+    # Keras rolls the history left and writes the newest amax at index 0, so the order
+    # oldest → newest is h[1], ..., h[-1], h[0].
+    return np.roll(histories, -1, axis=-1), scales
+
+
+def newest_amax(histories: np.ndarray, n_new: int) -> np.ndarray:
+    """The amax of the last `n_new` steps, as [steps, layers, roles] in time order."""
+    n_new = min(n_new, histories.shape[-1])
+    if n_new <= 0:
+        return np.zeros((0, histories.shape[0], histories.shape[1]), np.float32)
+    return np.moveaxis(histories[..., -n_new:], -1, 0).astype(np.float32)
+
+
+def variables_summary(layers) -> dict:
+    """Per layer and role: scale, largest and count of recorded amaxes, newest 8 entries.
+
+    This is what the example prints before and after training.
+    """
+    histories, scales = read_state(layers)
+    summary = {}
+    for i, layer in enumerate(layers):
+        summary[layer.path] = {}
+        for j, role in enumerate(ROLES):
+            history = histories[i, j]
+            summary[layer.path][role] = {
+                "scale": float(scales[i, j]),
+                "amax_max": float(history.max()) if history.size else 0.0,
+                "amax_nonzero": int(np.count_nonzero(history)),
+                "history_head": [float(v) for v in history[::-1][:8]],
+                "history_length": int(history.size),
+            }
+    return summary

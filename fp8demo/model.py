@@ -1,0 +1,110 @@
+"""The Keras example's model, built from the hyperparameters, in bf16, fp8 or float32.
+
+TokenAndPositionEmbedding → Dropout → TransformerDecoder → GlobalAveragePooling1D → Dropout
+→ Dense(intermediate, relu) → Dropout → Dense(1, sigmoid).
+
+Every layer has an explicit name: Keras uniquifies automatic names per process
+(`transformer_decoder_3`), and saved weights and fp8 variable paths must be stable.
+
+Precisions:
+  bf16    global dtype policy mixed_bfloat16 (as the example)
+  fp8     the same model, then model.quantize("float8"): every Dense/EinsumDense gets
+          E4M3 forward / E5M2 gradient quantize-dequantize with delayed scaling
+  float32 a full-precision reference
+By default the sigmoid head is quantized too, as the example's quantize() does;
+TrainConfig.quantize_head=False keeps it in bf16.
+"""
+
+import warnings
+
+import fp8demo.env  # noqa: F401
+from fp8demo.config import TrainConfig
+
+POLICIES = {"bf16": "mixed_bfloat16", "fp8": "mixed_bfloat16", "float32": "float32"}
+HEAD = "classifier"
+
+
+def build(config: TrainConfig, precision: str):
+    """A fresh model for `precision`; seeds Keras first so every precision starts equal."""
+    import keras
+    import keras_hub
+
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(POLICIES[precision])
+    try:
+        keras.utils.set_random_seed(config.seed)
+        token_ids = keras.layers.Input(shape=(None,), dtype="int32", name="input_ids")
+        x = keras_hub.layers.TokenAndPositionEmbedding(
+            vocabulary_size=config.vocab_size, sequence_length=config.seq_len,
+            embedding_dim=config.hidden_dim, name="embedding")(token_ids)
+        x = keras.layers.Dropout(config.dropout, name="embedding_dropout")(x)
+        x = keras_hub.layers.TransformerDecoder(
+            intermediate_dim=config.intermediate_dim, num_heads=config.heads,
+            dropout=config.dropout, name="decoder")(x)
+        x = keras.layers.GlobalAveragePooling1D(name="pooling")(x)
+        x = keras.layers.Dropout(config.dropout, name="pooling_dropout")(x)
+        x = keras.layers.Dense(config.intermediate_dim, activation="relu", name="dense")(x)
+        x = keras.layers.Dropout(config.dropout, name="dense_dropout")(x)
+        outputs = keras.layers.Dense(1, activation="sigmoid", name=HEAD)(x)
+        model = keras.Model(token_ids, outputs, name=f"imdb_transformer_{precision}")
+    finally:
+        keras.config.set_dtype_policy(previous)
+    if precision == "fp8":
+        quantize_fp8(model, config)
+    return model
+
+
+def quantize_fp8(model, config: TrainConfig):
+    """model.quantize("float8") on the layers Keras can convert (Dense, EinsumDense)."""
+
+    def selected(layer):
+        return config.quantize_head or layer.name != HEAD
+
+    with warnings.catch_warnings():
+        # quantize() warns once per layer it cannot convert (embedding, norms, ...): expected.
+        warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
+        warnings.filterwarnings("ignore", message=".*Invalid quantization mode.*")
+        model.quantize("float8", filters=selected)
+
+
+def compile(model, config: TrainConfig, steps_per_execution: int = 1):
+    import keras
+
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+                  loss="binary_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
+    return model
+
+
+def summarize(config: TrainConfig, precision: str) -> list[dict]:
+    """Layers with their class, parameter count and whether they compute in float8."""
+    model = build(config, precision)
+    rows = []
+    for layer in _walk(model):
+        rows.append({
+            "name": layer.path,
+            "class": type(layer).__name__,
+            "params": int(sum(int(_size(w.shape)) for w in layer.weights
+                              if not w.path.endswith(("_scale", "_amax_history")))),
+            "float8": getattr(layer, "quantization_mode", None) == "float8",
+        })
+    return rows
+
+
+def _walk(layer):
+    for child in getattr(layer, "_layers", []) or []:
+        yield child
+        yield from _walk(child)
+
+
+def _size(shape):
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def count_params(model) -> int:
+    """Trainable model weights, without the fp8 bookkeeping variables."""
+    return int(sum(_size(w.shape) for w in model.trainable_weights
+                   if not w.path.endswith(("_scale", "_amax_history"))))

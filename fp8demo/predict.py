@@ -1,0 +1,99 @@
+"""Rebuild a finished run's model from the store and predict review sentiment.
+
+A quantized model does not round-trip through `.keras` (keras_hub's composite layers reject
+the extra float8 variables), so each run saves weights + config + vocabulary; here we rebuild
+the same architecture with the same layer names, quantize it the same way and load the
+weights. Only files inside the store are read, and only as HDF5 weights (no pickle).
+"""
+
+import json
+
+import numpy as np
+
+import fp8demo.env  # noqa: F401
+from fp8demo.config import TrainConfig
+from fp8demo.store import Store, StoreError
+
+MAX_REVIEW_CHARS = 100_000  # longer text is cut: the model sees seq_len tokens anyway
+MAX_REVIEWS = 1000
+
+
+class PredictError(ValueError):
+    """A prediction that cannot be made; the message says why."""
+
+
+class LoadedRun:
+    """A finished run's model and tokenizer, ready to predict."""
+
+    def __init__(self, store: Store, run_id):
+        try:
+            run = store.run(run_id)
+        except StoreError as e:
+            raise PredictError(str(e)) from e
+        if run["status"] != "finished":
+            raise PredictError(f"Run {run['id']} is {run['status']}, not finished: it has no model "
+                               "to predict with.")
+        folder = store.run_dir(run["id"])
+        weights = folder / "model.weights.h5"
+        try:
+            saved = json.loads((folder / "config.json").read_text())
+            vocabulary = (folder / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
+            self.config = TrainConfig.from_dict(saved["config"])
+            self.precision = saved["precision"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise PredictError(f"Run {run['id']}'s saved config or vocabulary in {folder} is "
+                               f"missing or unreadable ({type(e).__name__}).") from e
+        if not weights.is_file():
+            raise PredictError(f"Run {run['id']}'s weights file {weights} is missing.")
+        from fp8demo import model as model_lib, tokenizer
+
+        self.run_id = run["id"]
+        self.model = model_lib.build(self.config, self.precision)
+        try:
+            self.model.load_weights(weights)
+        except Exception as e:  # h5py and keras raise several types for a bad file
+            raise PredictError(f"Run {run['id']}'s weights file {weights} is corrupt or does not "
+                               f"match its config ({type(e).__name__}: {str(e)[:200]}).") from e
+        self.vocabulary = vocabulary
+        self.tokenizer = tokenizer.make_tokenizer(vocabulary, self.config.seq_len)
+        # Compile the predict step once; the batch is padded to a power of two so
+        # repeated calls reuse compiled shapes.
+        self.predict(["warm up"])
+
+    def token_ids(self, texts) -> np.ndarray:
+        from fp8demo.data import lowercase
+
+        return np.asarray(self.tokenizer(lowercase(texts)), dtype=np.int32)
+
+    def predict(self, texts) -> np.ndarray:
+        """Positive-review probability for each text."""
+        texts = check_texts(texts)
+        ids = self.token_ids(texts)
+        size = 1 << max(0, (len(ids) - 1).bit_length())
+        padded = np.zeros((size, ids.shape[1]), np.int32)
+        padded[: len(ids)] = ids
+        outputs = self.model.predict_on_batch(padded)
+        return np.asarray(outputs, dtype=np.float32)[: len(ids), 0]
+
+    def tokens(self, text: str) -> list[str]:
+        ids = self.token_ids(check_texts([text]))[0]
+        return [self.vocabulary[i] for i in ids if i != 0]
+
+
+def check_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise PredictError("Type a review first.")
+    if len(texts) > MAX_REVIEWS:
+        raise PredictError(f"At most {MAX_REVIEWS} reviews at once, got {len(texts)}.")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            where = f" (line {i + 1})" if len(texts) > 1 else ""
+            raise PredictError(f"The review{where} is empty: type some words.")
+    return [t[:MAX_REVIEW_CHARS] for t in texts]
+
+
+def load_run(store: Store, run_id) -> LoadedRun:
+    return LoadedRun(store, run_id)

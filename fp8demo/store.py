@@ -1,0 +1,453 @@
+"""The run store: one SQLite file (WAL) plus an artifacts folder per run.
+
+It is the only thing the training process and the dashboard share, as TensorBoard's log
+dir is: a run launched from the CLI shows in the dashboard, and a reload loses nothing.
+Many processes may read while one training process writes.
+
+Layout under the home folder (FP8DEMO_HOME, default ~/.fp8demo):
+    runs.sqlite            comparisons, runs, metrics, fp8 snapshots
+    runs/<run id>/         weights, config and vocabulary of a finished run
+    data/, cache/          IMDB extraction and tokenizer caches (see data.py, tokenizer.py)
+"""
+
+import json
+import os
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from fp8demo.config import TrainConfig
+
+SCHEMA_VERSION = 1
+ACTIVE = ("queued", "running")
+ENDED = ("finished", "failed", "cancelled", "interrupted")
+# The three tensors each float8 layer scales; column order of every fp8 array in the store.
+ROLES = ("inputs", "kernel", "outputs_grad")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS comparisons (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at REAL NOT NULL,
+    config TEXT NOT NULL,
+    label TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS runs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    comparison_id INTEGER NOT NULL REFERENCES comparisons(id),
+    precision TEXT NOT NULL,
+    config TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'queued',
+    phase TEXT NOT NULL DEFAULT 'queued',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL,
+    updated_at REAL,
+    worker_pid INTEGER,
+    device TEXT,
+    epoch INTEGER NOT NULL DEFAULT 0,
+    step INTEGER NOT NULL DEFAULT 0,
+    steps_per_epoch INTEGER,
+    total_steps INTEGER,
+    steps_per_sec REAL,
+    samples_per_sec REAL,
+    elapsed REAL,
+    eta REAL,
+    fit_seconds REAL,
+    test_loss REAL,
+    test_accuracy REAL,
+    params INTEGER,
+    error TEXT,
+    cancel_requested INTEGER NOT NULL DEFAULT 0,
+    summary TEXT NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs(status, id);
+CREATE TABLE IF NOT EXISTS step_metrics (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, epoch INTEGER NOT NULL,
+    time REAL NOT NULL, loss REAL, accuracy REAL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS epoch_metrics (
+    run_id INTEGER NOT NULL, epoch INTEGER NOT NULL, step INTEGER NOT NULL, time REAL NOT NULL,
+    loss REAL, accuracy REAL, val_loss REAL, val_accuracy REAL,
+    PRIMARY KEY (run_id, epoch)
+) WITHOUT ROWID;
+-- One row per training step: float32 amax values, shape (layers, 3 roles).
+CREATE TABLE IF NOT EXISTS fp8_amax (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, amax BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+-- One row per snapshot: the scales in use, shape (layers, 3 roles).
+CREATE TABLE IF NOT EXISTS fp8_scales (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, scales BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+"""
+
+
+class StoreError(RuntimeError):
+    """The store cannot be opened or used; the message says why and what to do."""
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("FP8DEMO_HOME") or Path.home() / ".fp8demo").expanduser()
+
+
+def pid_alive(pid) -> bool:
+    """True when `pid` is a live (not zombie) process."""
+    if not pid:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    if stat.parent.parent.exists() and Path("/proc/self").exists():
+        try:
+            state = stat.read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """Thread-safe handle on the run store (one SQLite connection per thread)."""
+
+    def __init__(self, home=None):
+        self.home = Path(home).expanduser() if home else default_home()
+        try:
+            self.home.mkdir(parents=True, exist_ok=True)
+            (self.home / "runs").mkdir(exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"Cannot create the fp8demo home folder {self.home}: {e.strerror}. "
+                             "Set FP8DEMO_HOME to a writable folder.") from e
+        self.path = self.home / "runs.sqlite"
+        self._local = threading.local()
+        self._init_schema()
+
+    # -- connection ---------------------------------------------------------------------
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            try:
+                conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            except sqlite3.Error as e:
+                raise StoreError(f"Cannot open the run store {self.path}: {e}") from e
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA busy_timeout = 30000")
+            self._local.conn = conn
+        return conn
+
+    def _execute(self, sql, params=()):
+        return self._conn().execute(sql, params)
+
+    def _write(self, sql, params=()):
+        try:
+            return self._execute(sql, params)
+        except sqlite3.OperationalError as e:
+            raise StoreError(f"Cannot write to the run store {self.path}: {e}") from e
+
+    def _init_schema(self):
+        conn = self._conn()
+        try:
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in SCHEMA.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+                if row is None:
+                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
+                    version = SCHEMA_VERSION
+                else:
+                    version = int(row[0])
+                conn.execute("COMMIT")
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+        except sqlite3.DatabaseError as e:
+            raise StoreError(f"The run store {self.path} is not usable: {e}. "
+                             "Move it away or set FP8DEMO_HOME to another folder.") from e
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"The run store {self.path} was written by a newer fp8demo (schema {version}); "
+                f"this version reads schema {SCHEMA_VERSION}. Upgrade fp8demo or set FP8DEMO_HOME "
+                "to another folder."
+            )
+
+    def run_dir(self, run_id: int) -> Path:
+        return self.home / "runs" / str(int(run_id))
+
+    # -- launching ----------------------------------------------------------------------
+
+    def create_comparison(self, config: TrainConfig, label: str = "") -> tuple[int, list[int]]:
+        """Queue one comparison: one run per precision of `config`, in order."""
+        config.validate()
+        now = time.time()
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cid = conn.execute(
+                "INSERT INTO comparisons (created_at, config, label) VALUES (?, ?, ?)",
+                (now, config.to_json(), label),
+            ).lastrowid
+            run_ids = [
+                conn.execute(
+                    "INSERT INTO runs (comparison_id, precision, config, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (cid, precision, config.to_json(), now, now),
+                ).lastrowid
+                for precision in config.precisions
+            ]
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return cid, run_ids
+
+    def claim_next_run(self, worker_pid: int) -> dict | None:
+        """Atomically move the oldest queued run to running and return it."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute(
+                "SELECT id FROM runs WHERE status='queued' ORDER BY id LIMIT 1"
+            ).fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                return None
+            now = time.time()
+            conn.execute(
+                "UPDATE runs SET status='running', phase='starting', started_at=?, updated_at=?, "
+                "worker_pid=? WHERE id=?",
+                (now, now, worker_pid, row["id"]),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return self.run(row["id"])
+
+    # -- run state ----------------------------------------------------------------------
+
+    def update_run(self, run_id: int, **fields):
+        if "summary" in fields and not isinstance(fields["summary"], str):
+            fields["summary"] = json.dumps(fields["summary"])
+        fields["updated_at"] = time.time()
+        columns = ", ".join(f"{name}=?" for name in fields)
+        self._write(f"UPDATE runs SET {columns} WHERE id=?", (*fields.values(), int(run_id)))
+
+    def merge_summary(self, run_id: int, **values):
+        summary = self.run(run_id)["summary"]
+        summary.update(values)
+        self.update_run(run_id, summary=summary)
+
+    def end_run(self, run_id: int, status: str, error: str | None = None, **fields):
+        assert status in ENDED, status
+        self.update_run(run_id, status=status, phase=status, finished_at=time.time(),
+                        error=error, eta=None, **fields)
+
+    def request_cancel(self, run_id: int) -> str:
+        """Cancel a run: a queued one ends at once, a running one at its next step."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT status FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            if row is None:
+                conn.execute("COMMIT")
+                raise StoreError(f"There is no run {run_id}.")
+            now = time.time()
+            if row["status"] == "queued":
+                conn.execute("UPDATE runs SET status='cancelled', phase='cancelled', "
+                             "finished_at=?, updated_at=? WHERE id=?", (now, now, run_id))
+            elif row["status"] == "running":
+                conn.execute("UPDATE runs SET cancel_requested=1, updated_at=? WHERE id=?",
+                             (now, run_id))
+            conn.execute("COMMIT")
+        except StoreError:
+            raise
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return row["status"]
+
+    def cancel_comparison(self, comparison_id: int):
+        for run in self.runs(comparison_id):
+            if run["status"] in ACTIVE:
+                self.request_cancel(run["id"])
+
+    def cancel_requested(self, run_id: int) -> bool:
+        row = self._execute("SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)).fetchone()
+        return bool(row and row[0])
+
+    def reap(self) -> list[int]:
+        """Mark running runs whose training process is gone as interrupted; return their ids."""
+        lost = [
+            row["id"]
+            for row in self._execute("SELECT id, worker_pid FROM runs WHERE status='running'")
+            if not pid_alive(row["worker_pid"])
+        ]
+        for run_id in lost:
+            run = self.run(run_id)
+            self.end_run(run_id, "interrupted",
+                         error=f"The training process (pid {run['worker_pid']}) stopped during "
+                               f"'{run['phase']}' without finishing; partial metrics are kept.")
+        return lost
+
+    # -- reading runs -------------------------------------------------------------------
+
+    @staticmethod
+    def _run_dict(row) -> dict:
+        run = dict(row)
+        run["config"] = TrainConfig.from_dict(json.loads(run["config"]))
+        run["summary"] = json.loads(run["summary"] or "{}")
+        return run
+
+    def run(self, run_id) -> dict:
+        try:
+            run_id = int(run_id)
+        except (TypeError, ValueError):
+            raise StoreError(f"{run_id!r} is not a run id (a whole number).") from None
+        row = self._execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"There is no run {run_id} in {self.path}.")
+        return self._run_dict(row)
+
+    def runs(self, comparison_id=None) -> list[dict]:
+        if comparison_id is None:
+            rows = self._execute("SELECT * FROM runs ORDER BY id")
+        else:
+            rows = self._execute("SELECT * FROM runs WHERE comparison_id=? ORDER BY id",
+                                 (int(comparison_id),))
+        return [self._run_dict(r) for r in rows]
+
+    def queue(self) -> list[dict]:
+        """Running and waiting runs, in the order they will train."""
+        rows = self._execute(
+            "SELECT * FROM runs WHERE status IN ('queued', 'running') "
+            "ORDER BY status='queued', id")
+        return [self._run_dict(r) for r in rows]
+
+    def comparisons(self) -> list[dict]:
+        """Every comparison, newest first, with its runs."""
+        result = []
+        for row in self._execute("SELECT * FROM comparisons ORDER BY id DESC"):
+            comparison = dict(row)
+            comparison["config"] = TrainConfig.from_dict(json.loads(comparison["config"]))
+            comparison["runs"] = self.runs(row["id"])
+            result.append(comparison)
+        return result
+
+    def comparison(self, comparison_id) -> dict:
+        try:
+            comparison_id = int(comparison_id)
+        except (TypeError, ValueError):
+            raise StoreError(f"{comparison_id!r} is not a comparison id.") from None
+        row = self._execute("SELECT * FROM comparisons WHERE id=?", (comparison_id,)).fetchone()
+        if row is None:
+            raise StoreError(f"There is no comparison {comparison_id}.")
+        comparison = dict(row)
+        comparison["config"] = TrainConfig.from_dict(json.loads(comparison["config"]))
+        comparison["runs"] = self.runs(comparison_id)
+        return comparison
+
+    def latest_comparison_id(self) -> int | None:
+        row = self._execute("SELECT MAX(id) FROM comparisons").fetchone()
+        return row[0]
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def add_steps(self, run_id: int, rows):
+        """rows: (step, epoch, time, loss, accuracy) with true per-batch loss and accuracy."""
+        self._conn().executemany(
+            "INSERT OR REPLACE INTO step_metrics VALUES (?, ?, ?, ?, ?, ?)",
+            [(int(run_id), int(s), int(e), float(t), _num(l), _num(a)) for s, e, t, l, a in rows],
+        )
+
+    def add_epoch(self, run_id: int, epoch: int, step: int, loss=None, accuracy=None,
+                  val_loss=None, val_accuracy=None):
+        self._write(
+            "INSERT OR REPLACE INTO epoch_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (int(run_id), int(epoch), int(step), time.time(), _num(loss), _num(accuracy),
+             _num(val_loss), _num(val_accuracy)),
+        )
+
+    def step_metrics(self, run_id: int, since_step: int = -1) -> dict:
+        """Per-step metrics as numpy arrays: step, epoch, time, loss, accuracy."""
+        rows = self._execute(
+            "SELECT step, epoch, time, loss, accuracy FROM step_metrics "
+            "WHERE run_id=? AND step>? ORDER BY step", (int(run_id), since_step)).fetchall()
+        arrays = np.array(rows, dtype=np.float64).reshape(-1, 5)
+        return {name: arrays[:, i] for i, name in enumerate(("step", "epoch", "time", "loss", "accuracy"))}
+
+    def epoch_metrics(self, run_id: int) -> list[dict]:
+        return [dict(r) for r in self._execute(
+            "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (int(run_id),))]
+
+    # -- fp8 snapshots ------------------------------------------------------------------
+
+    def add_fp8_amax(self, run_id: int, first_step: int, amax: np.ndarray):
+        """amax: (steps, layers, 3 roles), the amax of each step from `first_step` on."""
+        amax = np.asarray(amax, dtype=np.float32)
+        self._conn().executemany(
+            "INSERT OR REPLACE INTO fp8_amax VALUES (?, ?, ?)",
+            [(int(run_id), first_step + i, amax[i].tobytes()) for i in range(len(amax))],
+        )
+
+    def add_fp8_scales(self, run_id: int, step: int, scales: np.ndarray):
+        self._write("INSERT OR REPLACE INTO fp8_scales VALUES (?, ?, ?)",
+                    (int(run_id), int(step), np.asarray(scales, dtype=np.float32).tobytes()))
+
+    def _fp8_series(self, table, column, run_id, since_step):
+        n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
+        rows = self._execute(
+            f"SELECT step, {column} FROM {table} WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step)).fetchall()
+        steps = np.array([r[0] for r in rows], dtype=np.int64)
+        values = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+        return steps, values.reshape(len(rows), n_layers, len(ROLES))
+
+    def fp8_amax(self, run_id: int, since_step: int = -1):
+        """(steps, amax[steps, layers, roles]) in time order; layer names in summary['fp8_layers']."""
+        return self._fp8_series("fp8_amax", "amax", run_id, since_step)
+
+    def fp8_scales(self, run_id: int, since_step: int = -1):
+        return self._fp8_series("fp8_scales", "scales", run_id, since_step)
+
+    # -- housekeeping -------------------------------------------------------------------
+
+    def delete_comparison(self, comparison_id: int):
+        runs = self.runs(comparison_id)
+        if any(r["status"] in ACTIVE for r in runs):
+            raise StoreError("Stop the comparison's runs before deleting it.")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for run in runs:
+                for table in ("step_metrics", "epoch_metrics", "fp8_amax", "fp8_scales"):
+                    conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run["id"],))
+                conn.execute("DELETE FROM runs WHERE id=?", (run["id"],))
+            conn.execute("DELETE FROM comparisons WHERE id=?", (int(comparison_id),))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        import shutil
+        for run in runs:
+            shutil.rmtree(self.run_dir(run["id"]), ignore_errors=True)
+
+
+def _num(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value else None  # NaN → NULL (shown as a gap)

@@ -1,0 +1,192 @@
+"""WordPiece vocabulary and tokenized splits, cached on disk.
+
+The vocabulary is trained on the training split as the example does
+(`compute_word_piece_vocabulary`, reserved [PAD] and [UNK]); the splits are tokenized with
+`WordPieceTokenizer(lowercase=False, sequence_length=...)` once, for every precision.
+Both are cached under <home>/cache, keyed by everything that changes them, so a second
+run with the same settings skips the ~100 s vocabulary step and the tokenization.
+"""
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+import fp8demo.env  # noqa: F401
+from fp8demo import data
+from fp8demo.config import RESERVED_TOKENS, TrainConfig
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Prepared:
+    """Everything training needs, as numpy arrays (no per-epoch tf.data work)."""
+
+    vocabulary: list
+    fingerprint: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    from_cache: dict = field(default_factory=dict)  # {"vocabulary": bool, "tokens": bool}
+    seconds: dict = field(default_factory=dict)  # time spent per phase
+
+
+def _key(**parts) -> str:
+    return hashlib.sha256(json.dumps({**parts, "v": CACHE_VERSION}, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def vocabulary_key(config: TrainConfig, fingerprint: str) -> str:
+    return _key(data=fingerprint, subset=config.subset, vocab_size=config.vocab_size,
+                method=config.vocab_method)
+
+
+def cache_dir(home=None) -> Path:
+    from fp8demo.store import default_home
+
+    path = Path(home or default_home()) / "cache"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _atomic_write(path: Path, write):
+    """Write via a temporary file so a killed process never leaves half a cache entry."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+# -- vocabulary ---------------------------------------------------------------------------
+
+
+def compute_vocabulary(texts, vocab_size: int, method: str = "keras") -> list:
+    if method == "fast":
+        return _fast_vocabulary(texts, vocab_size)
+    import keras_hub
+
+    from fp8demo.env import tensorflow
+
+    tf = tensorflow()
+    dataset = tf.data.Dataset.from_tensor_slices(texts).batch(1000).prefetch(2)
+    return keras_hub.tokenizers.compute_word_piece_vocabulary(
+        dataset, vocabulary_size=vocab_size, reserved_tokens=list(RESERVED_TOKENS))
+
+
+def _fast_vocabulary(texts, vocab_size: int) -> list:
+    """Hugging Face's WordPiece trainer: the same kind of vocabulary in seconds."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # Split on whitespace and punctuation, as keras_hub's WordPieceTokenizer does.
+    tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(RESERVED_TOKENS),
+                                        continuing_subword_prefix="##", show_progress=False)
+    tokenizer.train_from_iterator(texts, trainer)
+    vocab = tokenizer.get_vocab()
+    return sorted(vocab, key=vocab.get)
+
+
+def make_tokenizer(vocabulary, seq_len: int):
+    import keras_hub
+
+    return keras_hub.tokenizers.WordPieceTokenizer(
+        vocabulary=list(vocabulary), lowercase=False, sequence_length=seq_len)
+
+
+def tokenize(tokenizer, texts, batch_size: int = 4096) -> np.ndarray:
+    chunks = [np.asarray(tokenizer(list(texts[i:i + batch_size])), dtype=np.int32)
+              for i in range(0, len(texts), batch_size)]
+    return np.concatenate(chunks) if chunks else np.zeros((0, tokenizer.sequence_length), np.int32)
+
+
+# -- the cached pipeline -------------------------------------------------------------------
+
+
+def prepare(config: TrainConfig, home=None, on_phase=lambda phase: None, progress=print) -> Prepared:
+    """Vocabulary and tokenized train/validation/test arrays for `config`, from cache if possible."""
+    seconds = {}
+    started = time.time()
+    on_phase("loading data")
+    root, fingerprint = data.resolve_source(config.data, home, progress=progress)
+    seconds["locate data"] = time.time() - started
+    cache = cache_dir(home)
+    vocab_key = vocabulary_key(config, fingerprint)
+    vocab_path = cache / f"vocab-{vocab_key}.txt"
+    tokens_path = cache / f"tokens-{_key(vocab=vocab_key, seq_len=config.seq_len)}.npz"
+    from_cache = {"vocabulary": vocab_path.exists(), "tokens": tokens_path.exists()}
+
+    if from_cache["vocabulary"] and from_cache["tokens"]:
+        vocabulary = vocab_path.read_text(encoding="utf-8").split("\n")
+        with np.load(tokens_path) as arrays:
+            splits = {name: arrays[name] for name in arrays.files}
+        return Prepared(vocabulary, fingerprint, **splits, from_cache=from_cache, seconds=seconds)
+
+    t = time.time()
+    imdb = data.load(config.data, config.subset, home, progress=progress)
+    seconds["read reviews"] = time.time() - t
+    if from_cache["vocabulary"]:
+        vocabulary = vocab_path.read_text(encoding="utf-8").split("\n")
+    else:
+        on_phase("building vocabulary")
+        t = time.time()
+        vocabulary = compute_vocabulary(imdb.train.texts, config.vocab_size, config.vocab_method)
+        seconds["build vocabulary"] = time.time() - t
+        _atomic_write(vocab_path, lambda p: p.write_text("\n".join(vocabulary), encoding="utf-8"))
+
+    on_phase("tokenizing")
+    t = time.time()
+    tokenizer = make_tokenizer(vocabulary, config.seq_len)
+    splits = {
+        "x_train": tokenize(tokenizer, imdb.train.texts), "y_train": imdb.train.labels,
+        "x_val": tokenize(tokenizer, imdb.validation.texts), "y_val": imdb.validation.labels,
+        "x_test": tokenize(tokenizer, imdb.test.texts), "y_test": imdb.test.labels,
+    }
+    seconds["tokenize"] = time.time() - t
+
+    def save(path):
+        with open(path, "wb") as f:
+            np.savez(f, **splits)
+
+    _atomic_write(tokens_path, save)
+    return Prepared(vocabulary, fingerprint, **splits, from_cache=from_cache, seconds=seconds)
+
+
+def cached_vocabulary(config: TrainConfig, home=None) -> list | None:
+    """The cached vocabulary for these settings, or None (never downloads or trains)."""
+    from fp8demo.store import default_home
+
+    home = Path(home or default_home())
+    named = config.data or os.environ.get("FP8DEMO_IMDB", "")
+    try:
+        if named or list((home / "data").glob("*/aclImdb/.complete")):
+            _, fingerprint = data.resolve_source(config.data, home, progress=lambda *_: None)
+        else:
+            return None
+    except data.DataError:
+        return None
+    path = cache_dir(home) / f"vocab-{vocabulary_key(config, fingerprint)}.txt"
+    return path.read_text(encoding="utf-8").split("\n") if path.exists() else None
+
+
+def preview(config: TrainConfig, text: str, home=None) -> dict:
+    """Token ids, wordpieces and detokenized text of `text` under the cached vocabulary."""
+    vocabulary = cached_vocabulary(config, home)
+    if vocabulary is None:
+        raise LookupError("No vocabulary is cached for these settings yet; it is built when "
+                          "the first run with them starts.")
+    from fp8demo.data import lowercase
+
+    tokenizer = make_tokenizer(vocabulary, config.seq_len)
+    ids = [int(i) for i in np.asarray(tokenizer(lowercase([text])))[0] if i != 0]
+    detokenized = tokenizer.detokenize([ids])
+    detokenized = np.asarray(detokenized).reshape(-1)[0]
+    if isinstance(detokenized, bytes):
+        detokenized = detokenized.decode("utf-8", errors="replace")
+    return {"ids": ids, "tokens": [vocabulary[i] for i in ids], "detokenized": str(detokenized)}

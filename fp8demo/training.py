@@ -1,0 +1,241 @@
+"""Train one precision of a comparison, recording everything into the run store.
+
+Narrative order, as the Keras example: prepare data and tokenizer (cached) → build the
+model (bf16, or bf16 + quantize("float8")) → fit with a recording callback → evaluate on
+the test split → save what prediction needs (weights + config + vocabulary).
+"""
+
+import json
+import math
+import time
+
+import numpy as np
+
+import fp8demo.env  # noqa: F401
+from fp8demo import fp8, model as model_lib, tokenizer
+from fp8demo.store import Store
+
+RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
+EVAL_BATCH_SIZE = 256  # evaluation only: same metric, fewer dispatches
+
+
+class Cancelled(Exception):
+    pass
+
+
+def device_description() -> str:
+    from fp8demo.device import describe
+
+    return describe()["text"]
+
+
+def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epochs: int,
+                  record: bool = True):
+    """A Keras callback that writes per-step metrics, progress and fp8 snapshots to the store."""
+    import keras
+
+    steps_per_epoch = math.ceil(n_train / batch_size)
+
+    class Recorder(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = 0  # global training steps done (1-based once training)
+            self.epoch = 0
+            self.cancelled = False
+            self.in_fit = False
+            self.pending = []  # (step, epoch, time, running loss, running accuracy, seen)
+            self.prev = (0, 0.0, 0.0)  # (samples seen, running loss, running accuracy) this epoch
+            self.last_flush = 0.0
+            self.fp8_step = 0  # last step whose amax is in the store
+            self.layers = []
+            self.first_step_time = None
+            self.started = None
+
+        # -- fit ------------------------------------------------------------------
+
+        def on_train_begin(self, logs=None):
+            self.in_fit = True
+            self.started = time.time()
+            self.layers = fp8.float8_layers(self.model)
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.epoch = epoch
+            self.prev = (0, 0.0, 0.0)
+
+        def on_train_batch_end(self, batch, logs=None):
+            now = time.time()
+            self.step += 1
+            if self.first_step_time is None:
+                self.first_step_time = now  # the first step includes XLA compilation
+                store.update_run(run_id, phase="training")
+            seen = min((batch + 1) * batch_size, n_train)
+            self.pending.append((self.step, self.epoch, now - self.started,
+                                 logs.get("loss"), logs.get("accuracy"), seen))
+            if now - self.last_flush >= RECORD_EVERY_SECONDS:
+                self.flush(now)
+
+        def on_epoch_end(self, epoch, logs=None):
+            self.flush(time.time())
+            logs = logs or {}
+            if record:
+                store.add_epoch(run_id, epoch, self.step, logs.get("loss"), logs.get("accuracy"),
+                                logs.get("val_loss"), logs.get("val_accuracy"))
+
+        def on_train_end(self, logs=None):
+            self.flush(time.time())
+            self.in_fit = False
+
+        # -- validation and test ---------------------------------------------------
+
+        def on_test_begin(self, logs=None):
+            if self.in_fit:
+                store.update_run(run_id, phase=f"validating epoch {self.epoch + 1}")
+
+        def on_test_batch_end(self, batch, logs=None):
+            now = time.time()
+            if now - self.last_flush >= RECORD_EVERY_SECONDS:
+                self.last_flush = now
+                if store.cancel_requested(run_id):
+                    self.cancelled = True
+                    self.model.stop_evaluating = True
+                    self.model.stop_training = True
+
+        def on_test_end(self, logs=None):
+            if self.in_fit and not self.cancelled:
+                store.update_run(run_id, phase="training")
+
+        # -- recording -------------------------------------------------------------
+
+        def flush(self, now):
+            self.last_flush = now
+            if self.pending and record:
+                rows = []
+                seen_prev, loss_prev, acc_prev = self.prev
+                for step, epoch, t, loss, acc, seen in self.pending:
+                    if seen < seen_prev:  # a new epoch started inside this batch of rows
+                        seen_prev, loss_prev, acc_prev = 0, 0.0, 0.0
+                    n = seen - seen_prev
+                    # logs hold running means over the epoch; recover this batch's values.
+                    batch_loss = (seen * loss - seen_prev * loss_prev) / n
+                    batch_acc = (seen * acc - seen_prev * acc_prev) / n
+                    rows.append((step, epoch, t, batch_loss, batch_acc))
+                    seen_prev, loss_prev, acc_prev = seen, loss, acc
+                self.prev = (seen_prev, loss_prev, acc_prev)
+                store.add_steps(run_id, rows)
+            elif self.pending:
+                last = self.pending[-1]
+                self.prev = (last[5], last[3], last[4])
+            self.pending = []
+            if record and self.layers and self.step > self.fp8_step:
+                self.snapshot()
+            self.report_progress(now)
+            if store.cancel_requested(run_id):
+                self.cancelled = True
+                self.model.stop_training = True
+
+        def snapshot(self):
+            _ = self.model  # the property writes JAX's training state back into the variables
+            histories, scales = fp8.read_state(self.layers)
+            new = fp8.newest_amax(histories, self.step - self.fp8_step)
+            store.add_fp8_amax(run_id, self.step - len(new) + 1, new)
+            store.add_fp8_scales(run_id, self.step, scales)
+            self.fp8_step = self.step
+
+        def report_progress(self, now):
+            total = steps_per_epoch * epochs
+            fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
+            if self.first_step_time is not None and self.step > 1:
+                rate = (self.step - 1) / max(now - self.first_step_time, 1e-9)
+                fields.update(steps_per_sec=rate, samples_per_sec=rate * batch_size,
+                              eta=(total - self.step) / rate if rate > 0 else None)
+            store.update_run(run_id, **fields)
+
+    return Recorder()
+
+
+def train_run(store: Store, run: dict, record: bool = True, progress=print,
+              on_trained=None) -> dict:
+    """Train, evaluate and save one queued run; returns its final fields.
+
+    Raises Cancelled when a cancel was requested; other exceptions propagate (the worker
+    marks the run failed with their message).
+    """
+    import keras
+
+    run_id, config, precision = run["id"], run["config"], run["precision"]
+
+    def phase(name):
+        store.update_run(run_id, phase=name)
+        if store.cancel_requested(run_id):
+            raise Cancelled()
+
+    store.update_run(run_id, device=device_description())
+
+    # 1. Data and tokenizer (cached: the second precision of a comparison starts here at once).
+    prepared = tokenizer.prepare(config, store.home, on_phase=phase, progress=progress)
+    store.merge_summary(run_id, data={
+        "fingerprint": prepared.fingerprint, "from_cache": prepared.from_cache,
+        "seconds": prepared.seconds, "vocabulary": len(prepared.vocabulary),
+        "sizes": {"train": len(prepared.y_train), "validation": len(prepared.y_val),
+                  "test": len(prepared.y_test)}})
+
+    # 2. Model.
+    phase("building model")
+    model = model_lib.build(config, precision)
+    model_lib.compile(model, config)
+    layers = fp8.float8_layers(model)
+    params = model_lib.count_params(model)
+    store.merge_summary(run_id, params=params, fp8_layers=fp8.describe_layers(model),
+                        fp8_before=fp8.variables_summary(layers))
+
+    # 3. Fit. The first step compiles; the recorder switches the phase to "training".
+    steps_per_epoch = math.ceil(len(prepared.y_train) / config.batch_size)
+    store.update_run(run_id, phase="compiling", params=params, steps_per_epoch=steps_per_epoch,
+                     total_steps=steps_per_epoch * config.epochs)
+    recorder = make_recorder(store, run_id, len(prepared.y_train), config.batch_size,
+                             config.epochs, record=record)
+    keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
+    started = time.time()
+    model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
+              epochs=config.epochs, validation_data=(prepared.x_val, prepared.y_val),
+              shuffle=True, callbacks=[recorder], verbose=0)
+    fit_seconds = time.time() - started
+    if recorder.cancelled:
+        raise Cancelled()
+
+    # 4. Evaluate on the test split.
+    phase("evaluating")
+    test_loss, test_accuracy = model.evaluate(prepared.x_test, prepared.y_test,
+                                              batch_size=EVAL_BATCH_SIZE, callbacks=[recorder],
+                                              verbose=0)
+    if recorder.cancelled:
+        raise Cancelled()
+
+    if on_trained is not None:
+        on_trained(model, prepared)
+
+    # 5. Save what prediction needs: weights + config + vocabulary (a quantized model
+    #    cannot round-trip through .keras; see predict.py).
+    phase("saving")
+    save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
+    steps = recorder.step
+    measured = max(time.time() - (recorder.first_step_time or started), 1e-9)
+    results = {
+        "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
+        "fit_seconds": fit_seconds, "params": params,
+        "steps_per_sec": (steps - 1) / measured if steps > 1 else None,
+    }
+    if results["steps_per_sec"]:
+        results["samples_per_sec"] = results["steps_per_sec"] * config.batch_size
+    store.merge_summary(run_id, fp8_after=fp8.variables_summary(layers),
+                        test={"loss": results["test_loss"], "accuracy": results["test_accuracy"]})
+    return results
+
+
+def save_artifacts(store: Store, run_id: int, model, config, precision: str, vocabulary):
+    folder = store.run_dir(run_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    model.save_weights(folder / "model.weights.h5")
+    (folder / "config.json").write_text(json.dumps(
+        {"precision": precision, "config": config.to_dict()}, indent=2))
+    (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")

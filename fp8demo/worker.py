@@ -1,0 +1,156 @@
+"""The training process: runs the store's queue, one run at a time.
+
+Launching a comparison queues its runs and makes sure one worker process exists
+(`python -m fp8demo worker`, a subprocess in its own session: never a fork of a
+multithreaded JAX process, and it keeps going when no browser is connected). A file lock
+guarantees a single worker per store, so two trainings never share one GPU. The worker
+exits when the queue stays empty; the next launch starts a new one.
+"""
+
+import fcntl
+import os
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from fp8demo.config import TrainConfig
+from fp8demo.store import Store
+
+LOCK_NAME = "worker.lock"
+LOG_NAME = "worker.log"
+IDLE_EXIT_SECONDS = 5.0
+
+
+# -- the launching side (dashboard, CLI) -----------------------------------------------
+
+
+def launch(config: TrainConfig, store: Store | None = None, label: str = "") -> int:
+    """Queue one comparison (a run per precision) and make sure a worker runs it."""
+    import dataclasses
+
+    store = store or Store()
+    config.validate()
+    # Record the data source the launching process sees, so the run does not depend on
+    # the environment of whichever process trains it.
+    if not config.data and os.environ.get("FP8DEMO_IMDB"):
+        config = dataclasses.replace(config, data=os.environ["FP8DEMO_IMDB"])
+    comparison_id, _ = store.create_comparison(config, label)
+    ensure_worker(store)
+    return comparison_id
+
+
+def _try_lock(path: Path):
+    handle = open(path, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    return handle
+
+
+def worker_pid(store: Store) -> int | None:
+    """The pid of the store's live worker, or None."""
+    lock_path = store.home / LOCK_NAME
+    handle = _try_lock(lock_path)
+    if handle is not None:  # nobody holds it
+        handle.close()
+        return None
+    try:
+        return int(lock_path.read_text().strip() or 0) or None
+    except (OSError, ValueError):
+        return None
+
+
+def ensure_worker(store: Store) -> int | None:
+    """Start a worker if runs are queued and none is alive; return the worker's pid."""
+    pid = worker_pid(store)
+    if pid or not any(r["status"] == "queued" for r in store.queue()):
+        return pid
+    log = open(store.home / LOG_NAME, "ab")
+    env = dict(os.environ, FP8DEMO_HOME=str(store.home))
+    # A package path that works from any working directory.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fp8demo", "worker"], env=env, stdin=subprocess.DEVNULL,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+    log.close()
+    return process.pid
+
+
+def supervise(store: Store) -> list[int]:
+    """Mark runs of dead workers interrupted and restart the queue; return interrupted ids."""
+    lost = store.reap()
+    ensure_worker(store)
+    return lost
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+def plain_error(error: BaseException) -> str:
+    """An exception in words a user can act on (the traceback goes to the worker log)."""
+    text = str(error) or type(error).__name__
+    lowered = text.lower()
+    if isinstance(error, MemoryError) or "resource_exhausted" in lowered or "out of memory" in lowered:
+        return ("Out of memory: this configuration does not fit on the device. Use a smaller "
+                f"batch size, sequence length or model. ({text[:300]})")
+    from fp8demo.config import ConfigError
+    from fp8demo.data import DataError
+
+    if isinstance(error, (DataError, ConfigError)):
+        return text
+    return f"{type(error).__name__}: {text[:500]}"
+
+
+def execute(store: Store, run: dict, **train_options):
+    from fp8demo import training
+
+    run_id = run["id"]
+    print(f"[worker {os.getpid()}] run {run_id} ({run['precision']}) started", flush=True)
+    try:
+        results = training.train_run(store, run, **train_options)
+    except training.Cancelled:
+        store.end_run(run_id, "cancelled")
+    except BaseException as error:  # noqa: BLE001 — any failure must end the run, not the worker
+        traceback.print_exc()
+        store.end_run(run_id, "failed", error=plain_error(error))
+        store.merge_summary(run_id, traceback=traceback.format_exc()[-4000:])
+        if isinstance(error, (KeyboardInterrupt, SystemExit)):
+            raise
+    else:
+        store.end_run(run_id, "finished", **results)
+    print(f"[worker {os.getpid()}] run {run_id} ended: {store.run(run_id)['status']}", flush=True)
+
+
+def main(store: Store | None = None, idle_exit: float = IDLE_EXIT_SECONDS) -> int:
+    store = store or Store()
+    lock_path = store.home / LOCK_NAME
+    handle = _try_lock(lock_path)
+    if handle is None:
+        return 0  # another worker owns this store
+    try:
+        handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
+        store.reap()
+        from fp8demo.env import tensorflow
+
+        tensorflow()  # hide GPUs from TensorFlow before anything initialises it
+        idle_since = time.time()
+        while True:
+            run = store.claim_next_run(os.getpid())
+            if run is not None:
+                execute(store, run)
+                idle_since = time.time()
+            elif time.time() - idle_since > idle_exit:
+                break
+            else:
+                time.sleep(0.3)
+    finally:
+        handle.seek(0), handle.truncate(), handle.flush()
+        handle.close()
+    # A launch may have queued a run while we were leaving: hand over to a fresh worker.
+    ensure_worker(store)
+    return 0

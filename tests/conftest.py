@@ -1,0 +1,94 @@
+"""Shared fixtures: the real IMDB archive, isolated stores, one trained subset comparison."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import fp8demo.env  # noqa: E402,F401
+
+# Small settings that still exercise every part (about 10 s of training per precision).
+TINY = dict(subset=256, vocab_size=1000, seq_len=64, epochs=1)
+
+
+def _find_archive() -> Path:
+    """The IMDB archive for tests: FP8DEMO_TEST_IMDB, ../shared/data, or a real download."""
+    named = os.environ.get("FP8DEMO_TEST_IMDB")
+    if named:
+        return Path(named)
+    shared = ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
+    if shared.exists():
+        return shared
+    from fp8demo import data
+
+    return data.download(Path.home() / ".fp8demo" / "data")
+
+
+@pytest.fixture(scope="session")
+def imdb_archive() -> Path:
+    return _find_archive()
+
+
+@pytest.fixture(scope="session")
+def imdb_folder(imdb_archive, tmp_path_factory) -> Path:
+    """The archive extracted once per test session (train/unsup skipped)."""
+    from fp8demo import data
+
+    root, _ = data.extract_archive(imdb_archive, tmp_path_factory.mktemp("imdb"), progress=lambda *_: None)
+    return root
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch, imdb_folder) -> Path:
+    """An empty store whose data source is the extracted test archive."""
+    monkeypatch.setenv("FP8DEMO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, imdb_folder):
+    """A finished bf16 + fp8 comparison on a small subset, trained in-process by the engine.
+
+    Returns a dict with the store home, run ids, and each model's predictions on a few
+    texts taken just before its weights were saved.
+    """
+    from fp8demo.config import TrainConfig
+    from fp8demo.predict import check_texts
+    from fp8demo.store import Store
+    from fp8demo.worker import execute
+
+    home = tmp_path_factory.mktemp("trained-home")
+    old = {k: os.environ.get(k) for k in ("FP8DEMO_HOME", "FP8DEMO_IMDB")}
+    os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), str(imdb_folder)
+    store = Store(home)
+    config = TrainConfig(**TINY, precisions=("bf16", "fp8"))
+    comparison_id, run_ids = store.create_comparison(config)
+    texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
+    before = {}
+
+    def remember(run_id):
+        def on_trained(model, prepared):
+            from fp8demo import tokenizer
+            from fp8demo.data import lowercase
+
+            tok = tokenizer.make_tokenizer(prepared.vocabulary, config.seq_len)
+            ids = tokenizer.tokenize(tok, lowercase(check_texts(texts)))
+            before[run_id] = model.predict(ids, verbose=0)[:, 0].astype("float32")
+        return on_trained
+
+    try:
+        while (run := store.claim_next_run(os.getpid())) is not None:
+            execute(store, run, on_trained=remember(run["id"]))
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return {"home": home, "comparison_id": comparison_id, "run_ids": dict(zip(config.precisions, run_ids)),
+            "texts": texts, "predictions_before_save": before, "config": config}

@@ -1,0 +1,65 @@
+"""Vocabulary and tokenized splits: cached by everything that changes them."""
+
+import dataclasses
+import time
+
+import numpy as np
+
+from fp8demo import tokenizer
+from fp8demo.config import TrainConfig
+
+SMALL = TrainConfig(subset=200, vocab_size=600, seq_len=48)
+
+
+def test_second_preparation_is_served_from_cache(home):
+    first = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    assert first.from_cache == {"vocabulary": False, "tokens": False}
+    assert "build vocabulary" in first.seconds
+    assert first.vocabulary[:2] == ["[PAD]", "[UNK]"]
+    assert first.x_train.shape == (200, 48) and first.x_train.dtype == np.int32
+    assert first.x_test.shape == (200, 48)
+    vocab_files = list((home / "cache").glob("vocab-*.txt"))
+    stamp = vocab_files[0].stat().st_mtime_ns
+
+    second = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    assert second.from_cache == {"vocabulary": True, "tokens": True}
+    assert "build vocabulary" not in second.seconds and "tokenize" not in second.seconds
+    assert vocab_files[0].stat().st_mtime_ns == stamp
+    np.testing.assert_array_equal(first.x_train, second.x_train)
+    np.testing.assert_array_equal(first.y_val, second.y_val)
+
+
+def test_changed_settings_recompute_what_they_change(home):
+    tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    longer = tokenizer.prepare(dataclasses.replace(SMALL, seq_len=64), home, progress=lambda *_: None)
+    # Same vocabulary, new tokenization.
+    assert longer.from_cache == {"vocabulary": True, "tokens": False}
+    assert longer.x_train.shape[1] == 64
+    bigger = tokenizer.prepare(dataclasses.replace(SMALL, vocab_size=700), home, progress=lambda *_: None)
+    assert bigger.from_cache == {"vocabulary": False, "tokens": False}
+    other_subset = tokenizer.prepare(dataclasses.replace(SMALL, subset=100), home, progress=lambda *_: None)
+    assert other_subset.from_cache["vocabulary"] is False
+    assert len(list((home / "cache").glob("vocab-*.txt"))) == 3
+
+
+def test_fast_vocabulary_has_reserved_tokens_and_wordpieces(home):
+    fast = tokenizer.prepare(dataclasses.replace(SMALL, vocab_method="fast"), home, progress=lambda *_: None)
+    assert fast.vocabulary[:2] == ["[PAD]", "[UNK]"]
+    assert any(t.startswith("##") for t in fast.vocabulary)
+    assert 300 < len(fast.vocabulary) <= 600
+    # Real words survive tokenization: most tokens of the training set are not [UNK].
+    ids = fast.x_train[fast.x_train > 0]
+    assert (ids == 1).mean() < 0.05
+
+
+def test_preview_uses_the_cached_vocabulary(home):
+    config = dataclasses.replace(SMALL, seq_len=16)
+    try:
+        tokenizer.preview(config, "A great movie")
+        raise AssertionError("preview needs a vocabulary")
+    except LookupError as e:
+        assert "No vocabulary is cached" in str(e)
+    tokenizer.prepare(config, home, progress=lambda *_: None)
+    shown = tokenizer.preview(config, "A great movie")
+    assert shown["tokens"][0] == "a" and len(shown["ids"]) == len(shown["tokens"])
+    assert shown["detokenized"].replace(" ", "") == "agreatmovie"

@@ -1,0 +1,83 @@
+"""bf16 and fp8 runs on a subset: metrics, fp8 state and saved models in the store."""
+
+import numpy as np
+
+from fp8demo.store import ROLES, Store
+
+
+def test_both_runs_finish_with_metrics_in_the_store(trained):
+    store = Store(trained["home"])
+    config = trained["config"]
+    for precision, run_id in trained["run_ids"].items():
+        run = store.run(run_id)
+        assert run["status"] == "finished", run["error"]
+        assert 0.0 <= run["test_accuracy"] <= 1.0 and run["test_loss"] > 0
+        steps = store.step_metrics(run_id)
+        assert list(steps["step"]) == list(range(1, run["total_steps"] + 1))
+        assert run["total_steps"] == int(np.ceil(config.subset / config.batch_size)) * config.epochs
+        epochs = store.epoch_metrics(run_id)
+        assert [e["epoch"] for e in epochs] == list(range(config.epochs))
+        assert all(e["val_accuracy"] is not None for e in epochs)
+        # The per-step values are true per-batch values: their sample-weighted mean is the
+        # epoch's running mean that Keras reports (the last batch may be smaller).
+        sizes = np.full(len(steps["loss"]), config.batch_size, float)
+        sizes[-1] = config.subset - config.batch_size * (len(sizes) - 1)
+        assert np.isclose(np.average(steps["loss"], weights=sizes), epochs[-1]["loss"], rtol=1e-4)
+        assert np.isclose(np.average(steps["accuracy"], weights=sizes), epochs[-1]["accuracy"], rtol=1e-4)
+        assert not np.allclose(steps["loss"], steps["loss"][0])
+        assert run["steps_per_sec"] > 0 and run["device"]
+
+
+def test_fp8_run_records_amax_histories_and_moving_scales(trained):
+    store = Store(trained["home"])
+    run = store.run(trained["run_ids"]["fp8"])
+    layers = [layer["name"] for layer in run["summary"]["fp8_layers"]]
+    # Every Dense and EinsumDense of the example model, the sigmoid head included.
+    assert layers == [
+        "decoder/self_attention/query", "decoder/self_attention/key",
+        "decoder/self_attention/value", "decoder/self_attention/attention_output",
+        "decoder/feedforward_intermediate_dense", "decoder/feedforward_output_dense",
+        "dense", "classifier"]
+    assert {layer["policy"] for layer in run["summary"]["fp8_layers"]} == {"float8_from_mixed_bfloat16"}
+    before, after = run["summary"]["fp8_before"], run["summary"]["fp8_after"]
+    for name in layers:
+        for role in ROLES:
+            assert before[name][role]["scale"] == 1.0 and before[name][role]["amax_nonzero"] == 0
+            assert after[name][role]["amax_nonzero"] == run["total_steps"]
+            assert after[name][role]["scale"] != 1.0
+    steps, amax = store.fp8_amax(run["id"])
+    assert list(steps) == list(range(1, run["total_steps"] + 1))  # one amax per step, none lost
+    assert amax.shape == (run["total_steps"], len(layers), len(ROLES))
+    assert (amax > 0).all()
+    # The stored newest amax equals the history's newest entry at the end of training.
+    for i, name in enumerate(layers):
+        for j, role in enumerate(ROLES):
+            assert np.isclose(amax[-1, i, j], after[name][role]["history_head"][0])
+    scale_steps, scales = store.fp8_scales(run["id"])
+    assert scale_steps[-1] == run["total_steps"] and (scales[-1] != 1.0).all()
+    # Delayed scaling: the first steps still use the initial scale of 1.0.
+    assert scale_steps[0] <= 2 and (scales[0] == 1.0).all()
+
+
+def test_bf16_run_has_no_float8_variables(trained):
+    from fp8demo.predict import load_run
+
+    store = Store(trained["home"])
+    run = store.run(trained["run_ids"]["bf16"])
+    assert run["summary"]["fp8_layers"] == []
+    steps, amax = store.fp8_amax(run["id"])
+    assert len(steps) == 0
+    model = load_run(store, run["id"]).model
+    assert not [v for v in model.weights if v.path.endswith(("_scale", "_amax_history"))]
+    assert {v.dtype for v in model.trainable_weights} == {"float32"}  # mixed: float32 variables
+
+
+def test_predictions_after_reload_equal_predictions_before_saving(trained):
+    from fp8demo.predict import load_run
+
+    store = Store(trained["home"])
+    for precision, run_id in trained["run_ids"].items():
+        loaded = load_run(store, run_id)
+        after = loaded.predict(trained["texts"])
+        np.testing.assert_allclose(after, trained["predictions_before_save"][run_id], atol=1e-6)
+        assert loaded.tokens("A great film")[:3] == ["a", "great", "film"]

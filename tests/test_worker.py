@@ -1,0 +1,63 @@
+"""The training process: queue order, SIGKILL → interrupted, cancel → cancelled."""
+
+import dataclasses
+import os
+import signal
+import time
+
+from fp8demo import worker
+from fp8demo.config import TrainConfig
+from fp8demo.store import Store
+
+# Long enough to be caught mid-training (~200 steps), small enough to start fast.
+SLOW = TrainConfig(subset=1600, vocab_size=800, seq_len=64, epochs=4, precisions=("bf16",))
+TINY = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisions=("bf16",))
+
+
+def wait_for(predicate, timeout, what):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
+    store = Store(home)
+    slow = worker.launch(SLOW, store)
+    tiny = worker.launch(TINY, store)
+    slow_run = store.runs(slow)[0]["id"]
+    wait_for(lambda: store.run(slow_run)["step"] >= 20, 240, "the slow run to train")
+    pid = store.run(slow_run)["worker_pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: worker.supervise(store) or store.run(slow_run)["status"] != "running",
+             20, "the killed run to be reaped")
+    run = store.run(slow_run)
+    assert run["status"] == "interrupted"
+    assert f"pid {pid}" in run["error"]
+    kept = store.step_metrics(slow_run)
+    assert len(kept["step"]) >= 10  # partial curves are kept
+    # The next queued run still runs, in a fresh worker.
+    tiny_run = store.runs(tiny)[0]["id"]
+    # (The dashboard and CLI call supervise() on every refresh, as here.)
+    wait_for(lambda: worker.supervise(store) is not None and
+             store.run(tiny_run)["status"] in ("finished", "failed"), 240, "the next run")
+    assert store.run(tiny_run)["status"] == "finished", store.run(tiny_run)["error"]
+    assert store.run(tiny_run)["worker_pid"] != pid
+
+
+def test_cancel_running_and_queued_runs(home):
+    store = Store(home)
+    comparison = worker.launch(dataclasses.replace(SLOW, precisions=("bf16", "fp8")), store)
+    first, second = [r["id"] for r in store.runs(comparison)]
+    wait_for(lambda: store.run(first)["step"] >= 5, 240, "training to start")
+    store.cancel_comparison(comparison)
+    assert store.run(second)["status"] == "cancelled"  # queued: cancelled at once
+    wait_for(lambda: store.run(first)["status"] != "running", 30, "the running run to stop")
+    run = store.run(first)
+    assert run["status"] == "cancelled"
+    assert run["step"] < run["total_steps"]
+    # The worker leaves when the queue is empty.
+    wait_for(lambda: worker.worker_pid(store) is None, 30, "the worker to exit")
