@@ -21,7 +21,7 @@ TRAIN_FLAGS = {
     "vocab_size": "vocab_size", "seq_len": "seq_len", "hidden_dim": "hidden_dim",
     "heads": "heads", "intermediate_dim": "intermediate_dim", "dropout": "dropout", "lr": "lr",
     "seed": "seed", "precision": "precisions", "vocab_method": "vocab_method",
-    "quantize_head": "quantize_head",
+    "quantize_head": "quantize_head", "ptq": "ptq",
 }
 
 
@@ -55,6 +55,8 @@ def parse_args(argv):
     predict = commands.add_parser("predict", help="predict with a finished run's model")
     predict.add_argument("run")
     predict.add_argument("texts", nargs="+")
+    predict.add_argument("--post-training", choices=["int8", "int4"],
+                         help="quantize a bf16 run's model after training first")
     predict.add_argument("--json", action="store_true")
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
@@ -103,6 +105,9 @@ def results_table(runs) -> str:
         lines.append(f"{r['precision']:<10}{r['status']:<12}{acc:>10}{loss:>11}{fit:>9}{rate:>9}")
         if r["error"]:
             lines.append(f"    {r['error']}")
+        for mode, result in (r["summary"].get("ptq") or {}).items():
+            lines.append(f"{mode + ' PTQ':<10}{'(of bf16)':<12}{result['test_accuracy']:>10.4f}"
+                         f"{result['test_loss']:>11.4f}")
     return "\n".join(lines)
 
 
@@ -218,7 +223,7 @@ def cmd_show(args, store: Store) -> int:
 def cmd_predict(args, store: Store) -> int:
     from fp8demo.predict import load_run
 
-    loaded = load_run(store, args.run)
+    loaded = load_run(store, args.run, args.post_training)
     probabilities = loaded.predict(args.texts)
     rows = [{"text": t, "positive_probability": float(p)} for t, p in zip(args.texts, probabilities)]
     if args.json:

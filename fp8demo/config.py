@@ -36,6 +36,8 @@ class TrainConfig:
     dropout: float = 0.1
     # The example quantizes every Dense, the sigmoid head included.
     quantize_head: bool = True
+    # After the bf16 run: evaluate its post-training int8 and int4 (weight-only) quantization.
+    ptq: bool = True
     # Which precisions one launch trains, in order.
     precisions: tuple = ("bf16", "fp8")
     # Data: "" = the cached or downloaded archive; otherwise a local archive or folder.
@@ -47,20 +49,23 @@ class TrainConfig:
         """Every problem with this configuration, as sentences a user can act on."""
         problems = []
 
-        def check_int(name, low, high):
+        def check_int(name, low, high, why_low=""):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
                 problems.append(f"{name} must be a whole number, got {value!r}.")
                 return False
             if not low <= value <= high:
-                problems.append(f"{name} must be between {low:,} and {high:,}, got {value:,}.")
+                why = why_low if value < low else ""
+                problems.append(f"{name} must be between {low:,} and {high:,}, got {value:,}{why}.")
                 return False
             return True
 
         check_int("epochs", 1, 1000)
         check_int("batch_size", 1, 65536)
         check_int("seed", 0, 2**31 - 1)
-        check_int("vocab_size", 64, 1_000_000)
+        check_int("vocab_size", 64, 1_000_000, why_low=(
+            f": the vocabulary holds the reserved tokens {' and '.join(RESERVED_TOKENS)} plus "
+            "the single letters, digits and punctuation that WordPiece starts from"))
         check_int("seq_len", 4, 32768)
         hidden_ok = check_int("hidden_dim", 1, 65536)
         heads_ok = check_int("heads", 1, 256)
@@ -71,21 +76,29 @@ class TrainConfig:
                 f"hidden_dim ({self.hidden_dim}) must be divisible by heads ({self.heads}): "
                 "each attention head gets hidden_dim / heads dimensions."
             )
-        for name, low, high in (("dropout", 0.0, 1.0), ("lr", 0.0, 10.0)):
+        numbers = set()
+        for name in ("dropout", "lr"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
                 problems.append(f"{name} must be a number, got {value!r}.")
-        if isinstance(self.dropout, (int, float)) and not 0.0 <= self.dropout < 1.0:
+            else:
+                numbers.add(name)  # only a real number gets a range message as well
+        if "dropout" in numbers and not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}.")
-        if isinstance(self.lr, (int, float)) and not 0.0 < self.lr <= 10.0:
+        if "lr" in numbers and not 0.0 < self.lr <= 10.0:
             problems.append(f"lr must be greater than 0 (and at most 10), got {self.lr}.")
         if self.vocab_method not in VOCAB_METHODS:
             problems.append(
                 f"vocab_method must be one of {', '.join(VOCAB_METHODS)}, got {self.vocab_method!r}."
             )
-        precisions = tuple(self.precisions)
+        # A bare string would be read letter by letter ("bf16" → b, f, 1, 6).
+        listed = isinstance(self.precisions, (tuple, list))
+        precisions = tuple(self.precisions) if listed else ()
         unknown = [p for p in precisions if p not in PRECISIONS]
-        if unknown:
+        if not listed:
+            problems.append(f"precisions must be a list of names (bf16, fp8, float32), "
+                            f"got {self.precisions!r}.")
+        elif unknown:
             problems.append(
                 f"Unknown precision {', '.join(map(str, unknown))}: choose from {', '.join(PRECISIONS)}."
             )
@@ -95,8 +108,9 @@ class TrainConfig:
             problems.append("Each precision may appear only once.")
         if not isinstance(self.data, str):
             problems.append("data must be a path (text).")
-        if not isinstance(self.quantize_head, bool):
-            problems.append("quantize_head must be true or false.")
+        for name in ("quantize_head", "ptq"):
+            if not isinstance(getattr(self, name), bool):
+                problems.append(f"{name} must be true or false.")
         return problems
 
     def validate(self) -> "TrainConfig":
@@ -136,7 +150,11 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name, raw in values.items():
             if name not in fields:
-                problems.append(f"Unknown setting {name!r}.")
+                import difflib
+
+                close = difflib.get_close_matches(str(name), list(fields), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                problems.append(f"Unknown setting {name!r}{hint}.")
                 continue
             default = fields[name].default
             text = str(raw).strip()
@@ -150,7 +168,8 @@ class TrainConfig:
                 elif isinstance(default, float):
                     number = float(text)
                     if number != number or number in (float("inf"), float("-inf")):
-                        raise ValueError
+                        problems.append(f"{name} must be a finite number, got {text[:40]!r}.")
+                        continue
                     typed[name] = number
                 elif isinstance(default, tuple):
                     typed[name] = tuple(p.strip() for p in text.split(",") if p.strip())

@@ -79,3 +79,60 @@ def variables_summary(layers) -> dict:
                 "history_length": int(history.size),
             }
     return summary
+
+
+# -- numerics health ----------------------------------------------------------------------
+
+
+def _shift(values: np.ndarray, k: int) -> np.ndarray:
+    """values[i - k] at index i (-inf before the start)."""
+    out = np.full_like(values, -np.inf)
+    if k < len(values):
+        out[k:] = values[: len(values) - k]
+    return out
+
+
+def trailing_max(values: np.ndarray, window: int) -> np.ndarray:
+    """out[i] = max(values[i-window+1 .. i]) along axis 0, in O(n log window)."""
+    out, covered = values.astype(np.float32), 1
+    while covered * 2 <= window:  # doubling: out[i] covers `covered` steps
+        out = np.maximum(out, _shift(out, covered))
+        covered *= 2
+    if window > covered:  # two overlapping power-of-two windows make any length
+        out = np.maximum(out, _shift(out, window - covered))
+    return out
+
+
+def scales_in_use(amax: np.ndarray, roles=ROLES, history_length: int = 1024) -> np.ndarray:
+    """The scale each step used, reconstructed from the per-step amax [steps, layers, roles].
+
+    Keras computes step t's scale at step t-1 from the history as it was then, i.e. from the
+    amaxes of steps t-1-history_length .. t-2; before any amax exists the scale stays 1.0.
+    """
+    steps = len(amax)
+    fmax = np.array([FORMAT_MAX[r] for r in roles], np.float32)
+    scales = np.ones_like(amax, dtype=np.float32)
+    if steps <= 2:
+        return scales
+    window_max = trailing_max(amax, history_length)
+    previous = window_max[:-2]  # step t (index t) uses the window ending at index t-2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        scales[2:] = np.where(previous > 0, previous / fmax, 1.0)
+    return scales
+
+
+def health(amax: np.ndarray, roles=ROLES, history_length: int = 1024) -> dict:
+    """Per step, layer and role: headroom (log2 of representable max / amax) and overflows.
+
+    headroom > 0: the tensor's largest value fits with that many binary orders to spare;
+    headroom < 0: values beyond fmax × scale were clipped (saturated) at that step.
+    """
+    amax = np.asarray(amax, np.float32)
+    scales = scales_in_use(amax, roles, history_length)
+    fmax = np.array([FORMAT_MAX[r] for r in roles], np.float32)
+    representable = scales * fmax
+    with np.errstate(divide="ignore", invalid="ignore"):
+        headroom = np.where(amax > 0, np.log2(representable / amax), np.nan)
+    overflow = amax > representable * (1 + 1e-6)
+    return {"scales": scales, "representable": representable, "headroom": headroom,
+            "overflow": overflow, "overflow_count": overflow.sum(axis=0)}

@@ -67,6 +67,26 @@ def quantize_fp8(model, config: TrainConfig):
         model.quantize("float8", filters=selected)
 
 
+PTQ_MODES = ("int8", "int4")
+
+
+def quantize_post_training(model, mode: str):
+    """Post-training quantization of a trained model: int8 (per-channel weights, dynamic
+    per-token activations, the embedding too) or int4 (weight-only)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # layers it cannot convert
+        model.quantize(mode)
+    return model
+
+
+def weights_bytes(model) -> int:
+    """Bytes of the model's weights as stored (fp8 bookkeeping variables excluded)."""
+    import numpy as np
+
+    return int(sum(_size(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights
+                   if not w.path.endswith(("_scale", "_amax_history"))))
+
+
 def compile(model, config: TrainConfig, steps_per_execution: int = 1):
     import keras
 
@@ -77,24 +97,25 @@ def compile(model, config: TrainConfig, steps_per_execution: int = 1):
 
 
 def summarize(config: TrainConfig, precision: str) -> list[dict]:
-    """Layers with their class, parameter count and whether they compute in float8."""
+    """Layers ("decoder/self_attention/query" for nested ones) with class, parameter count
+    (fp8 bookkeeping variables excluded) and whether they compute in float8."""
     model = build(config, precision)
     rows = []
-    for layer in _walk(model):
-        rows.append({
-            "name": layer.path,
-            "class": type(layer).__name__,
-            "params": int(sum(int(_size(w.shape)) for w in layer.weights
-                              if not w.path.endswith(("_scale", "_amax_history")))),
-            "float8": getattr(layer, "quantization_mode", None) == "float8",
-        })
+
+    def walk(layer, prefix):
+        for child in getattr(layer, "_layers", []) or []:
+            name = f"{prefix}{child.name}"
+            rows.append({
+                "name": name,
+                "class": type(child).__name__,
+                "params": int(sum(_size(w.shape) for w in child.weights
+                                  if not w.path.endswith(("_scale", "_amax_history")))),
+                "float8": getattr(child, "quantization_mode", None) == "float8",
+            })
+            walk(child, name + "/")
+
+    walk(model, "")
     return rows
-
-
-def _walk(layer):
-    for child in getattr(layer, "_layers", []) or []:
-        yield child
-        yield from _walk(child)
 
 
 def _size(shape):

@@ -25,7 +25,7 @@ class PredictError(ValueError):
 class LoadedRun:
     """A finished run's model and tokenizer, ready to predict."""
 
-    def __init__(self, store: Store, run_id):
+    def __init__(self, store: Store, run_id, post_training: str | None = None):
         try:
             run = store.run(run_id)
         except StoreError as e:
@@ -38,7 +38,7 @@ class LoadedRun:
         try:
             saved = json.loads((folder / "config.json").read_text())
             vocabulary = (folder / "vocabulary.txt").read_text(encoding="utf-8").split("\n")
-            self.config = TrainConfig.from_dict(saved["config"])
+            self.config = TrainConfig.from_dict(saved["config"]).validate()
             self.precision = saved["precision"]
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise PredictError(f"Run {run['id']}'s saved config or vocabulary in {folder} is "
@@ -54,6 +54,12 @@ class LoadedRun:
         except Exception as e:  # h5py and keras raise several types for a bad file
             raise PredictError(f"Run {run['id']}'s weights file {weights} is corrupt or does not "
                                f"match its config ({type(e).__name__}: {str(e)[:200]}).") from e
+        if post_training:
+            if self.precision != "bf16" or post_training not in model_lib.PTQ_MODES:
+                raise PredictError(f"Post-training {post_training} applies to a bf16 run, not to "
+                                   f"run {run['id']} ({self.precision}).")
+            model_lib.quantize_post_training(self.model, post_training)
+        self.label = f"{post_training} (post-training)" if post_training else self.precision
         self.vocabulary = vocabulary
         self.tokenizer = tokenizer.make_tokenizer(vocabulary, self.config.seq_len)
         # Compile the predict step once; the batch is padded to a power of two so
@@ -81,6 +87,8 @@ class LoadedRun:
 
 
 def check_texts(texts) -> list[str]:
+    if texts is None:
+        texts = []
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
@@ -89,11 +97,24 @@ def check_texts(texts) -> list[str]:
     if len(texts) > MAX_REVIEWS:
         raise PredictError(f"At most {MAX_REVIEWS} reviews at once, got {len(texts)}.")
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            where = f" (line {i + 1})" if len(texts) > 1 else ""
+        where = f" (line {i + 1})" if len(texts) > 1 else ""
+        if not isinstance(text, str):
+            raise PredictError(f"The review{where} is not text (got {type(text).__name__}).")
+        if not text.strip():
             raise PredictError(f"The review{where} is empty: type some words.")
-    return [t[:MAX_REVIEW_CHARS] for t in texts]
+    return [_encodable(t[:MAX_REVIEW_CHARS]) for t in texts]
 
 
-def load_run(store: Store, run_id) -> LoadedRun:
-    return LoadedRun(store, run_id)
+def _encodable(text: str) -> str:
+    """Lone surrogates (undecodable bytes on a command line) cannot be encoded as UTF-8 for
+    the tokenizer: they become U+FFFD, like any other unreadable character."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in text)
+
+
+def load_run(store: Store, run_id, post_training: str | None = None) -> LoadedRun:
+    """A finished run's model; post_training="int8"/"int4" quantizes a bf16 run's model."""
+    return LoadedRun(store, run_id, post_training)

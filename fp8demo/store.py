@@ -125,7 +125,14 @@ class Store:
             self.home.mkdir(parents=True, exist_ok=True)
             (self.home / "runs").mkdir(exist_ok=True)
         except OSError as e:
-            raise StoreError(f"Cannot create the fp8demo home folder {self.home}: {e.strerror}. "
+            reason = e.strerror
+            # "File exists" / "Not a directory" do not say which file is in the way.
+            for path in (self.home / "runs", self.home, *self.home.parents):
+                if path.exists():
+                    if not path.is_dir():
+                        reason = f"{path} is a file, not a folder"
+                    break
+            raise StoreError(f"Cannot create the fp8demo home folder {self.home}: {reason}. "
                              "Set FP8DEMO_HOME to a writable folder.") from e
         self.path = self.home / "runs.sqlite"
         self._local = threading.local()
@@ -169,7 +176,13 @@ class Store:
                     conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
                     version = SCHEMA_VERSION
                 else:
-                    version = int(row[0])
+                    try:
+                        version = int(row[0])
+                    except ValueError:
+                        raise StoreError(
+                            f"The run store {self.path} has an unreadable schema version "
+                            f"({row[0]!r}). Move it away or set FP8DEMO_HOME to another folder."
+                        ) from None
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -258,10 +271,11 @@ class Store:
 
     def request_cancel(self, run_id: int) -> str:
         """Cancel a run: a queued one ends at once, a running one at its next step."""
+        run_id = _parse_id(run_id, "a run id (a whole number)")
         conn = self._conn()
         conn.execute("BEGIN IMMEDIATE")
         try:
-            row = conn.execute("SELECT status FROM runs WHERE id=?", (int(run_id),)).fetchone()
+            row = conn.execute("SELECT status FROM runs WHERE id=?", (_sql_id(run_id),)).fetchone()
             if row is None:
                 conn.execute("COMMIT")
                 raise StoreError(f"There is no run {run_id}.")
@@ -313,11 +327,8 @@ class Store:
         return run
 
     def run(self, run_id) -> dict:
-        try:
-            run_id = int(run_id)
-        except (TypeError, ValueError):
-            raise StoreError(f"{run_id!r} is not a run id (a whole number).") from None
-        row = self._execute("SELECT * FROM runs WHERE id=?", (run_id,)).fetchone()
+        run_id = _parse_id(run_id, "a run id (a whole number)")
+        row = self._execute("SELECT * FROM runs WHERE id=?", (_sql_id(run_id),)).fetchone()
         if row is None:
             raise StoreError(f"There is no run {run_id} in {self.path}.")
         return self._run_dict(row)
@@ -348,11 +359,8 @@ class Store:
         return result
 
     def comparison(self, comparison_id) -> dict:
-        try:
-            comparison_id = int(comparison_id)
-        except (TypeError, ValueError):
-            raise StoreError(f"{comparison_id!r} is not a comparison id.") from None
-        row = self._execute("SELECT * FROM comparisons WHERE id=?", (comparison_id,)).fetchone()
+        comparison_id = _parse_id(comparison_id, "a comparison id")
+        row = self._execute("SELECT * FROM comparisons WHERE id=?", (_sql_id(comparison_id),)).fetchone()
         if row is None:
             raise StoreError(f"There is no comparison {comparison_id}.")
         comparison = dict(row)
@@ -444,6 +452,20 @@ class Store:
         import shutil
         for run in runs:
             shutil.rmtree(self.run_dir(run["id"]), ignore_errors=True)
+
+
+def _parse_id(value, what: str) -> int:
+    """A row id from user text or a number; StoreError (not a crash) for anything else."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise StoreError(f"{value!r} is not {what}.") from None
+    return number
+
+
+def _sql_id(number: int) -> int:
+    """SQLite ids are signed 64-bit: a larger number names no row (and would overflow)."""
+    return number if -2**63 <= number < 2**63 else -1  # ids are positive: -1 matches nothing
 
 
 def _num(value):

@@ -218,6 +218,20 @@ def train_run(store: Store, run: dict, record: bool = True, progress=print,
     #    cannot round-trip through .keras; see predict.py).
     phase("saving")
     save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
+    # 6. Post-training quantization of the trained bf16 model: the calibration-free INT8
+    #    the example contrasts FP8 training with, and int4 weight-only.
+    ptq = {}
+    if precision == "bf16" and config.ptq:
+        for mode in model_lib.PTQ_MODES:
+            phase(f"evaluating {mode} post-training quantization")
+            quantized = model_lib.build(config, "bf16")
+            quantized.load_weights(store.run_dir(run_id) / "model.weights.h5")
+            model_lib.compile(model_lib.quantize_post_training(quantized, mode), config)
+            loss, accuracy = quantized.evaluate(prepared.x_test, prepared.y_test,
+                                                batch_size=EVAL_BATCH_SIZE, verbose=0)
+            ptq[mode] = {"test_loss": float(loss), "test_accuracy": float(accuracy),
+                         "weights_bytes": model_lib.weights_bytes(quantized)}
+
     steps = recorder.step
     measured = max(time.time() - (recorder.first_step_time or started), 1e-9)
     results = {
@@ -227,7 +241,8 @@ def train_run(store: Store, run: dict, record: bool = True, progress=print,
     }
     if results["steps_per_sec"]:
         results["samples_per_sec"] = results["steps_per_sec"] * config.batch_size
-    store.merge_summary(run_id, fp8_after=fp8.variables_summary(layers),
+    store.merge_summary(run_id, fp8_after=fp8.variables_summary(layers), ptq=ptq,
+                        weights_bytes=model_lib.weights_bytes(model),
                         test={"loss": results["test_loss"], "accuracy": results["test_accuracy"]})
     return results
 

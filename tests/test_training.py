@@ -81,3 +81,26 @@ def test_predictions_after_reload_equal_predictions_before_saving(trained):
         after = loaded.predict(trained["texts"])
         np.testing.assert_allclose(after, trained["predictions_before_save"][run_id], atol=1e-6)
         assert loaded.tokens("A great film")[:3] == ["a", "great", "film"]
+
+
+def test_post_training_quantization_of_the_bf16_run(trained):
+    from fp8demo.predict import PredictError, load_run
+
+    store = Store(trained["home"])
+    bf16 = store.run(trained["run_ids"]["bf16"])
+    ptq = bf16["summary"]["ptq"]
+    assert set(ptq) == {"int8", "int4"}
+    for mode, result in ptq.items():
+        assert 0.0 <= result["test_accuracy"] <= 1.0
+        # int8 stores one byte per kernel weight, int4 half a byte: both smaller than float32.
+        assert result["weights_bytes"] < bf16["summary"]["weights_bytes"]
+    assert ptq["int4"]["weights_bytes"] < ptq["int8"]["weights_bytes"]
+    int8 = load_run(store, bf16["id"], "int8")
+    probabilities = int8.predict(trained["texts"])
+    assert ((0 <= probabilities) & (probabilities <= 1)).all()
+    assert int8.label == "int8 (post-training)"
+    try:
+        load_run(store, trained["run_ids"]["fp8"], "int8")
+        raise AssertionError("int8 PTQ of an fp8 run must be refused")
+    except PredictError as e:
+        assert "applies to a bf16 run" in str(e)

@@ -1,0 +1,290 @@
+"""Plotly figures for the dashboard: plain data in, a Figure out (no Streamlit here).
+
+Conventions every figure follows:
+- each precision has one fixed colour, so bf16 is blue on every page;
+- a fixed `uirevision`, so zoom and legend clicks survive live refreshes;
+- a title and axis labels, and float32 arrays (plotly ships them as compact typed arrays);
+- long series are downsampled here, on the server, with min/max buckets so spikes survive.
+"""
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from fp8demo.store import ROLES
+
+COLORS = {"bf16": "#1f77b4", "fp8": "#ff7f0e", "float32": "#7f7f7f"}
+FALLBACK_COLOR = "#2ca02c"
+# The three tensors each float8 layer scales, as the store orders them, with readable names.
+ROLE_TITLES = dict(zip(ROLES, ("inputs", "kernel", "output gradient")))
+# Fixed colour range of the amax heatmaps, in log2 units: 2^-16 .. 2^16. A fixed range keeps
+# colours comparable between refreshes, roles and runs.
+AMAX_LOG2_RANGE = (-16.0, 16.0)
+MAX_POINTS = 2000  # points per plotted series after downsampling
+MAX_COLUMNS = 600  # heatmap columns after bucketing
+DASHES = ("solid", "dash", "dot", "dashdot")
+# Keep the modebar's PNG export, at a resolution fit for slides.
+PLOTLY_CONFIG = {"displaylogo": False, "toImageButtonOptions": {"format": "png", "scale": 2}}
+
+
+def color(precision: str) -> str:
+    return COLORS.get(precision, FALLBACK_COLOR)
+
+
+def _f32(values) -> np.ndarray:
+    return np.asarray(values, dtype=np.float32)
+
+
+# -- series math --------------------------------------------------------------------------
+
+
+def ema(values, smoothing: float) -> np.ndarray:
+    """TensorBoard's debiased exponential moving average.
+
+    The running average starts at 0 and is divided by (1 - smoothing^n), so the first
+    points are not dragged towards zero. NaN points stay NaN and do not reset the average.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    if smoothing == 0.0:
+        return values.copy()
+    out = np.full(values.shape, np.nan)
+    last, n = 0.0, 0
+    for i, v in enumerate(values):
+        if not math.isfinite(v):
+            continue
+        last = last * smoothing + (1.0 - smoothing) * v
+        n += 1
+        out[i] = last / (1.0 - smoothing**n)
+    return out
+
+
+def minmax_indices(values, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Indices of a downsampled series: each bucket's min and max point, in order.
+
+    Plain striding would hide a one-step loss spike; keeping both extremes of every
+    bucket draws the same envelope with at most `max_points` points.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    n = len(values)
+    if n <= max_points:
+        return np.arange(n)
+    buckets = max(1, (max_points - 2) // 2)
+    size = math.ceil(n / buckets)
+    padded = np.full(buckets * size, np.nan)
+    padded[:n] = values
+    rows = padded.reshape(buckets, size)
+    nan = np.isnan(rows)
+    low = np.where(nan, np.inf, rows).argmin(axis=1)
+    high = np.where(nan, -np.inf, rows).argmax(axis=1)
+    offsets = np.arange(buckets) * size
+    picked = np.concatenate([offsets + low, offsets + high, [0, n - 1]])
+    picked = np.unique(picked[picked < n])
+    return picked
+
+
+def bucket_max(steps, values, max_columns: int = MAX_COLUMNS):
+    """Shrink [steps, ...] to at most `max_columns` rows, keeping each bucket's max.
+
+    Used for amax heatmaps: the largest amax in a bucket is the one that sets the scale.
+    Returns (last step of each bucket, max of each bucket).
+    """
+    steps = np.asarray(steps)
+    values = np.asarray(values, dtype=np.float32)
+    n = len(steps)
+    if n <= max_columns:
+        return steps, values
+    size = math.ceil(n / max_columns)
+    starts = np.arange(0, n, size)
+    with np.errstate(invalid="ignore"):
+        maxima = np.fmax.reduceat(values, starts, axis=0)
+    ends = np.minimum(starts + size, n) - 1
+    return steps[ends], maxima
+
+
+# -- training curves ----------------------------------------------------------------------
+
+
+def curve(label, precision, steps, times, values, val_steps=(), val_values=(), dash="solid"):
+    """One run's series for `metric_figure` (step metrics plus per-epoch validation points)."""
+    return dict(label=label, precision=precision, steps=np.asarray(steps, dtype=np.float64),
+                times=np.asarray(times, dtype=np.float64), values=np.asarray(values, dtype=np.float64),
+                val_steps=np.asarray(val_steps, dtype=np.float64),
+                val_values=np.asarray(val_values, dtype=np.float64), dash=dash)
+
+
+def curve_from_store(label, precision, step_metrics: dict, epoch_metrics: list, metric: str,
+                     dash="solid"):
+    """Build a curve from `Store.step_metrics` / `Store.epoch_metrics` output."""
+    val = [e for e in epoch_metrics if e.get(f"val_{metric}") is not None]
+    return curve(label, precision, step_metrics["step"], step_metrics["time"], step_metrics[metric],
+                 [e["step"] for e in val], [e[f"val_{metric}"] for e in val], dash=dash)
+
+
+METRIC_TITLES = {"loss": "Loss (binary cross-entropy)", "accuracy": "Accuracy"}
+
+
+def metric_figure(curves, metric="loss", *, smoothing=0.6, log_y=False, x_axis="step",
+                  max_points=MAX_POINTS, title=None, height=360) -> go.Figure:
+    """Per-step training curves overlaid: raw (faint), EMA-smoothed, validation markers.
+
+    x_axis: "step" (training step) or "time" (seconds since the run's training started).
+    """
+    if x_axis not in ("step", "time"):
+        raise ValueError(f"x_axis must be 'step' or 'time', got {x_axis!r}")
+    fig = go.Figure()
+    for c in curves:
+        col = color(c["precision"])
+        x_all = c["steps"] if x_axis == "step" else c["times"]
+        if len(c["values"]):
+            keep = minmax_indices(c["values"], max_points)
+            fig.add_trace(go.Scattergl(
+                x=_f32(x_all[keep]), y=_f32(c["values"][keep]), mode="lines",
+                line=dict(color=col, width=1, dash=c["dash"]), opacity=0.25,
+                name=f"{c['label']} (raw)", legendgroup=c["label"], showlegend=False,
+                hovertemplate=f"{c['label']} raw<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+            smooth = ema(c["values"], smoothing)
+            keep = minmax_indices(smooth, max_points)
+            fig.add_trace(go.Scattergl(
+                x=_f32(x_all[keep]), y=_f32(smooth[keep]), mode="lines",
+                line=dict(color=col, width=2, dash=c["dash"]), name=c["label"],
+                legendgroup=c["label"],
+                hovertemplate=f"{c['label']}<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+        if len(c["val_values"]):
+            vx = c["val_steps"]
+            if x_axis == "time":
+                # Epoch rows carry wall-clock times; place them on the run's own time axis.
+                vx = np.interp(vx, c["steps"], c["times"]) if len(c["steps"]) else vx * np.nan
+            fig.add_trace(go.Scatter(
+                x=_f32(vx), y=_f32(c["val_values"]), mode="markers",
+                marker=dict(color=col, size=10, symbol="diamond", line=dict(color="white", width=1)),
+                name=f"{c['label']} validation", legendgroup=c["label"],
+                hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+    _layout(fig, title or METRIC_TITLES.get(metric, metric),
+            "step" if x_axis == "step" else "seconds since training started",
+            metric, uirevision=f"{metric}-{x_axis}", height=height)
+    if log_y:
+        fig.update_yaxes(type="log")
+    elif metric == "accuracy":
+        fig.update_yaxes(range=[0, 1])
+    return fig
+
+
+# -- float8 state -------------------------------------------------------------------------
+
+
+def amax_log2(amax) -> np.ndarray:
+    """log2(amax) as float32, NaN where amax is zero (an unfilled or all-zero tensor)."""
+    amax = np.asarray(amax, dtype=np.float32)
+    out = np.full(amax.shape, np.nan, dtype=np.float32)
+    positive = amax > 0
+    out[positive] = np.log2(amax[positive])
+    return out
+
+
+def amax_heatmap(steps, amax_role, layer_names, role="inputs", *, max_columns=MAX_COLUMNS,
+                 height=None) -> go.Figure:
+    """Heatmap of one role's amax: rows = float8 layers, columns = steps (oldest left).
+
+    steps: (T,), amax_role: (T, layers). Colour is log2(amax) on a fixed range; zero amax
+    is blank. Long runs are bucketed by max so a single large amax stays visible.
+    """
+    steps, amax_role = bucket_max(steps, np.asarray(amax_role, dtype=np.float32), max_columns)
+    z = amax_log2(amax_role).T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
+    zmin, zmax = AMAX_LOG2_RANGE
+    fig = go.Figure(go.Heatmap(
+        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
+        colorbar=dict(title=dict(text="log2 amax"), tickvals=list(range(int(zmin), int(zmax) + 1, 4))),
+        hoverongaps=False,
+        hovertemplate="%{y}<br>step %{x}<br>log2 amax %{z:.2f}<extra></extra>"))
+    _layout(fig, f"amax per step — {ROLE_TITLES.get(role, role)}", "step", "float8 layer",
+            uirevision=f"amax-{role}", height=height or max(260, 60 + 28 * len(layer_names)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+def scales_figure(steps, scales, layer_names, roles=ROLES, *, max_points=MAX_POINTS,
+                  height=360) -> go.Figure:
+    """Scale of every float8 layer over training, one panel per role, log y.
+
+    steps: (T,), scales: (T, layers, roles). scale = amax / fmax, so it follows the amax
+    history with a delay; a scale of 1.0 is the untouched initial value.
+    """
+    scales = np.asarray(scales, dtype=np.float32)
+    fig = make_subplots(rows=1, cols=len(roles), subplot_titles=[ROLE_TITLES.get(r, r) for r in roles],
+                        shared_yaxes=False)
+    palette = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
+               "#b6e880", "#ff97ff", "#fecb52")
+    steps = np.asarray(steps)
+    for j in range(len(roles)):
+        for i, name in enumerate(layer_names):
+            y = scales[:, i, j] if len(steps) else np.zeros(0, np.float32)
+            keep = minmax_indices(y, max_points)
+            fig.add_trace(go.Scattergl(
+                x=_f32(steps[keep]), y=_f32(y[keep]), mode="lines", name=name, legendgroup=name,
+                showlegend=(j == 0), line=dict(color=palette[i % len(palette)], width=1.5),
+                hovertemplate=f"{name}<br>step %{{x}}<br>scale %{{y:.3g}}<extra></extra>"),
+                row=1, col=j + 1)
+    _layout(fig, "float8 scales over training (scale = amax / fmax)", None, None,
+            uirevision="scales", height=height)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(type="log", exponentformat="power")
+    fig.update_yaxes(title_text="scale", row=1, col=1)
+    return fig
+
+
+def fp8_state_rows(before: dict, after: dict) -> list[dict]:
+    """One row per float8 variable group (layer × role): scale and amax before vs after."""
+    rows = []
+    for layer in _layer_order(before, after):
+        for role in ROLE_TITLES:
+            b = before.get(layer, {}).get(role, {})
+            a = after.get(layer, {}).get(role, {})
+            if not a and not b:
+                continue
+            rows.append({
+                "layer": layer, "role": ROLE_TITLES[role],
+                "scale before": b.get("scale"), "scale after": a.get("scale"),
+                "amax max before": b.get("amax_max"), "amax max after": a.get("amax_max"),
+                "amax history filled": a.get("amax_nonzero"),
+                "amax history (newest first)": ", ".join(f"{v:.3g}" for v in a.get("history_head", [])),
+            })
+    return rows
+
+
+def scale_change_figure(before: dict, after: dict, role="inputs", height=320) -> go.Figure:
+    """Bars of each float8 layer's scale before vs after training, for one role (log y)."""
+    layers = _layer_order(before, after)
+    get = lambda state, layer: state.get(layer, {}).get(role, {}).get("scale")
+    fig = go.Figure([
+        go.Bar(x=layers, y=_f32([get(before, l) or np.nan for l in layers]), name="before training",
+               marker_color="#c7c7c7"),
+        go.Bar(x=layers, y=_f32([get(after, l) or np.nan for l in layers]), name="after training",
+               marker_color=COLORS["fp8"]),
+    ])
+    _layout(fig, f"{ROLE_TITLES.get(role, role)} scale before vs after training", "float8 layer",
+            "scale", uirevision=f"scale-change-{role}", height=height)
+    fig.update_layout(barmode="group")
+    fig.update_yaxes(type="log", exponentformat="power")
+    return fig
+
+
+def _layer_order(before: dict, after: dict) -> list:
+    """Layer names in the model's order (the summary dicts keep it), after's first."""
+    return list(dict.fromkeys([*after, *before]))
+
+
+def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
+    fig.update_layout(
+        title=dict(text=title), uirevision=uirevision, height=height,
+        margin=dict(l=10, r=10, t=50, b=10),
+        legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
+        hovermode="closest")
+    if x_title is not None:
+        fig.update_xaxes(title_text=x_title)
+    if y_title is not None:
+        fig.update_yaxes(title_text=y_title)
+    return fig

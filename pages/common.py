@@ -1,0 +1,231 @@
+"""Helpers every dashboard page shares: the cached store, the device, formatting, the shell.
+
+Not a page itself: app.py lists the pages explicitly with st.navigation, so Streamlit does
+not pick files in pages/ up on its own. Heavy modules (keras, jax) are only imported inside
+cached functions, so a page's first paint stays fast.
+"""
+
+import importlib.metadata
+import time
+
+import streamlit as st
+
+import fp8demo
+from fp8demo.store import ACTIVE, Store, StoreError, default_home
+
+PRECISION_LABELS = {"bf16": "bf16", "fp8": "fp8", "float32": "float32"}
+# Material icons render in markdown everywhere (emoji fonts are not everywhere).
+STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
+                "finished": ":material/check_circle:", "failed": ":material/error:",
+                "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
+
+
+# -- page setup ---------------------------------------------------------------------------
+
+
+PAGES = [  # (script, title, icon); the first is the default page
+    ("pages/train.py", "Train", ":material/rocket_launch:"),
+    ("pages/live.py", "Live", ":material/monitoring:"),
+    ("pages/results.py", "Results", ":material/table_chart:"),
+    ("pages/predict.py", "Predict", ":material/chat:"),
+]
+
+
+def start_app():
+    """What app.py does on every run: page config, navigation, sidebar shell.
+
+    Returns the st.Page the user asked for; the caller runs it.
+    """
+    st.set_page_config(page_title="FP8 training, live", page_icon=":material/speed:", layout="wide")
+    page = st.navigation([st.Page(path, title=title, icon=icon, default=(i == 0))
+                          for i, (path, title, icon) in enumerate(PAGES)])
+    sidebar_shell(get_store())
+    return page
+
+
+def require_navigation():
+    """Call first on every page: make sure app.py's navigation and sidebar shell are there.
+
+    Streamlit 1.67 decides per server process whether an app uses the old pages/ folder
+    mode, until some script calls st.navigation: a fresh server's first request for /live
+    runs pages/live.py directly, listing every file of pages/ as a page and skipping
+    app.py. Here the page then sets up app.py's navigation itself (which switches the
+    process over for good) and carries on; a rerun instead would drop a pending click.
+    """
+    from streamlit.runtime.pages_manager import PagesManager
+
+    if PagesManager.uses_pages_directory:
+        start_app()
+
+
+# -- shared resources ---------------------------------------------------------------------
+
+
+@st.cache_resource(show_spinner=False)
+def _open_store(home: str) -> Store:
+    """One Store per home folder, shared by every session of this server."""
+    return Store(home)
+
+
+def get_store() -> Store:
+    """The run store under FP8DEMO_HOME (one handle per home per server process)."""
+    try:
+        return _open_store(str(default_home()))
+    except StoreError as e:
+        st.error(str(e))
+        st.stop()
+
+
+@st.cache_resource(show_spinner="Looking for an accelerator…")
+def device_info() -> dict:
+    """fp8demo.device.describe(), once per server (it imports jax)."""
+    try:
+        from fp8demo import device
+
+        return device.describe()
+    except Exception as e:  # the dashboard must still open without a working jax
+        return dict(platform="unknown", name="unknown", fp8_capable=False,
+                    text=f"Could not query the device: {e}")
+
+
+def device_text(info: dict) -> str:
+    """The device in plain words, with what it means for fp8."""
+    if info.get("text"):
+        return info["text"]
+    if info.get("platform") == "gpu":
+        return f"{info['name']} — " + ("fp8 tensor cores available" if info.get("fp8_capable")
+                                      else "no fp8 tensor cores; fp8 is emulated")
+    return "CPU only — fp8 is emulated and slower; use a subset for a quick demo"
+
+
+def versions() -> dict:
+    """Installed versions, from package metadata (no heavy imports)."""
+    out = {}
+    for name in ("fp8demo", "keras", "jax"):
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = fp8demo.__version__ if name == "fp8demo" else "not installed"
+    return out
+
+
+# -- formatting ---------------------------------------------------------------------------
+
+
+def fmt_seconds(seconds) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def fmt_number(value, spec=",.0f", missing="–") -> str:
+    return missing if value is None else format(value, spec)
+
+
+def fmt_pct(value) -> str:
+    return "–" if value is None else f"{value:.2%}"
+
+
+def fmt_settings(config) -> str:
+    """The settings that differ from the Keras example, e.g. 'epochs=1, subset=2000'."""
+    diff = config.differences()
+    if not diff:
+        return "Keras example"
+    return ", ".join(f"{k}={'+'.join(v) if isinstance(v, list) else v}" for k, v in diff.items())
+
+
+def comparison_status(comparison) -> str:
+    return ", ".join(f"{r['precision']} {r['status']}" for r in comparison["runs"])
+
+
+def comparison_label(comparison) -> str:
+    when = time.strftime("%b %d %H:%M", time.localtime(comparison["created_at"]))
+    label = f" “{comparison['label']}”" if comparison.get("label") else ""
+    precisions = " vs ".join(r["precision"] for r in comparison["runs"])
+    return f"#{comparison['id']}{label} · {precisions} · {when} · {comparison_status(comparison)}"
+
+
+def is_active(comparison) -> bool:
+    return any(r["status"] in ACTIVE for r in comparison["runs"])
+
+
+def progress_text(run) -> str:
+    """'epoch 2/3 · step 1,200/1,875 · 41.3 steps/s · ETA 16 s' for a run in flight."""
+    config = run["config"]
+    parts = [f"epoch {min(run['epoch'] + 1, config.epochs)}/{config.epochs}"]
+    total = run.get("total_steps")
+    parts.append(f"step {run['step']:,}/{total:,}" if total else f"step {run['step']:,}")
+    if run.get("steps_per_sec"):
+        parts.append(f"{run['steps_per_sec']:.1f} steps/s")
+    if run.get("eta") is not None:
+        parts.append(f"ETA {fmt_seconds(run['eta'])}")
+    return " · ".join(parts)
+
+
+def pick_comparison(comparisons, key, label="Comparison", preferred=None):
+    """A selectbox over comparisons (newest first); returns the chosen comparison id.
+
+    `preferred` (an id) is selected on first display, e.g. the comparison just launched.
+    """
+    ids = [c["id"] for c in comparisons]
+    by_id = {c["id"]: c for c in comparisons}
+    index = ids.index(preferred) if preferred in ids else 0
+    return st.selectbox(label, ids, index=index, key=key,
+                        format_func=lambda cid: comparison_label(by_id[cid]))
+
+
+def query_int(name):
+    """An integer query parameter, or None when missing or not a number."""
+    try:
+        return int(st.query_params.get(name, ""))
+    except ValueError:
+        return None
+
+
+def plot(fig, key=None):
+    """st.plotly_chart with the dashboard's modebar settings (PNG export kept)."""
+    from fp8demo.charts import PLOTLY_CONFIG
+
+    st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
+
+
+# -- the shell every page shares -----------------------------------------------------------
+
+
+def sidebar_shell(store: Store):
+    """Title, device, versions and the training queue, in the sidebar."""
+    with st.sidebar:
+        st.markdown("### FP8 training, live")
+        st.caption("A small Transformer on IMDB reviews, trained in bf16 and fp8 side by side "
+                   "(after the Keras example *Float8 training and inference*).")
+        info = device_info()
+        text = device_text(info)
+        (st.success if info.get("fp8_capable") else st.info)(text, icon=":material/memory:")
+        st.caption(" · ".join(f"{name} {version}" for name, version in versions().items()))
+        st.markdown("**Queue**")
+        store.reap()  # a training process that died must not stay "running" here
+        queue = store.queue()
+        if not queue:
+            st.caption("Nothing training or waiting.")
+        for run in queue:
+            icon = STATUS_ICONS.get(run["status"], "")
+            detail = run["phase"] if run["status"] == "running" else "waiting"
+            st.caption(f"{icon} #{run['comparison_id']} **{run['precision']}** — {detail}")
+        if queue:
+            pid = _worker_pid(store)
+            st.caption(f"training process pid {pid}" if pid else
+                       "No training process is alive; launching again restarts it.")
+
+
+def _worker_pid(store):
+    try:
+        from fp8demo import worker
+
+        return worker.worker_pid(store)
+    except Exception:
+        return None

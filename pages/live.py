@@ -1,0 +1,143 @@
+"""Live: watch one comparison train — progress, loss and accuracy, and the fp8 amax/scales.
+
+The live part is a fragment that re-reads the store every second while a run is queued or
+running and nobody paused it; otherwise it is drawn once, so the user can zoom in peace.
+"""
+
+import streamlit as st
+
+from fp8demo import charts
+from fp8demo.store import ROLES
+from fp8demo import worker
+from pages import common
+
+REFRESH_SECONDS = 1.0
+
+
+def run_card(run):
+    """Status, phase and progress of one run."""
+    icon = common.STATUS_ICONS.get(run["status"], "")
+    st.markdown(f"#### {icon} {run['precision']}")
+    status = run["status"]
+    if status == "running":
+        total = run.get("total_steps") or 0
+        fraction = min(run["step"] / total, 1.0) if total else 0.0
+        st.progress(fraction, text=f"{run['phase']} — {common.progress_text(run)}")
+        if run.get("samples_per_sec"):
+            st.caption(f"{run['samples_per_sec']:,.0f} samples/s · elapsed "
+                       f"{common.fmt_seconds(run.get('elapsed'))}"
+                       + (f" · {run['device']}" if run.get("device") else ""))
+    elif status == "queued":
+        st.caption("Waiting: runs train one after another.")
+    elif status == "finished":
+        st.success(f"Test accuracy {common.fmt_pct(run['test_accuracy'])} · test loss "
+                   f"{common.fmt_number(run['test_loss'], '.4f')} · fit "
+                   f"{common.fmt_seconds(run['fit_seconds'])}")
+    elif status == "cancelled":
+        st.warning(f"Cancelled at step {run['step']:,}; metrics so far are kept.")
+    else:  # failed, interrupted
+        st.error(run.get("error") or f"The run {status}.")
+
+
+def metric_curves(store, runs, metric, smoothing, log_y, x_axis):
+    curves = [charts.curve_from_store(r["precision"], r["precision"], store.step_metrics(r["id"]),
+                                      store.epoch_metrics(r["id"]), metric)
+              for r in runs]
+    return charts.metric_figure(curves, metric, smoothing=smoothing, log_y=log_y and metric == "loss",
+                                x_axis=x_axis)
+
+
+def fp8_panel(store, run):
+    """Heatmaps of every float8 layer's amax, one per role, and the scales over time."""
+    layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
+    if not layers:
+        st.caption("The amax heatmaps appear once the fp8 model has been built and quantized.")
+        return
+    steps, amax = store.fp8_amax(run["id"])
+    if not len(steps):
+        st.caption("Waiting for the first training steps of the fp8 run…")
+        return
+    st.caption("Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
+               "output gradient per step; its scale is amax / fmax (448 for E4M3, 57344 for "
+               "E5M2). Colour is log2(amax), blank where amax is 0.")
+    tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES] + ["scales"])
+    for j, role in enumerate(ROLES):
+        with tabs[j]:
+            common.plot(charts.amax_heatmap(steps, amax[:, :, j], layers, role), key=f"amax-{role}")
+    with tabs[-1]:
+        s_steps, scales = store.fp8_scales(run["id"])
+        if len(s_steps):
+            common.plot(charts.scales_figure(s_steps, scales, layers), key="scales")
+        else:
+            st.caption("No scale snapshots yet.")
+
+
+def live_view(store, cid, smoothing, log_y, x_axis, refreshing):
+    comparison = store.comparison(cid)
+    runs = comparison["runs"]
+    if refreshing and not common.is_active(comparison):
+        st.rerun()  # everything ended: redraw the page once, without the timer
+    cols = st.columns(len(runs))
+    for col, run in zip(cols, runs):
+        with col:
+            run_card(run)
+    started = [r for r in runs if r["status"] not in ("queued",)]
+    if not started:
+        st.info("Charts appear when the first run starts training.")
+        return
+    left, right = st.columns(2)
+    with left:
+        common.plot(metric_curves(store, started, "loss", smoothing, log_y, x_axis), key="live-loss")
+    with right:
+        common.plot(metric_curves(store, started, "accuracy", smoothing, log_y, x_axis), key="live-acc")
+    fp8_runs = [r for r in started if r["precision"] == "fp8"]
+    st.subheader("Inside the fp8 run")
+    if fp8_runs:
+        fp8_panel(store, fp8_runs[0])
+    elif any(r["precision"] == "fp8" for r in runs):
+        st.caption("The fp8 run has not started yet.")
+    else:
+        st.caption("This comparison has no fp8 run.")
+
+
+def stop(store, cid):
+    store.cancel_comparison(cid)
+    st.toast("Stopping: waiting runs are cancelled, the running one stops at its next step.")
+
+
+# -- the page -----------------------------------------------------------------------------
+
+common.require_navigation()
+store = common.get_store()
+worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+st.title("Live")
+comparisons = store.comparisons()
+if not comparisons:
+    st.info("No comparisons yet. Launch one on the Train page and watch it here.")
+    st.stop()
+
+preferred = st.session_state.pop("live_comparison", None) or common.query_int("comparison")
+if preferred is None:
+    preferred = next((c["id"] for c in comparisons if common.is_active(c)), None)
+cid = common.pick_comparison(comparisons, key="comparison", preferred=preferred)
+if common.query_int("comparison") != cid:
+    st.query_params["comparison"] = str(cid)
+comparison = next(c for c in comparisons if c["id"] == cid)
+active = common.is_active(comparison)
+st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
+
+c = st.columns([4, 3, 2, 2, 1], vertical_alignment="center")
+smoothing = c[0].slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
+                        help="Exponential moving average, debiased as in TensorBoard.")
+x_axis = c[1].radio("x axis", ["step", "time"], horizontal=True, key="x_axis")
+log_y = c[2].toggle("Log-scale loss", key="log_y")
+paused = c[3].toggle("Pause", key="pause", help="Stop refreshing, e.g. to zoom into a chart.",
+                     disabled=not active)
+c[4].button("Stop", key="stop", on_click=stop, args=(store, cid), disabled=not active,
+            help="Cancel this comparison's running and waiting runs.")
+
+refreshing = active and not paused
+if paused:
+    st.caption("Paused: charts are frozen. Turn Pause off to follow the training again.")
+st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(live_view)(
+    store, cid, smoothing, log_y, x_axis, refreshing)

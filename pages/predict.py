@@ -1,0 +1,134 @@
+"""Predict: ask every model of a finished comparison what it thinks of a review."""
+
+import pandas as pd
+import streamlit as st
+
+from fp8demo.predict import PredictError
+from fp8demo.store import default_home
+from fp8demo import worker
+from pages import common
+
+OWN = "Write your own"
+EXAMPLES = {
+    "Positive": "One of the best films I have seen in years. The cast is wonderful, the story "
+                "moved me, and I would happily watch it again.",
+    "Negative": "A dull, badly acted mess. The plot makes no sense and I was checking my watch "
+                "after twenty minutes. Avoid.",
+    "Mixed": "The photography is gorgeous and the lead actress does her best, but the script "
+             "is weak and the ending falls completely flat.",
+}
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=12)
+def load_model(home: str, run_id: int, post_training: str | None = None):
+    """Rebuild one run's model from its saved weights, once per server (imports keras)."""
+    from fp8demo import predict
+
+    return predict.load_run(common._open_store(home), run_id, post_training)
+
+
+def load_models(runs) -> dict:
+    """{precision: model} for every finished run that loads; errors are shown, not raised."""
+    models = {}
+    for r in runs:
+        try:
+            models[r["precision"]] = load_model(str(default_home()), r["id"])
+        except PredictError as e:
+            st.error(f"{r['precision']}: {e}")
+        # The bf16 model after post-training int8 quantization: the calibration-free
+        # alternative the example contrasts FP8 training with.
+        if r["precision"] == "bf16" and "int8" in (r["summary"].get("ptq") or {}):
+            try:
+                models["int8 (PTQ)"] = load_model(str(default_home()), r["id"], "int8")
+            except PredictError as e:
+                st.error(f"int8 (PTQ): {e}")
+    return models
+
+
+def label_of(probability: float) -> str:
+    return "positive" if probability >= 0.5 else "negative"
+
+
+def pick_example():
+    name = st.session_state["example"]
+    if name in EXAMPLES:
+        st.session_state["review"] = EXAMPLES[name]
+
+
+def single_review(models):
+    st.selectbox("Example review", [OWN, *EXAMPLES], key="example", on_change=pick_example)
+    text = st.text_area("Review", key="review", height=120,
+                        placeholder="Type a movie review, e.g. “I loved every minute of it.”")
+    if not text.strip():
+        st.info("Type a review (or pick an example) to see what each model thinks of it.")
+        return
+    try:
+        probabilities = {p: float(m.predict([text])[0]) for p, m in models.items()}
+    except PredictError as e:
+        st.error(str(e))
+        return
+    cols = st.columns(len(probabilities))
+    for col, (precision, prob) in zip(cols, probabilities.items()):
+        col.metric(f"{precision}: P(positive)", f"{prob:.1%}", border=True)
+        col.markdown(f"→ **{label_of(prob)}**")
+    labels = {label_of(p) for p in probabilities.values()}
+    if len(probabilities) > 1:
+        spread = max(probabilities.values()) - min(probabilities.values())
+        if len(labels) == 1:
+            st.success(f"The models agree: {labels.pop()} (probabilities within {spread:.1%}).")
+        else:
+            st.warning(f"The models disagree (probabilities {spread:.1%} apart).")
+    with st.expander("Tokens the model saw"):
+        tokens = next(iter(models.values())).tokens(text)
+        st.markdown(" ".join(f"`{t}`" for t in tokens) or "(no tokens)")
+        st.caption(f"{len(tokens)} wordpieces; the model reads at most the first "
+                   f"sequence-length of them, padded with [PAD].")
+
+
+def many_reviews(models):
+    text = st.text_area("Several reviews, one per line", key="batch", height=140)
+    reviews = [line.strip() for line in text.splitlines() if line.strip()]
+    if not reviews:
+        st.caption("Paste reviews here, one per line, to get a table.")
+        return
+    table = pd.DataFrame({"review": reviews})
+    try:
+        for precision, model in models.items():
+            table[f"{precision} P(positive)"] = model.predict(reviews)
+    except PredictError as e:
+        st.error(str(e))
+        return
+    for precision in models:
+        table[f"{precision} label"] = table[f"{precision} P(positive)"].map(label_of)
+    labels = table[[f"{p} label" for p in models]]
+    table["agree"] = labels.nunique(axis=1) == 1
+    st.dataframe(table, hide_index=True, width="stretch",
+                 column_config={f"{p} P(positive)": st.column_config.ProgressColumn(
+                     format="percent", min_value=0.0, max_value=1.0) for p in models})
+
+
+# -- the page -----------------------------------------------------------------------------
+
+common.require_navigation()
+store = common.get_store()
+worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+st.title("Predict")
+finished = [c for c in store.comparisons() if any(r["status"] == "finished" for r in c["runs"])]
+if not finished:
+    st.info("No finished comparisons yet. Train one (the “Quick demo” preset takes about a "
+            "minute) and its models can be asked here.")
+    st.stop()
+
+cid = common.pick_comparison(finished, key="predict_comparison")
+comparison = next(c for c in finished if c["id"] == cid)
+runs = [r for r in comparison["runs"] if r["status"] == "finished"]
+if len(runs) < len(comparison["runs"]):
+    st.caption("Only finished runs are shown: "
+               + ", ".join(r["precision"] for r in comparison["runs"] if r["status"] != "finished")
+               + " did not finish.")
+models = load_models(runs)
+if not models:
+    st.stop()
+single_review(models)
+st.divider()
+many_reviews(models)

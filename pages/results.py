@@ -1,0 +1,211 @@
+"""Results: every comparison, one in detail (accuracy, speed, float8 state), and two side by side."""
+
+import json
+
+import pandas as pd
+import streamlit as st
+
+from fp8demo import charts
+from fp8demo.config import TrainConfig
+from fp8demo import worker
+from pages import common
+
+BASELINE = "bf16"  # the precision fp8 is measured against, as in the Keras example
+
+
+def comparisons_table(comparisons) -> pd.DataFrame:
+    rows = []
+    for c in comparisons:
+        row = {"id": c["id"], "created": pd.Timestamp(c["created_at"], unit="s", tz="UTC").tz_localize(None),
+               "label": c["label"], "settings (vs the example)": common.fmt_settings(c["config"]),
+               "status": common.comparison_status(c)}
+        for r in c["runs"]:
+            row[f"{r['precision']} test acc"] = r["test_accuracy"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+def run_rows(runs) -> pd.DataFrame:
+    """One row per trained precision, plus the bf16 model's post-training int8/int4."""
+    rows = []
+    for r in runs:
+        rows.append({
+            "precision": r["precision"], "status": r["status"],
+            "test accuracy": r["test_accuracy"], "test loss": r["test_loss"],
+            "weights (KB)": (r["summary"].get("weights_bytes") or 0) / 1024 or None,
+            "fit time (s)": r["fit_seconds"], "steps/s": r["steps_per_sec"],
+            "samples/s": r["samples_per_sec"], "params": r["params"],
+            "device": r["device"] or r["summary"].get("device"),
+        })
+        for mode, result in (r["summary"].get("ptq") or {}).items():
+            rows.append({
+                "precision": f"{mode} PTQ of {r['precision']}", "status": "post-training",
+                "test accuracy": result["test_accuracy"], "test loss": result["test_loss"],
+                "weights (KB)": result["weights_bytes"] / 1024,
+            })
+    return pd.DataFrame(rows)
+
+def accuracy_metrics(runs):
+    """st.metric per run; other precisions show their difference to bf16."""
+    base = next((r for r in runs if r["precision"] == BASELINE and r["test_accuracy"] is not None), None)
+    cols = st.columns(len(runs))
+    for col, r in zip(cols, runs):
+        with col:
+            acc, loss = r["test_accuracy"], r["test_loss"]
+            compare = base is not None and r is not base and acc is not None
+            st.metric(f"{r['precision']} test accuracy", common.fmt_pct(acc),
+                      delta=f"{(acc - base['test_accuracy']) * 100:+.2f} pp vs bf16" if compare else None,
+                      border=True)
+            st.metric(f"{r['precision']} test loss", common.fmt_number(loss, ".4f"),
+                      delta=f"{loss - base['test_loss']:+.4f} vs bf16"
+                      if compare and loss is not None and base["test_loss"] is not None else None,
+                      delta_color="inverse", border=True)
+            if r["status"] != "finished":
+                st.caption(f"{common.STATUS_ICONS.get(r['status'], '')} {r['status']}"
+                           + (f": {r['error']}" if r.get("error") else ""))
+
+def metrics_csv(store, runs) -> str:
+    """Per-step metrics of every run, with each epoch's validation metrics on its last step."""
+    frames = []
+    for r in runs:
+        steps = pd.DataFrame(store.step_metrics(r["id"]))
+        steps.insert(0, "precision", r["precision"])
+        steps.insert(0, "run_id", r["id"])
+        epochs = pd.DataFrame(store.epoch_metrics(r["id"]), columns=["step", "val_loss", "val_accuracy"])
+        frames.append(steps.merge(epochs, on="step", how="left") if len(steps) else steps)
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame.to_csv(index=False)
+
+def weights_reader(path):
+    """Read the weights file only when the user clicks (it can be hundreds of MB)."""
+    return lambda: path.read_bytes()
+
+def downloads(store, comparison):
+    runs = comparison["runs"]
+    cid = comparison["id"]
+    c = st.columns(2 + len(runs))
+    c[0].download_button("Metrics CSV", metrics_csv(store, runs), f"fp8demo-{cid}-metrics.csv",
+                         "text/csv", key="download_csv", on_click="ignore")
+    config_json = json.dumps({"comparison": cid, "label": comparison["label"],
+                              "config": comparison["config"].to_dict()}, indent=2)
+    c[1].download_button("Config JSON", config_json, f"fp8demo-{cid}-config.json", "application/json",
+                         key="download_config", on_click="ignore")
+    for col, r in zip(c[2:], runs):
+        path = store.run_dir(r["id"]) / "model.weights.h5"
+        if path.exists():
+            col.download_button(f"{r['precision']} weights", weights_reader(path),
+                                f"fp8demo-{cid}-{r['precision']}.weights.h5",
+                                "application/octet-stream", key=f"download_weights_{r['id']}",
+                                on_click="ignore")
+        else:
+            col.caption(f"No {r['precision']} weights file (saved when a run finishes).")
+
+def fp8_details(run):
+    summary = run["summary"]
+    layers = summary.get("fp8_layers", [])
+    if not layers:
+        st.caption("The fp8 run has not recorded its float8 layers yet.")
+        return
+    st.markdown(f"**{len(layers)} float8 layers** (`model.quantize(\"float8\")` converts each "
+                "Dense and EinsumDense leaf):")
+    st.dataframe(layers, hide_index=True, width="stretch")
+    before, after = summary.get("fp8_before", {}), summary.get("fp8_after", {})
+    if not after:
+        st.caption("The float8 variables after training appear when the run finishes.")
+        return
+    st.markdown("**Float8 variables before vs after training** (scale = amax / fmax; the amax "
+                "history holds the last 1024 steps, newest first):")
+    st.dataframe(charts.fp8_state_rows(before, after), hide_index=True, width="stretch",
+                 column_config={k: st.column_config.NumberColumn(format="%.4g") for k in
+                                ("scale before", "scale after", "amax max before", "amax max after")})
+    role = st.radio("Role", list(charts.ROLE_TITLES), format_func=charts.ROLE_TITLES.get,
+                    horizontal=True, key="scale_role")
+    common.plot(charts.scale_change_figure(before, after, role), key="scale-change")
+
+def curves(store, runs, metric, smoothing, labels=None, dashes=None):
+    curves = [charts.curve_from_store(labels[i] if labels else r["precision"], r["precision"],
+                                      store.step_metrics(r["id"]), store.epoch_metrics(r["id"]), metric,
+                                      dash=dashes[i] if dashes else "solid")
+              for i, r in enumerate(runs)]
+    return charts.metric_figure(curves, metric, smoothing=smoothing)
+
+def detail(store, comparison):
+    runs = comparison["runs"]
+    st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
+    accuracy_metrics(runs)
+    st.dataframe(run_rows(runs), hide_index=True, width="stretch",
+                 column_config={"test accuracy": st.column_config.NumberColumn(format="percent"),
+                                "fit time (s)": st.column_config.NumberColumn(format="%.1f"),
+                                "steps/s": st.column_config.NumberColumn(format="%.1f"),
+                                "samples/s": st.column_config.NumberColumn(format="%.0f")})
+    smoothing = st.slider("Smoothing", 0.0, 0.99, 0.8, 0.01, key="results_smoothing")
+    left, right = st.columns(2)
+    with left:
+        common.plot(curves(store, runs, "loss", smoothing), key="results-loss")
+    with right:
+        common.plot(curves(store, runs, "accuracy", smoothing), key="results-acc")
+    fp8 = next((r for r in runs if r["precision"] == "fp8"), None)
+    if fp8 is not None:
+        with st.expander("Float8 layers and variables", expanded=True):
+            fp8_details(fp8)
+    st.markdown("**Downloads**")
+    downloads(store, comparison)
+
+def side_by_side(store, comparisons):
+    if len(comparisons) < 2:
+        st.caption("Two comparisons are needed; launch another one on the Train page.")
+        return
+    c = st.columns(2)
+    with c[0]:
+        a = common.pick_comparison(comparisons, key="compare_a", label="A")
+    with c[1]:
+        b = common.pick_comparison(comparisons, key="compare_b", label="B",
+                                   preferred=comparisons[1]["id"])
+    by_id = {x["id"]: x for x in comparisons}
+    chosen = [by_id[a], by_id[b]]
+    table = {}
+    for name in TrainConfig.__dataclass_fields__:
+        table[name] = [_cell(getattr(x["config"], name)) for x in chosen]
+    for x in chosen:
+        for r in x["runs"]:
+            key = f"{r['precision']} test accuracy"
+            table.setdefault(key, ["–", "–"])
+            table[key][chosen.index(x)] = common.fmt_pct(r["test_accuracy"])
+    frame = pd.DataFrame(table, index=[f"A: #{a}", f"B: #{b}"]).T
+    frame["differs"] = frame.iloc[:, 0] != frame.iloc[:, 1]
+    st.dataframe(frame, width="stretch")
+    runs, labels, dashes = [], [], []
+    for i, x in enumerate(chosen):
+        for r in x["runs"]:
+            runs.append(r)
+            labels.append(f"{'AB'[i]} #{x['id']} {r['precision']}")
+            dashes.append(charts.DASHES[i])
+    st.caption("Colour is the precision; solid lines are A, dashed lines B.")
+    left, right = st.columns(2)
+    with left:
+        common.plot(curves(store, runs, "loss", 0.8, labels, dashes), key="compare-loss")
+    with right:
+        common.plot(curves(store, runs, "accuracy", 0.8, labels, dashes), key="compare-acc")
+
+def _cell(value) -> str:
+    return ", ".join(value) if isinstance(value, (list, tuple)) else str(value)
+
+# -- the page -----------------------------------------------------------------------------
+
+common.require_navigation()
+store = common.get_store()
+worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+st.title("Results")
+comparisons = store.comparisons()
+if not comparisons:
+    st.info("No comparisons yet. Launch one on the Train page; its results appear here.")
+    st.stop()
+
+st.dataframe(comparisons_table(comparisons), hide_index=True, width="stretch",
+             column_config={k: st.column_config.NumberColumn(format="percent")
+                            for k in ("bf16 test acc", "fp8 test acc", "float32 test acc")})
+cid = common.pick_comparison(comparisons, key="result", preferred=common.query_int("comparison"))
+detail(store, next(c for c in comparisons if c["id"] == cid))
+
+st.divider()
+st.subheader("Compare two comparisons")
+side_by_side(store, comparisons)

@@ -1,0 +1,254 @@
+"""Train: choose the settings of one bf16-vs-fp8 comparison and launch it.
+
+Each widget's key is the TrainConfig field it sets. The settings live in the URL (only those
+that differ from the Keras example), so a link reproduces a configuration.
+"""
+
+import dataclasses
+
+import streamlit as st
+
+from fp8demo.config import EXAMPLE, PRECISIONS, PRESETS, VOCAB_METHODS, ConfigError, TrainConfig, preset
+from fp8demo.store import StoreError
+from pages import common
+
+FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
+CUSTOM = "Custom"
+# Settings a preset leaves as the user chose them: they are about the launch, not the model.
+KEPT_BY_PRESETS = ("precisions", "data")
+SAMPLE_REVIEW = "This movie was a wonderful surprise: sharp writing, and the acting is superb!"
+
+
+# -- URL <-> settings ---------------------------------------------------------------------
+
+
+def _to_text(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(value)
+    return str(value)
+
+
+def _field_problems(name, value) -> list[str]:
+    """Problems of one setting on its own (against the example's other values)."""
+    probe = {name: value}
+    # Judge hidden_dim and heads each on its own: divisibility is a cross-field rule,
+    # explained next to the widgets rather than by discarding a shared value.
+    if name == "heads" and isinstance(value, int) and 1 <= value <= 65536:
+        probe["hidden_dim"] = value
+    if name == "hidden_dim":
+        probe["heads"] = 1
+    return dataclasses.replace(EXAMPLE, **probe).errors()
+
+
+def settings_from_url(params: dict) -> tuple[dict, list[str]]:
+    """Settings found in the URL, plus a warning for each one that was ignored."""
+    values, warnings = {}, []
+    for name, raw in params.items():
+        try:
+            value = getattr(TrainConfig.from_strings({name: raw}), name)
+        except ConfigError as e:
+            warnings.append(str(e))
+            continue
+        problems = _field_problems(name, value)
+        if problems:
+            warnings.extend(problems)
+            continue
+        values[name] = value
+    return values, warnings
+
+
+def init_state():
+    """Fill the widgets once per session: from the URL, else the example's values.
+
+    Later visits restore the last settings (widget state is dropped on page switches).
+    """
+    if "train_config" not in st.session_state:
+        values, warnings = settings_from_url(dict(st.query_params))
+        if warnings:
+            st.session_state["url_warnings"] = warnings
+        st.session_state["train_config"] = dataclasses.replace(EXAMPLE, **values)
+    saved = st.session_state["train_config"]
+    for name in FIELDS:
+        if name not in st.session_state:
+            value = getattr(saved, name)
+            st.session_state[name] = list(value) if name == "precisions" else value
+
+
+def current_config() -> TrainConfig:
+    values = {name: st.session_state[name] for name in FIELDS}
+    values["precisions"] = tuple(values["precisions"])
+    return TrainConfig(**values)
+
+
+def write_url(config: TrainConfig):
+    wanted = {k: _to_text(v) for k, v in config.differences().items()}
+    if dict(st.query_params) != wanted:
+        st.query_params.from_dict(wanted)
+
+
+def matching_preset(config: TrainConfig) -> str:
+    kept = {k: getattr(config, k) for k in KEPT_BY_PRESETS}
+    for name in PRESETS:
+        if preset(name, **kept) == config:
+            return name
+    return CUSTOM
+
+
+def apply_preset():
+    name = st.session_state["preset"]
+    if name == CUSTOM:
+        return
+    values = preset(name)
+    for field in FIELDS:
+        if field not in KEPT_BY_PRESETS:
+            st.session_state[field] = getattr(values, field)
+
+
+# -- cached previews (import keras / keras_hub only when opened) ----------------------------
+
+
+@st.cache_data(show_spinner="Tokenizing…", max_entries=64)
+def tokenizer_preview(config: TrainConfig, text: str) -> dict:
+    from fp8demo import tokenizer
+
+    return tokenizer.preview(config, text)
+
+
+@st.cache_data(show_spinner="Building the model…", max_entries=32)
+def model_summary(config: TrainConfig, precision: str) -> list[dict]:
+    from fp8demo import model
+
+    return model.summarize(config, precision)
+
+
+# -- layout -------------------------------------------------------------------------------
+
+
+def settings_form():
+    """Every TrainConfig field as a widget keyed by its name."""
+    st.selectbox("Preset", [CUSTOM, *PRESETS], key="preset", on_change=apply_preset,
+                 help="Fills the settings below; precisions and data source are kept.")
+    st.markdown("**Training**")
+    c = st.columns(4)
+    c[0].number_input("Epochs", min_value=1, step=1, key="epochs")
+    c[1].number_input("Batch size", min_value=1, step=1, key="batch_size")
+    c[2].number_input("Learning rate (adam)", min_value=0.0, step=1e-4, format="%.1e", key="lr")
+    c[3].number_input("Seed", min_value=0, step=1, key="seed")
+    st.markdown("**Tokenizer**")
+    c = st.columns(4)
+    c[0].number_input("Vocabulary size", min_value=1, step=1000, key="vocab_size")
+    c[1].number_input("Sequence length", min_value=1, step=8, key="seq_len")
+    c[2].selectbox("Vocabulary method", VOCAB_METHODS, key="vocab_method",
+                   help="keras: compute_word_piece_vocabulary as the example (about 100 s on "
+                        "the full data, cached afterwards); fast: Hugging Face WordPiece (seconds).")
+    st.markdown("**Model**")
+    c = st.columns(4)
+    c[0].number_input("Hidden dim", min_value=1, step=8, key="hidden_dim")
+    c[1].number_input("Attention heads", min_value=1, step=1, key="heads")
+    c[2].number_input("Intermediate dim", min_value=1, step=8, key="intermediate_dim")
+    c[3].number_input("Dropout", min_value=0.0, max_value=1.0, step=0.05, format="%.2f", key="dropout")
+    st.checkbox("Quantize the sigmoid head too (as the example does)", key="quantize_head")
+    st.markdown("**Runs and data**")
+    c = st.columns([2, 3, 1])
+    c[0].multiselect("Precisions", PRECISIONS, key="precisions",
+                     help="One run per precision, trained one after another on the same data.")
+    c[1].text_input("Data source", key="data", placeholder="empty: download the IMDB archive (cached)",
+                    help="Empty downloads (once) and caches the archive; or a local aclImdb "
+                         "folder or aclImdb_v1.tar.gz path.")
+    c[2].number_input("Subset (0 = all)", min_value=0, step=500, key="subset",
+                      help="Reviews per split, half positive, half negative.")
+
+
+def show_tokenizer_preview(config: TrainConfig):
+    box = st.expander("Tokenizer preview", key="preview_expander", on_change="rerun")
+    if not box.open:
+        return
+    with box:
+        text = st.text_input("Text", SAMPLE_REVIEW, key="preview_text")
+        if not text.strip():
+            st.info("Type some text to see its wordpieces.")
+            return
+        try:
+            result = tokenizer_preview(config, text)
+        except LookupError:
+            st.info("The tokenizer preview appears once the vocabulary for these settings has "
+                    "been built (the first run with them builds it).")
+            return
+        except Exception as e:
+            st.warning(f"No tokenizer preview: {e}")
+            return
+        st.markdown(" ".join(f"`{t}`" for t in result["tokens"]))
+        st.caption(f"{len(result['ids'])} token ids: {result['ids'][:40]}"
+                   f"{' …' if len(result['ids']) > 40 else ''}")
+        st.caption(f"Detokenized: {result['detokenized']}")
+
+
+def show_model_summary(config: TrainConfig):
+    box = st.expander("Model summary", key="summary_expander", on_change="rerun")
+    if not box.open:
+        return
+    with box:
+        precision = "fp8" if "fp8" in config.precisions else config.precisions[0]
+        try:
+            layers = model_summary(config, precision)
+        except Exception as e:
+            st.error(f"Could not build the model for these settings: {e}")
+            return
+        # Nested layers (decoder/...) are already counted in their parent.
+        total = sum(layer["params"] for layer in layers if "/" not in layer["name"])
+        n_fp8 = sum(bool(layer["float8"]) for layer in layers)
+        st.markdown(f"**{total:,} parameters**, {len(layers)} layers"
+                    + (f"; in the fp8 run **{n_fp8}** of them compute in float8." if precision == "fp8" else "."))
+        st.dataframe(layers, hide_index=True, width="stretch",
+                     column_config={"float8": st.column_config.CheckboxColumn("float8 in fp8 run")})
+
+
+def launch(store, config: TrainConfig, label: str):
+    from fp8demo import worker
+
+    try:
+        cid = worker.launch(config, store=store, label=label)
+    except (ConfigError, StoreError) as e:
+        st.error(str(e))
+        return
+    st.session_state["live_comparison"] = cid
+    st.switch_page("pages/live.py", query_params={"comparison": str(cid)})
+
+
+# -- the page -----------------------------------------------------------------------------
+
+common.require_navigation()
+store = common.get_store()
+init_state()
+# Show which preset the current settings equal (set before the selectbox is drawn).
+st.session_state["preset"] = matching_preset(current_config())
+
+st.title("Train")
+st.caption("bf16 vs fp8 on the same data and seed: each precision trains one run, one after "
+           "another. Defaults are the Keras example's.")
+url_warnings = st.session_state.pop("url_warnings", [])
+if url_warnings:
+    st.warning("Some settings in the link were ignored; their defaults are used instead:\n\n"
+               + "\n".join(f"- {w}" for w in url_warnings))
+
+settings_form()
+config = current_config()
+st.session_state["train_config"] = config
+write_url(config)
+
+problems = config.errors()
+for problem in problems:
+    st.error(problem)
+if not problems:
+    if common.device_info().get("platform") == "cpu" and not config.subset:
+        st.info("Training runs on the CPU here: the full data takes a while. The “Quick demo” "
+                "preset trains on a 2,000-review subset in about a minute.")
+    show_tokenizer_preview(config)
+    show_model_summary(config)
+
+label = st.text_input("Label (optional)", key="label", placeholder="e.g. wider model")
+if st.button("Launch", key="launch", type="primary", disabled=bool(problems),
+             help="Fix the settings above first." if problems else "Queue one run per precision."):
+    launch(store, config, label)

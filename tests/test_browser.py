@@ -1,0 +1,206 @@
+"""End to end in a real browser: Debian's chromium driven by Playwright, a real
+`streamlit run app.py`, a real training process and the real IMDB data (a subset).
+
+Screenshots of every page are saved to $TEST_ARTIFACTS (default test-artifacts/).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from fp8demo.store import Store
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS", ROOT / "test-artifacts"))
+IDLE = '[data-testid="stApp"][data-test-script-state="notRunning"]'
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, imdb_folder):
+    home = tmp_path_factory.mktemp("browser-home")
+    port = free_port()
+    env = dict(os.environ, FP8DEMO_HOME=str(home), FP8DEMO_IMDB=str(imdb_folder))
+    log = open(home / "streamlit.log", "wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1",
+         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 60
+    while True:
+        try:
+            if urllib.request.urlopen(url + "/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            pass
+        assert process.poll() is None, (home / "streamlit.log").read_text()
+        assert time.time() < deadline, "streamlit did not start"
+        time.sleep(0.5)
+    yield url, home
+    process.terminate()
+    process.wait(20)
+    store = Store(home)
+    for run in store.queue():
+        store.request_cancel(run["id"])
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1500, "height": 1100})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+def idle(page, timeout=60_000):
+    page.wait_for_selector(IDLE, timeout=timeout)
+
+
+def shot(page, name):
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def set_number(page, key, value):
+    """Type a number and commit it; retried because a rerun still in flight can drop it."""
+    box = page.locator(f".st-key-{key} input")
+    for _ in range(4):
+        box.fill(str(value))
+        box.press("Enter")
+        page.wait_for_timeout(700)
+        idle(page)
+        if box.input_value() == str(value):
+            return
+    raise AssertionError(f"{key} did not take the value {value}: {box.input_value()}")
+
+
+# Width of a trace: Plotly ships numpy arrays as {dtype, bdata, shape} objects.
+TRACE_WIDTH_JS = """(t) => {
+    const z = t.z, x = t.x;
+    if (z && z.shape) return Number(String(z.shape).split(',').pop());
+    if (Array.isArray(z)) return z.length && z[0] ? z[0].length : 0;
+    if (x && x.bdata) return atob(x.bdata).length / ({f8: 8, f4: 4, i8: 8, i4: 4, u4: 4, i2: 2}[x.dtype] || 1);
+    return x && x.length ? x.length : 0;
+}"""
+
+
+def plot_traces(page) -> list:
+    """[(trace type, width)] of every Plotly chart on the page, read from the live figure."""
+    return page.evaluate(f"""() => {{ const width = {TRACE_WIDTH_JS};
+        return Array.from(document.querySelectorAll('.js-plotly-plot'))
+            .map(el => (el.data || []).map(t => [t.type || '', width(t)])); }}""")
+
+
+def heatmap_columns(page) -> int:
+    widths = [w for chart in plot_traces(page) for kind, w in chart if kind == "heatmap"]
+    return max(widths, default=0)
+
+
+def test_quick_demo_from_launch_to_prediction(server, page):
+    from playwright.sync_api import expect
+
+    url, home = server
+    store = Store(home)
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+
+    # Train: the quick preset on a small subset, three epochs so the heatmaps have time to move.
+    page.goto(url)
+    idle(page)
+    assert page.locator(".st-key-epochs input").input_value() == "3"  # the example's default
+    page.locator(".st-key-preset").click()
+    page.get_by_role("option", name="Quick demo").click()
+    expect(page.locator(".st-key-seq_len input")).to_have_value("128", timeout=15_000)
+    idle(page)
+    set_number(page, "subset", 1200)
+    set_number(page, "epochs", 3)
+    shot(page, "1-train")
+    page.get_by_role("button", name="Launch").click()
+
+    # Live: progress, curves, and heatmaps that grow while the fp8 run trains.
+    page.wait_for_url("**/live**", timeout=30_000)
+    page.wait_for_selector('[data-testid="stProgress"]', timeout=180_000)
+    page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=180_000)
+    comparison = store.comparisons()[0]
+    fp8_run = next(r for r in comparison["runs"] if r["precision"] == "fp8")
+    deadline = time.time() + 300
+    while store.run(fp8_run["id"])["step"] < 5:
+        assert time.time() < deadline, "the fp8 run did not start training"
+        time.sleep(0.5)
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                           ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
+                           timeout=30_000)
+    first = heatmap_columns(page)
+    shot(page, "2-live-training")
+    deadline = time.time() + 60
+    while heatmap_columns(page) <= first:  # the heatmaps grow while the fp8 run trains
+        assert time.time() < deadline, f"the heatmaps stayed at {first} steps"
+        time.sleep(0.5)
+    assert store.run(fp8_run["id"])["status"] in ("running", "finished")
+
+    deadline = time.time() + 300
+    while any(r["status"] in ("queued", "running") for r in store.runs(comparison["id"])):
+        assert time.time() < deadline, "the comparison did not finish"
+        time.sleep(1)
+    runs = store.runs(comparison["id"])
+    assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
+    idle(page)
+    shot(page, "3-live-finished")
+
+    # Results: both precisions' test accuracy as the store has them.
+    page.goto(url + "/results")
+    idle(page)
+    page.wait_for_selector('[data-testid="stMetric"]', timeout=30_000)
+    shot(page, "4-results")
+    body = page.locator('[data-testid="stMain"]').inner_text()
+    for run in runs:
+        assert f"{run['precision']} test accuracy" in body
+        assert f"{run['test_accuracy'] * 100:.2f}%" in body
+    shot(page, "4-results")
+
+    # Predict: a typed review gets a probability from each model.
+    page.goto(url + "/predict")
+    idle(page)
+    review = page.locator(".st-key-review textarea")
+    review.fill("An absolutely wonderful film, moving and funny. I loved it.")
+    review.press("Control+Enter")
+    idle(page)
+    # bf16, fp8 and the bf16 model's post-training int8 each give a probability.
+    try:
+        page.wait_for_function(
+            "() => document.querySelectorAll('[data-testid=\"stMetric\"]').length >= 3",
+            timeout=60_000)
+    finally:
+        shot(page, "5-predict")
+    metrics = page.locator('[data-testid="stMetric"]').all_inner_texts()
+    for name in ("bf16", "fp8", "int8"):
+        assert any(m.startswith(name) and "%" in m for m in metrics), metrics
+    assert not page.locator('[data-testid="stException"]').count()
+    assert not errors, errors

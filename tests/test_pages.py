@@ -1,0 +1,481 @@
+"""The dashboard pages, run in-process with Streamlit's AppTest.
+
+Two kinds of store: one written by the engine itself (the session's `trained` fixture: a
+finished bf16 + fp8 subset comparison with real weights), and hand-filled stores written
+through the same Store methods the training process uses, for states that are slow or
+awkward to reach for real (a run in flight, a failed run, several comparisons).
+"""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import streamlit as st
+from streamlit.testing.v1 import AppTest
+
+from fp8demo.config import PRESETS, TrainConfig, preset
+from fp8demo.store import Store
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+FIELDS = list(TrainConfig.__dataclass_fields__)
+FP8_LAYERS = ["decoder/self_attention/query", "decoder/self_attention/key",
+              "decoder/feedforward_output_dense", "classifier"]
+
+
+def page(name, **query) -> AppTest:
+    at = AppTest.from_file(os.path.join(ROOT, name), default_timeout=60)
+    for k, v in query.items():
+        at.query_params[k] = v
+    return at
+
+
+@pytest.fixture(autouse=True)
+def clear_streamlit_caches():
+    st.cache_resource.clear()
+    st.cache_data.clear()
+    yield
+    st.cache_resource.clear()
+    st.cache_data.clear()
+
+
+@pytest.fixture
+def store_home(tmp_path, monkeypatch):
+    """An empty run store in a temp FP8DEMO_HOME; the pages open it through Store()."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("FP8DEMO_HOME", str(home))
+    return home
+
+
+def _train(store, run_id, steps=40, finish=True, seed=0):
+    """Write what a training run writes: per-step and per-epoch metrics, fp8 state."""
+    rng = np.random.default_rng(seed)
+    run = store.run(run_id)
+    store.update_run(run_id, phase="training", steps_per_epoch=steps // 2, total_steps=steps,
+                     device="CPU", params=123_456)
+    loss = np.linspace(0.7, 0.3, steps) + rng.normal(0, 0.02, steps)
+    store.add_steps(run_id, [(s + 1, s // (steps // 2), 0.05 * (s + 1), loss[s], 1 - loss[s])
+                             for s in range(steps if finish else steps // 2)])
+    store.add_epoch(run_id, 0, steps // 2, 0.6, 0.6, 0.55, 0.7)
+    if run["precision"] == "fp8":
+        layers = [{"name": n, "class": "Dense", "policy": "float8_from_mixed_bfloat16"} for n in FP8_LAYERS]
+        state = {n: {role: {"scale": 1.0, "amax_max": 0.0, "amax_nonzero": 0, "history_head": [0.0] * 8}
+                     for role in ("inputs", "kernel", "outputs_grad")} for n in FP8_LAYERS}
+        store.merge_summary(run_id, fp8_layers=layers, fp8_before=state)
+        amax = np.abs(rng.normal(1, 0.5, (steps // 2, len(FP8_LAYERS), 3))).astype(np.float32)
+        amax[0] = 0.0  # the first step's history is still empty
+        store.add_fp8_amax(run_id, 1, amax)
+        for s in (1, 10, 20):
+            store.add_fp8_scales(run_id, s, amax[min(s, len(amax) - 1)] / 448.0)
+    if finish:
+        store.add_epoch(run_id, 1, steps, 0.4, 0.8, 0.45, 0.78)
+        if run["precision"] == "fp8":
+            after = {n: {role: {"scale": 0.01, "amax_max": 4.48, "amax_nonzero": steps,
+                                "history_head": [4.4, 4.48]} for role in ("inputs", "kernel", "outputs_grad")}
+                     for n in FP8_LAYERS}
+            store.merge_summary(run_id, fp8_after=after)
+        acc = 0.80 + 0.01 * seed
+        store.end_run(run_id, "finished", test_loss=0.45, test_accuracy=acc, fit_seconds=12.5,
+                      steps_per_sec=3.2, samples_per_sec=102.4, step=steps, epoch=1)
+    else:
+        store.update_run(run_id, step=steps // 2, epoch=0, steps_per_sec=3.0, samples_per_sec=96.0,
+                         elapsed=6.0, eta=7.0)
+
+
+def fill_store(home) -> dict:
+    """Three comparisons: #1 finished (bf16+fp8), #2 with a failed run, #3 in flight."""
+    store = Store(home)
+    pid = os.getpid()  # a live pid, so reap() leaves the "running" run alone
+    done, (bf, fp) = store.create_comparison(preset("Quick demo"), label="done")
+    for run_id, seed in ((bf, 0), (fp, 1)):
+        store.claim_next_run(pid)
+        _train(store, run_id, seed=seed)
+    failed, (f1, f2) = store.create_comparison(preset("Quick demo", epochs=2))
+    store.claim_next_run(pid)
+    store.end_run(f1, "failed", error="Out of memory while compiling: try a smaller batch size.")
+    store.request_cancel(f2)
+    live, (l1, l2) = store.create_comparison(preset("Quick demo", hidden_dim=64))
+    store.claim_next_run(pid)
+    _train(store, l1, finish=False)
+    return dict(store=store, done=done, failed=failed, live=live, running=l1, queued=l2,
+                bf16=bf, fp8=fp)
+
+
+def _plotly_specs(at):
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+# -- Train --------------------------------------------------------------------------------
+
+
+def test_train_defaults_are_the_keras_example(store_home):
+    at = page("pages/train.py").run()
+    assert not at.exception
+    example = TrainConfig()
+    for name in ("epochs", "batch_size", "vocab_size", "seq_len", "hidden_dim", "heads",
+                 "intermediate_dim", "dropout", "lr", "seed", "subset"):
+        assert at.number_input(name).value == getattr(example, name), name
+    assert at.multiselect("precisions").value == list(example.precisions)
+    assert at.selectbox("vocab_method").value == example.vocab_method
+    assert at.checkbox("quantize_head").value is example.quantize_head
+    assert at.text_input("data").value == example.data
+    assert at.selectbox("preset").value == "Keras example"
+    assert not at.error
+    assert not at.button("launch").disabled
+    assert dict(at.query_params) == {}  # defaults keep the URL clean
+
+
+def test_train_explains_invalid_settings_and_disables_launch(store_home):
+    at = page("pages/train.py").run()
+    at.number_input("heads").set_value(3).run()
+    assert not at.exception
+    messages = [e.value for e in at.error]
+    assert any("divisible by heads" in m for m in messages)
+    assert at.button("launch").disabled
+    at.multiselect("precisions").set_value([]).run()
+    assert any("at least one precision" in e.value for e in at.error)
+    at.number_input("heads").set_value(4).run()
+    at.multiselect("precisions").set_value(["fp8"]).run()
+    assert not at.error and not at.button("launch").disabled
+
+
+def test_train_writes_settings_to_the_url_and_reads_them_back(store_home):
+    at = page("pages/train.py").run()
+    at.number_input("epochs").set_value(5).run()
+    at.multiselect("precisions").set_value(["bf16", "fp8", "float32"]).run()
+    assert at.query_params["epochs"] == ["5"] or at.query_params["epochs"] == "5"
+    shared = {k: (v[0] if isinstance(v, list) else v) for k, v in at.query_params.items()}
+    again = page("pages/train.py", **shared).run()
+    assert not again.warning
+    assert again.number_input("epochs").value == 5
+    assert again.multiselect("precisions").value == ["bf16", "fp8", "float32"]
+    assert again.selectbox("preset").value == "Custom"
+
+
+def test_train_tampered_url_warns_and_falls_back(store_home):
+    at = page("pages/train.py", heads="abc", epochs="-3", lr="nan", hidden_dim="48",
+              precisions="bf16,int3", bogus="1").run()
+    assert not at.exception
+    warning = " ".join(w.value for w in at.warning)
+    for needle in ("heads", "epochs", "lr", "int3", "bogus"):
+        assert needle in warning, needle
+    assert at.number_input("heads").value == TrainConfig().heads
+    assert at.number_input("epochs").value == TrainConfig().epochs
+    assert at.number_input("lr").value == TrainConfig().lr
+    assert at.multiselect("precisions").value == list(TrainConfig().precisions)
+    assert at.number_input("hidden_dim").value == 48  # the valid one is kept
+    assert "bogus" not in at.query_params  # the URL is rewritten from the widgets
+
+
+def test_train_preset_fills_widgets_but_keeps_precisions(store_home):
+    at = page("pages/train.py").run()
+    at.multiselect("precisions").set_value(["fp8", "float32"]).run()
+    at.selectbox("preset").set_value("Quick demo").run()
+    quick = preset("Quick demo")
+    for name, value in PRESETS["Quick demo"].items():
+        widget = at.selectbox(name) if name == "vocab_method" else at.number_input(name)
+        assert widget.value == value, name
+    assert at.number_input("hidden_dim").value == quick.hidden_dim
+    assert at.multiselect("precisions").value == ["fp8", "float32"]
+    assert at.selectbox("preset").value == "Quick demo"
+    at.number_input("seed").set_value(7).run()
+    assert at.selectbox("preset").value == "Custom"
+
+
+def test_train_launch_queues_and_switches_to_live(store_home, monkeypatch):
+    switched = []
+
+    def record_switch_page(page, query_params=None):
+        switched.append((page, dict(query_params or {})))
+        st.stop()
+
+    # AppTest cannot switch pages from a page run on its own (and an AppTest of app.py
+    # re-enters Streamlit's pages/ folder mode on every run), so record the switch instead.
+    # The launch itself is real: it queues the runs in the store and starts a worker.
+    monkeypatch.setattr(st, "switch_page", record_switch_page)
+    at = page("pages/train.py").run()
+    at.selectbox("preset").set_value("Quick demo").run()
+    at.number_input("subset").set_value(64).run()
+    at.text_input("label").input("smoke")
+    at.button("launch").click().run()
+    assert not at.exception
+    store = Store(store_home)
+    comparison = store.comparison(1)
+    store.cancel_comparison(1)  # don't train it: this test is about launching
+    assert comparison["config"] == preset("Quick demo", subset=64)
+    assert comparison["label"] == "smoke"
+    assert [r["precision"] for r in comparison["runs"]] == ["bf16", "fp8"]
+    assert switched == [("pages/live.py", {"comparison": "1"})]
+    assert at.session_state["live_comparison"] == 1
+
+
+def test_live_selects_the_comparison_just_launched(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/live.py")
+    at.session_state["live_comparison"] = ids["done"]
+    at.run()
+    assert not at.exception
+    assert at.selectbox("comparison").value == ids["done"]
+
+
+def test_train_expanders_explain_a_missing_vocabulary(store_home):
+    at = page("pages/train.py").run()
+    at.session_state["preview_expander"] = True
+    at.run()
+    assert not at.exception
+    text = " ".join(m.value for m in at.info)
+    assert "vocabulary for these settings has been built" in text
+
+
+def test_train_expanders_show_real_preview_and_summary(trained, monkeypatch):
+    from conftest import TINY
+
+    monkeypatch.setenv("FP8DEMO_HOME", str(trained["home"]))
+    at = page("pages/train.py", **{k: str(v) for k, v in TINY.items()})
+    at.run()
+    at.session_state["preview_expander"] = True
+    at.session_state["summary_expander"] = True
+    at.run()
+    assert not at.exception, at.exception
+    text = " ".join(m.value or "" for m in at.markdown) + " ".join(str(c.value) for c in at.code)
+    assert "vocabulary for these settings has been built" not in text
+    from fp8demo import model
+
+    rows = model.summarize(trained["config"], "fp8")
+    total = sum(r["params"] for r in rows if "/" not in r["name"])
+    assert f"{total:,} parameters" in text
+    assert "**8** of them compute in float8" in text
+
+
+# -- the shell ----------------------------------------------------------------------------
+
+
+def test_app_shell_shows_device_versions_and_queue(store_home):
+    from fp8demo import device
+
+    fill_store(store_home)
+    at = page("app.py").run()
+    assert not at.exception
+    sidebar = " ".join(str(getattr(e, "value", "")) for e in at.sidebar)
+    sidebar += " ".join(e.value for e in at.sidebar.caption)
+    assert device.describe()["text"] in " ".join(e.value for e in at.sidebar.info)
+    assert "keras" in sidebar and "jax" in sidebar and "fp8demo" in sidebar
+    assert "#3" in sidebar and "training" in sidebar and "waiting" in sidebar
+    assert at.title[0].value == "Train"
+
+
+# -- Live ---------------------------------------------------------------------------------
+
+
+def test_live_with_an_empty_store(store_home):
+    at = page("pages/live.py").run()
+    assert not at.exception
+    assert "No comparisons yet" in at.info[0].value
+
+
+def test_live_follows_the_running_comparison(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/live.py").run()
+    assert not at.exception
+    assert at.selectbox("comparison").value == ids["live"]
+    assert at.query_params["comparison"] in (str(ids["live"]), [str(ids["live"])])
+    progress = at.get("progress")
+    assert progress and "training" in progress[0].proto.text and "step 20/40" in progress[0].proto.text
+    specs = _plotly_specs(at)
+    titles = [s["layout"]["title"]["text"] for s in specs]
+    assert any("Loss" in t for t in titles) and any("Accuracy" in t for t in titles)
+    assert not at.button("stop").disabled and not at.toggle("pause").disabled
+
+
+def test_live_fp8_heatmaps_and_finished_runs(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/live.py", comparison=str(ids["done"])).run()
+    assert not at.exception
+    assert at.selectbox("comparison").value == ids["done"]
+    assert len(at.success) == 2  # both runs finished, with their test accuracy
+    specs = _plotly_specs(at)
+    heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 3
+    assert heatmaps[0]["data"][0]["y"] == FP8_LAYERS
+    assert heatmaps[0]["data"][0]["zmin"] == -16 and heatmaps[0]["data"][0]["zmax"] == 16
+    assert any("scales" in s["layout"]["title"]["text"] for s in specs)
+    assert at.button("stop").disabled  # nothing left to stop
+
+
+def test_live_shows_errors_and_smoothing_controls(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/live.py", comparison=str(ids["failed"])).run()
+    assert not at.exception
+    assert "Out of memory" in at.error[0].value
+    at.slider("smoothing").set_value(0.9).run()
+    at.radio("x_axis").set_value("time").run()
+    at.toggle("log_y").set_value(True).run()
+    assert not at.exception
+
+
+def test_live_stop_cancels_the_comparison(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/live.py").run()
+    at.button("stop").click().run()
+    assert not at.exception
+    store = ids["store"]
+    assert store.run(ids["queued"])["status"] == "cancelled"
+    assert store.cancel_requested(ids["running"])
+
+
+def test_live_survives_a_dead_training_process(store_home):
+    ids = fill_store(store_home)
+    ids["store"].update_run(ids["running"], worker_pid=2**22 + 12345)  # no such process
+    at = page("pages/live.py").run()
+    assert not at.exception
+    assert ids["store"].run(ids["running"])["status"] == "interrupted"
+    assert any("stopped during" in e.value for e in at.error)
+
+
+# -- Results ------------------------------------------------------------------------------
+
+
+def test_results_with_an_empty_store(store_home):
+    at = page("pages/results.py").run()
+    assert not at.exception
+    assert "No comparisons yet" in at.info[0].value
+
+
+def test_results_detail_of_a_finished_comparison(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/results.py").run()
+    at.selectbox("result").set_value(ids["done"]).run()
+    assert not at.exception
+    metrics = {m.label: m for m in at.metric}
+    assert metrics["bf16 test accuracy"].value == "80.00%"
+    assert metrics["fp8 test accuracy"].value == "81.00%"
+    assert metrics["fp8 test accuracy"].delta == "+1.00 pp vs bf16"
+    assert metrics["fp8 test loss"].delta == "+0.0000 vs bf16"
+    frames = [df.value for df in at.dataframe]
+    fp8_state = next(f for f in frames if "scale after" in f.columns)
+    assert len(fp8_state) == len(FP8_LAYERS) * 3
+    assert fp8_state["scale before"].iloc[0] == 1.0 and fp8_state["scale after"].iloc[0] == pytest.approx(0.01)
+    layers = next(f for f in frames if "policy" in f.columns)
+    assert list(layers["name"]) == FP8_LAYERS
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "Metrics CSV" in labels and "Config JSON" in labels
+    assert any("No bf16 weights file" in c.value for c in at.caption)
+
+
+def test_results_weights_download_when_the_file_exists(store_home):
+    ids = fill_store(store_home)
+    path = ids["store"].run_dir(ids["fp8"]) / "model.weights.h5"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"\x89HDF\r\n")
+    at = page("pages/results.py").run()
+    at.selectbox("result").set_value(ids["done"]).run()
+    assert not at.exception
+    assert "fp8 weights" in [b.proto.label for b in at.get("download_button")]
+
+
+def test_results_metrics_csv_has_every_step_and_validation():
+    from importlib import util
+
+    spec = util.spec_from_file_location("results_page_funcs", os.path.join(ROOT, "pages/results.py"))
+    source = open(spec.origin).read().split("# -- the page")[0]
+    namespace = {}
+    exec(compile(source, spec.origin, "exec"), namespace)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as home:
+        ids = fill_store(home)
+        runs = ids["store"].comparison(ids["done"])["runs"]
+        csv = namespace["metrics_csv"](ids["store"], runs)
+    lines = csv.strip().splitlines()
+    assert lines[0] == "run_id,precision,step,epoch,time,loss,accuracy,val_loss,val_accuracy"
+    assert len(lines) == 1 + 2 * 40
+    assert lines[20].endswith(",0.55,0.7")  # step 20 closes epoch 0
+
+
+def test_results_side_by_side(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/results.py").run()
+    at.selectbox("compare_a").set_value(ids["done"]).run()
+    at.selectbox("compare_b").set_value(ids["live"]).run()
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "differs" in df.value.columns)
+    assert table.loc["hidden_dim", "differs"] and not table.loc["epochs", "differs"]
+    assert table.loc["fp8 test accuracy"].iloc[0] == "81.00%"
+    names = [t["name"] for s in _plotly_specs(at) for t in s["data"]]
+    assert f"A #{ids['done']} fp8" in names and f"B #{ids['live']} bf16" in names
+
+
+# -- Predict ------------------------------------------------------------------------------
+
+
+def test_predict_with_an_empty_store(store_home):
+    at = page("pages/predict.py").run()
+    assert not at.exception
+    assert "No finished comparisons yet" in at.info[0].value
+
+
+def test_predict_with_missing_model_files_explains(store_home):
+    fill_store(store_home)  # finished runs, but no weights were saved
+    at = page("pages/predict.py").run()
+    assert not at.exception
+    assert any("missing" in e.value for e in at.error)
+
+
+def test_predict_with_real_models(trained, monkeypatch):
+    from fp8demo.predict import load_run
+
+    monkeypatch.setenv("FP8DEMO_HOME", str(trained["home"]))
+    store = Store(trained["home"])
+    models = {p: load_run(store, run_id) for p, run_id in trained["run_ids"].items()}
+    at = page("pages/predict.py").run()
+    assert not at.exception
+    assert "Type a review" in at.info[0].value
+    at.text_area("review").input("   \n ").run()
+    assert "Type a review" in at.info[0].value and not at.metric
+    at.selectbox("example").set_value("Positive").run()
+    assert at.text_area("review").value.startswith("One of the best")
+    review = "a good film"
+    at.text_area("review").input(review).run()
+    assert not at.exception
+    expected = {p: float(m.predict([review])[0]) for p, m in models.items()}
+    shown = {m.label: m.value for m in at.metric}
+    for precision, probability in expected.items():
+        assert any(precision in label and value == f"{probability * 100:.1f}%"
+                   for label, value in shown.items()), (precision, probability, shown)
+    labels = {p: "positive" if v >= 0.5 else "negative" for p, v in expected.items()}
+    if len(set(labels.values())) == 1:
+        assert f"agree: {labels['bf16']}" in at.success[0].value
+    else:
+        assert "disagree" in at.warning[0].value
+    tokens = " ".join(m.value for m in at.markdown)
+    assert "`good`" in tokens
+    at.text_area("batch").input("a good film\n\nso boring\n").run()
+    table = at.dataframe[-1].value
+    assert list(table["review"]) == ["a good film", "so boring"]
+    for precision, model in models.items():
+        probabilities = model.predict(["a good film", "so boring"])
+        np.testing.assert_allclose(table[f"{precision} P(positive)"].to_numpy(dtype=float),
+                                   probabilities, atol=1e-6)
+    # The bf16 run's post-training int8 model answers too.
+    assert "int8 (PTQ) P(positive)" in table.columns
+
+
+def test_results_of_a_real_finished_comparison(trained, monkeypatch):
+    monkeypatch.setenv("FP8DEMO_HOME", str(trained["home"]))
+    store = Store(trained["home"])
+    at = page("pages/results.py").run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    for precision, run_id in trained["run_ids"].items():
+        run = store.run(run_id)
+        assert metrics[f"{precision} test accuracy"] == f"{run['test_accuracy'] * 100:.2f}%"
+    labels = [b.proto.label for b in at.get("download_button")]
+    assert "bf16 weights" in labels and "fp8 weights" in labels
+    frames = [df.value for df in at.dataframe]
+    fp8_state = next(f for f in frames if "scale after" in f.columns)
+    assert len(fp8_state) == 8 * 3 and (fp8_state["scale before"] == 1.0).all()
+    assert (fp8_state["scale after"] != 1.0).all()
+    runs_table = next(f for f in frames if "weights (KB)" in f.columns)
+    ptq = store.run(trained["run_ids"]["bf16"])["summary"]["ptq"]
+    int8_row = runs_table[runs_table["precision"] == "int8 PTQ of bf16"].iloc[0]
+    assert int8_row["test accuracy"] == ptq["int8"]["test_accuracy"]
