@@ -108,20 +108,27 @@ def bucket_max(steps, values, max_columns: int = MAX_COLUMNS):
 # -- training curves ----------------------------------------------------------------------
 
 
-def curve(label, precision, steps, times, values, val_steps=(), val_values=(), dash="solid"):
-    """One run's series for `metric_figure` (step metrics plus per-epoch validation points)."""
+def curve(label, precision, steps, times, values, val_steps=(), val_values=(), dash="solid",
+          best=None):
+    """One run's series for `metric_figure` (step metrics plus per-epoch validation points).
+
+    best: index of the best epoch (highest validation accuracy) among the validation points.
+    """
     return dict(label=label, precision=precision, steps=np.asarray(steps, dtype=np.float64),
                 times=np.asarray(times, dtype=np.float64), values=np.asarray(values, dtype=np.float64),
                 val_steps=np.asarray(val_steps, dtype=np.float64),
-                val_values=np.asarray(val_values, dtype=np.float64), dash=dash)
+                val_values=np.asarray(val_values, dtype=np.float64), dash=dash, best=best)
 
 
 def curve_from_store(label, precision, step_metrics: dict, epoch_metrics: list, metric: str,
                      dash="solid"):
     """Build a curve from `Store.step_metrics` / `Store.epoch_metrics` output."""
     val = [e for e in epoch_metrics if e.get(f"val_{metric}") is not None]
+    accuracies = [e.get("val_accuracy") for e in val]
+    best = (int(np.nanargmax(np.array(accuracies, dtype=float)))
+            if accuracies and None not in accuracies and len(val) > 1 else None)
     return curve(label, precision, step_metrics["step"], step_metrics["time"], step_metrics[metric],
-                 [e["step"] for e in val], [e[f"val_{metric}"] for e in val], dash=dash)
+                 [e["step"] for e in val], [e[f"val_{metric}"] for e in val], dash=dash, best=best)
 
 
 METRIC_TITLES = {"loss": "Loss (binary cross-entropy)", "accuracy": "Accuracy"}
@@ -163,6 +170,13 @@ def metric_figure(curves, metric="loss", *, smoothing=0.6, log_y=False, x_axis="
                 marker=dict(color=col, size=10, symbol="diamond", line=dict(color="white", width=1)),
                 name=f"{c['label']} validation", legendgroup=c["label"],
                 hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+            if c.get("best") is not None:  # the epoch with the best validation accuracy
+                b = c["best"]
+                fig.add_trace(go.Scatter(
+                    x=_f32(vx[b:b + 1]), y=_f32(c["val_values"][b:b + 1]), mode="markers",
+                    marker=dict(color=col, size=18, symbol="star", line=dict(color="black", width=1)),
+                    name=f"{c['label']} best epoch", legendgroup=c["label"],
+                    hovertemplate=f"{c['label']} best epoch ({b + 1})<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
     _layout(fig, title or METRIC_TITLES.get(metric, metric),
             "step" if x_axis == "step" else "seconds since training started",
             metric, uirevision=f"{metric}-{x_axis}", height=height)
@@ -287,4 +301,34 @@ def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
         fig.update_xaxes(title_text=x_title)
     if y_title is not None:
         fig.update_yaxes(title_text=y_title)
+    return fig
+
+
+# -- fp8 numerics health ------------------------------------------------------------------
+
+
+def headroom_figure(steps, headroom_role, layer_names, role="inputs", *, max_points=MAX_POINTS,
+                    height=360) -> go.Figure:
+    """log2 headroom per layer over time for one role; below 0 the tensor was clipped."""
+    fig = go.Figure()
+    steps = np.asarray(steps, dtype=np.float64)
+    for i, name in enumerate(layer_names):
+        values = np.asarray(headroom_role[:, i], dtype=np.float64)
+        keep = minmax_indices(np.nan_to_num(values, nan=0.0), max_points)
+        fig.add_trace(go.Scattergl(x=_f32(steps[keep]), y=_f32(values[keep]), mode="lines",
+                                   name=name, line=dict(width=1.5)))
+    fig.add_hline(y=0, line=dict(color="red", dash="dash"), annotation_text="clipping")
+    _layout(fig, f"Headroom of {ROLE_TITLES.get(role, role)} (log2 of representable max / amax)",
+            "step", "log2 headroom", uirevision=f"headroom-{role}", height=height)
+    return fig
+
+
+def mark_overflows(fig: go.Figure, steps, overflow_role, layer_names) -> go.Figure:
+    """Overlay ✕ markers on an amax heatmap where a step overflowed its delayed scale."""
+    rows, cols = np.nonzero(np.asarray(overflow_role).T)  # (layer, step index)
+    if len(rows):
+        fig.add_trace(go.Scatter(
+            x=_f32(np.asarray(steps)[cols]), y=[layer_names[r] for r in rows], mode="markers",
+            marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white")),
+            name="overflow", hovertemplate="overflow at step %{x}<br>%{y}<extra></extra>"))
     return fig

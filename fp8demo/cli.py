@@ -21,7 +21,9 @@ TRAIN_FLAGS = {
     "vocab_size": "vocab_size", "seq_len": "seq_len", "hidden_dim": "hidden_dim",
     "heads": "heads", "intermediate_dim": "intermediate_dim", "dropout": "dropout", "lr": "lr",
     "seed": "seed", "precision": "precisions", "vocab_method": "vocab_method",
-    "quantize_head": "quantize_head", "ptq": "ptq",
+    "quantize_head": "quantize_head", "ptq": "ptq", "restore_best": "restore_best",
+    "early_stopping": "early_stopping", "amax_history_length": "amax_history_length",
+    "data_parallel": "data_parallel",
 }
 
 
@@ -42,6 +44,8 @@ def parse_args(argv):
         shown = ",".join(default) if isinstance(default, tuple) else default
         train.add_argument("--" + flag.replace("_", "-"), dest=flag, default=None, metavar="X",
                            help=f"(default {shown!r})")
+    train.add_argument("--repeats", default="1", metavar="N",
+                       help="train the comparison with N seeds (seed, seed+1, ...)")
     train.add_argument("--no-wait", action="store_true", help="queue and return at once")
     train.add_argument("--json", action="store_true", help="print the final results as JSON")
 
@@ -58,6 +62,10 @@ def parse_args(argv):
     predict.add_argument("--post-training", choices=["int8", "int4"],
                          help="quantize a bf16 run's model after training first")
     predict.add_argument("--json", action="store_true")
+
+    health = commands.add_parser("health", help="fp8 numerics health of an fp8 run")
+    health.add_argument("run")
+    health.add_argument("--json", action="store_true")
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
     cancel.add_argument("run")
@@ -115,25 +123,34 @@ def cmd_train(args, store: Store) -> int:
     from fp8demo import worker
 
     config = config_from_args(args)
-    comparison_id = worker.launch(config, store)
-    run_ids = [r["id"] for r in store.runs(comparison_id)]
-    print(f"comparison {comparison_id}: runs {', '.join(map(str, run_ids))} queued "
-          f"(store {store.home})", flush=True)
+    try:
+        repeats = int(args.repeats)
+    except ValueError:
+        raise CliError(f"--repeats must be a whole number, got {args.repeats!r}.") from None
+    comparison_ids = worker.launch_repeats(config, repeats, store)
+    for cid in comparison_ids:
+        run_ids = [r["id"] for r in store.runs(cid)]
+        print(f"comparison {cid}: runs {', '.join(map(str, run_ids))} queued "
+              f"(store {store.home})", flush=True)
     if args.no_wait:
         return 0
+
+    def all_runs():
+        return [r for cid in comparison_ids for r in store.runs(cid)]
+
     interactive = sys.stdout.isatty()
     last_lines, last_print = {}, 0.0
     try:
         while True:
             worker.supervise(store)
-            runs = store.runs(comparison_id)
+            runs = all_runs()
             for run in runs:
-                line = progress_line(run)
                 key = (run["phase"], run["status"])
-                # On a terminal redraw; in a log print phase changes and every 10 s.
-                if interactive or last_lines.get(run["id"]) != key or time.time() - last_print > 10:
-                    if run["status"] == "running" or last_lines.get(run["id"]) != key:
-                        print(line, flush=True)
+                # On a terminal print running runs every second; in a log, phase changes
+                # and every 10 s.
+                due = interactive or time.time() - last_print > 10
+                if last_lines.get(run["id"]) != key or (due and run["status"] == "running"):
+                    print(progress_line(run), flush=True)
                     last_lines[run["id"]] = key
             if time.time() - last_print > 10:
                 last_print = time.time()
@@ -142,19 +159,29 @@ def cmd_train(args, store: Store) -> int:
             time.sleep(1.0)
     except KeyboardInterrupt:
         print("\ncancelling …", flush=True)
-        store.cancel_comparison(comparison_id)
+        for cid in comparison_ids:
+            store.cancel_comparison(cid)
         return 130
-    runs = store.runs(comparison_id)
+    runs = all_runs()
+    comparisons = [store.comparison(cid) for cid in comparison_ids]
     if args.json:
-        print(json.dumps([run_json(r) for r in runs], indent=2))
+        result = {"runs": [run_json(r) for r in runs]}
+        if len(comparisons) > 1:
+            result["repeats"] = worker.repeat_statistics(comparisons)
+        print(json.dumps(result if len(comparisons) > 1 else result["runs"], indent=2))
     else:
-        print()
-        print(results_table(runs))
-        by_precision = {r["precision"]: r for r in runs}
-        if {"bf16", "fp8"} <= set(by_precision) and all(
-                by_precision[p]["test_accuracy"] is not None for p in ("bf16", "fp8")):
-            diff = by_precision["fp8"]["test_accuracy"] - by_precision["bf16"]["test_accuracy"]
-            print(f"\nfp8 − bf16 test accuracy: {diff * 100:+.2f} points")
+        for comparison in comparisons:
+            print(f"\ncomparison {comparison['id']} (seed {comparison['config'].seed})")
+            print(results_table(comparison["runs"]))
+            by_precision = {r["precision"]: r for r in comparison["runs"]}
+            if {"bf16", "fp8"} <= set(by_precision) and all(
+                    by_precision[p]["test_accuracy"] is not None for p in ("bf16", "fp8")):
+                diff = by_precision["fp8"]["test_accuracy"] - by_precision["bf16"]["test_accuracy"]
+                print(f"fp8 − bf16 test accuracy: {diff * 100:+.2f} points")
+        if len(comparisons) > 1:
+            print(f"\nover {len(comparisons)} seeds (mean ± std of test accuracy, points):")
+            for name, stat in worker.repeat_statistics(comparisons).items():
+                print(f"  {name:<12} {stat['mean'] * 100:7.2f} ± {stat['std'] * 100:.2f}  (n={stat['n']})")
     return 0 if all(r["status"] == "finished" for r in runs) else 1
 
 
@@ -235,6 +262,30 @@ def cmd_predict(args, store: Store) -> int:
     return 0
 
 
+def cmd_health(args, store: Store) -> int:
+    from fp8demo import fp8
+
+    run = store.run(args.run)
+    layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
+    if not layers:
+        raise CliError(f"Run {run['id']} ({run['precision']}) has no float8 layers.")
+    _, amax = store.fp8_amax(run["id"])
+    rows = fp8.health_summary(amax, layers, run["config"].amax_history_length)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{'layer':<44}{'role':<14}{'format':<7}{'overflows':>10}{'min hr':>8}{'median hr':>10}  risk")
+    for r in rows:
+        low = "-" if r["min headroom"] is None else f"{r['min headroom']:.2f}"
+        median = "-" if r["median headroom"] is None else f"{r['median headroom']:.2f}"
+        print(f"{r['layer']:<44}{r['role']:<14}{r['format']:<7}{r['overflows']:>10}{low:>8}"
+              f"{median:>10}  {'AT RISK' if r['at risk'] else ''}")
+    print()
+    for name, text in fp8.HEALTH_HELP.items():
+        print(f"{name}: {text}.")
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fp8demo.data import DataError
@@ -250,8 +301,8 @@ def main(argv=None) -> int:
             status = store.request_cancel(args.run)
             print(f"run {args.run}: cancel requested (was {status})")
             return 0
-        return {"train": cmd_train, "runs": cmd_runs, "show": cmd_show,
-                "predict": cmd_predict}[args.command](args, store)
+        return {"train": cmd_train, "runs": cmd_runs, "show": cmd_show, "predict": cmd_predict,
+                "health": cmd_health}[args.command](args, store)
     except (ConfigError, StoreError, DataError, PredictError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -38,6 +38,15 @@ class TrainConfig:
     quantize_head: bool = True
     # After the bf16 run: evaluate its post-training int8 and int4 (weight-only) quantization.
     ptq: bool = True
+    # Keep the weights of the epoch with the best validation accuracy (the example overfits
+    # after epoch 1) for evaluation and prediction; the final weights are evaluated too.
+    restore_best: bool = False
+    # Stop after this many epochs without a better validation accuracy (0 = never).
+    early_stopping: int = 0
+    # The delayed-scaling window of every float8 tensor (Keras' default is 1024 steps).
+    amax_history_length: int = 1024
+    # Train data-parallel over every device JAX sees (keras.distribution.DataParallel).
+    data_parallel: bool = False
     # Which precisions one launch trains, in order.
     precisions: tuple = ("bf16", "fp8")
     # Data: "" = the cached or downloaded archive; otherwise a local archive or folder.
@@ -71,6 +80,8 @@ class TrainConfig:
         heads_ok = check_int("heads", 1, 256)
         check_int("intermediate_dim", 1, 262144)
         check_int("subset", 0, 1_000_000)
+        check_int("early_stopping", 0, 1000)
+        check_int("amax_history_length", 1, 65536)
         if hidden_ok and heads_ok and self.hidden_dim % self.heads:
             problems.append(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by heads ({self.heads}): "
@@ -108,7 +119,7 @@ class TrainConfig:
             problems.append("Each precision may appear only once.")
         if not isinstance(self.data, str):
             problems.append("data must be a path (text).")
-        for name in ("quantize_head", "ptq"):
+        for name in ("quantize_head", "ptq", "restore_best", "data_parallel"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false.")
         return problems

@@ -136,3 +136,34 @@ def health(amax: np.ndarray, roles=ROLES, history_length: int = 1024) -> dict:
     overflow = amax > representable * (1 + 1e-6)
     return {"scales": scales, "representable": representable, "headroom": headroom,
             "overflow": overflow, "overflow_count": overflow.sum(axis=0)}
+
+
+# What each statistic means, in one line (shown by the dashboard and the CLI).
+HEALTH_HELP = {
+    "overflows": "steps whose amax exceeded what the delayed scale could represent "
+                 "(fmax × scale from amaxes up to two steps earlier): those values were clipped",
+    "min headroom": "smallest log2(fmax × scale / amax) over the run: binary orders of "
+                    "magnitude to spare before clipping (negative = clipped)",
+    "median headroom": "typical headroom; large values mean small values may underflow to zero",
+    "at risk": "overflowed at least once, or came within one binary order (2×) of clipping",
+}
+
+
+def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024) -> list[dict]:
+    """One row per float8 layer and role, flagging the tensors at risk."""
+    result = health(amax, history_length=history_length)
+    rows = []
+    for i, name in enumerate(layer_names):
+        for j, role in enumerate(ROLES):
+            headroom = result["headroom"][:, i, j]
+            valid = headroom[np.isfinite(headroom)]
+            overflows = int(result["overflow_count"][i, j])
+            minimum = float(valid.min()) if valid.size else None
+            rows.append({
+                "layer": name, "role": role, "format": "E5M2" if role == "outputs_grad" else "E4M3",
+                "overflows": overflows,
+                "min headroom": minimum,
+                "median headroom": float(np.median(valid)) if valid.size else None,
+                "at risk": bool(overflows or (minimum is not None and minimum < 1.0)),
+            })
+    return rows

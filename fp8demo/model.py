@@ -60,11 +60,20 @@ def quantize_fp8(model, config: TrainConfig):
     def selected(layer):
         return config.quantize_head or layer.name != HEAD
 
-    with warnings.catch_warnings():
-        # quantize() warns once per layer it cannot convert (embedding, norms, ...): expected.
-        warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
-        warnings.filterwarnings("ignore", message=".*Invalid quantization mode.*")
-        model.quantize("float8", filters=selected)
+    from keras.src.dtype_policies.dtype_policy import QuantizedFloat8DTypePolicy
+
+    # quantize() takes no history length: each layer reads this class default when it
+    # creates its amax history variables, so set it for the duration of the call.
+    default = QuantizedFloat8DTypePolicy.default_amax_history_length
+    QuantizedFloat8DTypePolicy.default_amax_history_length = config.amax_history_length
+    try:
+        with warnings.catch_warnings():
+            # quantize() warns once per layer it cannot convert (embedding, norms, ...).
+            warnings.filterwarnings("ignore", message=".*quantiz.*", category=UserWarning)
+            warnings.filterwarnings("ignore", message=".*Invalid quantization mode.*")
+            model.quantize("float8", filters=selected)
+    finally:
+        QuantizedFloat8DTypePolicy.default_amax_history_length = default
 
 
 PTQ_MODES = ("int8", "int4")

@@ -21,7 +21,11 @@ import numpy as np
 
 from fp8demo.config import TrainConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Statements that bring a store from schema N to N + 1.
+MIGRATIONS = {
+    1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
+}
 ACTIVE = ("queued", "running")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
 # The three tensors each float8 layer scales; column order of every fp8 array in the store.
@@ -33,7 +37,8 @@ CREATE TABLE IF NOT EXISTS comparisons (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     created_at REAL NOT NULL,
     config TEXT NOT NULL,
-    label TEXT NOT NULL DEFAULT ''
+    label TEXT NOT NULL DEFAULT '',
+    group_id INTEGER  -- comparisons launched together as repeats over seeds share one
 );
 CREATE TABLE IF NOT EXISTS runs (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -183,6 +188,12 @@ class Store:
                             f"The run store {self.path} has an unreadable schema version "
                             f"({row[0]!r}). Move it away or set FP8DEMO_HOME to another folder."
                         ) from None
+                if version < SCHEMA_VERSION:
+                    for step in range(version, SCHEMA_VERSION):
+                        for statement in MIGRATIONS[step]:
+                            conn.execute(statement)
+                    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
+                                 (str(SCHEMA_VERSION),))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -202,8 +213,12 @@ class Store:
 
     # -- launching ----------------------------------------------------------------------
 
-    def create_comparison(self, config: TrainConfig, label: str = "") -> tuple[int, list[int]]:
-        """Queue one comparison: one run per precision of `config`, in order."""
+    def create_comparison(self, config: TrainConfig, label: str = "",
+                          group_id: int | None = None) -> tuple[int, list[int]]:
+        """Queue one comparison: one run per precision of `config`, in order.
+
+        group_id: the first comparison of a set of repeats over seeds ("self" = this one).
+        """
         config.validate()
         now = time.time()
         conn = self._conn()
@@ -213,6 +228,9 @@ class Store:
                 "INSERT INTO comparisons (created_at, config, label) VALUES (?, ?, ?)",
                 (now, config.to_json(), label),
             ).lastrowid
+            if group_id is not None:
+                conn.execute("UPDATE comparisons SET group_id=? WHERE id=?",
+                             (cid if group_id == "self" else int(group_id), cid))
             run_ids = [
                 conn.execute(
                     "INSERT INTO runs (comparison_id, precision, config, created_at, updated_at) "
@@ -367,6 +385,12 @@ class Store:
         comparison["config"] = TrainConfig.from_dict(json.loads(comparison["config"]))
         comparison["runs"] = self.runs(comparison_id)
         return comparison
+
+    def group(self, group_id) -> list[dict]:
+        """The comparisons of one set of repeats over seeds, oldest first."""
+        ids = [r[0] for r in self._execute(
+            "SELECT id FROM comparisons WHERE group_id=? ORDER BY id", (int(group_id),))]
+        return [self.comparison(i) for i in ids]
 
     def latest_comparison_id(self) -> int | None:
         row = self._execute("SELECT MAX(id) FROM comparisons").fetchone()

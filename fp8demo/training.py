@@ -30,7 +30,7 @@ def device_description() -> str:
 
 
 def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epochs: int,
-                  record: bool = True):
+                  record: bool = True, history_length: int = 1024, early_stopping: int = 0):
     """A Keras callback that writes per-step metrics, progress and fp8 snapshots to the store."""
     import keras
 
@@ -50,6 +50,9 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             self.layers = []
             self.first_step_time = None
             self.started = None
+            # Best validation accuracy so far: (epoch, val_accuracy, weights as numpy).
+            self.best = None
+            self.stopped_early_at = None
 
         # -- fit ------------------------------------------------------------------
 
@@ -71,7 +74,9 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             seen = min((batch + 1) * batch_size, n_train)
             self.pending.append((self.step, self.epoch, now - self.started,
                                  logs.get("loss"), logs.get("accuracy"), seen))
-            if now - self.last_flush >= RECORD_EVERY_SECONDS:
+            # Flush before the amax history wraps, so no step's amax is lost.
+            if (now - self.last_flush >= RECORD_EVERY_SECONDS
+                    or (self.layers and self.step - self.fp8_step >= history_length // 2)):
                 self.flush(now)
 
         def on_epoch_end(self, epoch, logs=None):
@@ -80,6 +85,12 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             if record:
                 store.add_epoch(run_id, epoch, self.step, logs.get("loss"), logs.get("accuracy"),
                                 logs.get("val_loss"), logs.get("val_accuracy"))
+            val_accuracy = logs.get("val_accuracy")
+            if val_accuracy is not None and (self.best is None or val_accuracy > self.best[1]):
+                self.best = (epoch, float(val_accuracy), self.model.get_weights())
+            elif early_stopping and self.best and epoch - self.best[0] >= early_stopping:
+                self.stopped_early_at = epoch
+                self.model.stop_training = True
 
         def on_train_end(self, logs=None):
             self.flush(time.time())
@@ -153,8 +164,31 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
     return Recorder()
 
 
-def train_run(store: Store, run: dict, record: bool = True, progress=print,
-              on_trained=None) -> dict:
+def train_run(store: Store, run: dict, **options) -> dict:
+    """Train one run, data-parallel over all devices when its config asks for it."""
+    import keras
+
+    config = run["config"]
+    if not config.data_parallel:
+        return _train_run(store, run, **options)
+    import jax
+
+    from fp8demo.config import ConfigError
+
+    devices = jax.devices()
+    if config.batch_size % len(devices):
+        raise ConfigError(f"Data-parallel training on {len(devices)} devices needs a batch size "
+                          f"divisible by {len(devices)}; got {config.batch_size}.")
+    store.merge_summary(run["id"], devices=[str(d) for d in devices])
+    keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    try:
+        return _train_run(store, run, **options)
+    finally:
+        keras.distribution.set_distribution(None)
+
+
+def _train_run(store: Store, run: dict, record: bool = True, progress=print,
+               on_trained=None) -> dict:
     """Train, evaluate and save one queued run; returns its final fields.
 
     Raises Cancelled when a cancel was requested; other exceptions propagate (the worker
@@ -193,7 +227,9 @@ def train_run(store: Store, run: dict, record: bool = True, progress=print,
     store.update_run(run_id, phase="compiling", params=params, steps_per_epoch=steps_per_epoch,
                      total_steps=steps_per_epoch * config.epochs)
     recorder = make_recorder(store, run_id, len(prepared.y_train), config.batch_size,
-                             config.epochs, record=record)
+                             config.epochs, record=record,
+                             history_length=config.amax_history_length,
+                             early_stopping=config.early_stopping)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
     started = time.time()
     model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
@@ -203,13 +239,34 @@ def train_run(store: Store, run: dict, record: bool = True, progress=print,
     if recorder.cancelled:
         raise Cancelled()
 
-    # 4. Evaluate on the test split.
+    # 4. Evaluate on the test split: the final weights, and the best epoch's if it was earlier.
     phase("evaluating")
-    test_loss, test_accuracy = model.evaluate(prepared.x_test, prepared.y_test,
-                                              batch_size=EVAL_BATCH_SIZE, callbacks=[recorder],
-                                              verbose=0)
-    if recorder.cancelled:
-        raise Cancelled()
+
+    def evaluate():
+        loss, accuracy = model.evaluate(prepared.x_test, prepared.y_test, batch_size=EVAL_BATCH_SIZE,
+                                        callbacks=[recorder], verbose=0)
+        if recorder.cancelled:
+            raise Cancelled()
+        return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+
+    final = {**evaluate(), "epoch": recorder.epoch}
+    best = None
+    if recorder.best is not None:
+        best_epoch, best_val_accuracy, best_weights = recorder.best
+        best = {"epoch": best_epoch, "val_accuracy": best_val_accuracy}
+        if best_epoch == recorder.epoch:
+            best.update(final)
+        else:
+            phase("evaluating the best epoch")
+            final_weights = model.get_weights()
+            model.set_weights(best_weights)
+            best.update(evaluate())
+            if not config.restore_best:
+                model.set_weights(final_weights)
+    kept = best if (config.restore_best and best) else final
+    test_loss, test_accuracy = kept["test_loss"], kept["test_accuracy"]
+    store.merge_summary(run_id, final=final, best=best, restored_best=bool(config.restore_best),
+                        stopped_early_at=recorder.stopped_early_at)
 
     if on_trained is not None:
         on_trained(model, prepared)

@@ -41,6 +41,50 @@ def launch(config: TrainConfig, store: Store | None = None, label: str = "") -> 
     return comparison_id
 
 
+def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None,
+                   label: str = "") -> list[int]:
+    """Queue the same comparison with seeds seed, seed+1, ...; they share one group id."""
+    import dataclasses
+
+    if isinstance(repeats, bool) or not isinstance(repeats, int) or not 1 <= repeats <= 100:
+        from fp8demo.config import ConfigError
+
+        raise ConfigError(f"repeats must be a whole number between 1 and 100, got {repeats!r}.")
+    store = store or Store()
+    config.validate()
+    if not config.data and os.environ.get("FP8DEMO_IMDB"):
+        config = dataclasses.replace(config, data=os.environ["FP8DEMO_IMDB"])
+    ids, group = [], ("self" if repeats > 1 else None)
+    for k in range(repeats):
+        seeded = dataclasses.replace(config, seed=config.seed + k)
+        text = f"{label} (seed {seeded.seed})".strip() if repeats > 1 else label
+        cid, _ = store.create_comparison(seeded, text, group_id=group)
+        ids.append(cid)
+        if group == "self":
+            group = cid
+    ensure_worker(store)
+    return ids
+
+
+def repeat_statistics(comparisons) -> dict:
+    """Mean ± std of test accuracy per precision (and PTQ) and of fp8 − bf16, over seeds."""
+    import numpy as np
+
+    values: dict[str, list] = {}
+    for c in comparisons:
+        by_precision = {r["precision"]: r for r in c["runs"] if r["status"] == "finished"}
+        for precision, run in by_precision.items():
+            values.setdefault(precision, []).append(run["test_accuracy"])
+            for mode, result in (run["summary"].get("ptq") or {}).items():
+                values.setdefault(f"{mode} PTQ", []).append(result["test_accuracy"])
+        if "bf16" in by_precision and "fp8" in by_precision:
+            values.setdefault("fp8 − bf16", []).append(
+                by_precision["fp8"]["test_accuracy"] - by_precision["bf16"]["test_accuracy"])
+    return {name: {"n": len(v), "mean": float(np.mean(v)),
+                   "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
+            for name, v in values.items()}
+
+
 def _try_lock(path: Path):
     handle = open(path, "a+")
     try:

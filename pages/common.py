@@ -27,6 +27,7 @@ PAGES = [  # (script, title, icon); the first is the default page
     ("pages/train.py", "Train", ":material/rocket_launch:"),
     ("pages/live.py", "Live", ":material/monitoring:"),
     ("pages/results.py", "Results", ":material/table_chart:"),
+    ("pages/health.py", "FP8 health", ":material/health_and_safety:"),
     ("pages/predict.py", "Predict", ":material/chat:"),
 ]
 
@@ -208,18 +209,32 @@ def sidebar_shell(store: Store):
         (st.success if info.get("fp8_capable") else st.info)(text, icon=":material/memory:")
         st.caption(" · ".join(f"{name} {version}" for name, version in versions().items()))
         st.markdown("**Queue**")
-        store.reap()  # a training process that died must not stay "running" here
-        queue = store.queue()
-        if not queue:
-            st.caption("Nothing training or waiting.")
-        for run in queue:
-            icon = STATUS_ICONS.get(run["status"], "")
-            detail = run["phase"] if run["status"] == "running" else "waiting"
-            st.caption(f"{icon} #{run['comparison_id']} **{run['precision']}** — {detail}")
-        if queue:
-            pid = _worker_pid(store)
-            st.caption(f"training process pid {pid}" if pid else
-                       "No training process is alive; launching again restarts it.")
+        _queue_fragment(store)
+
+
+def queue_panel(store: Store):
+    """What is training and what waits; refreshes itself every 2 s while anything is queued."""
+    from fp8demo import worker
+
+    worker.supervise(store)  # a dead training process must not stay "running" here
+    queue = store.queue()
+    if not queue:
+        st.caption("Nothing training or waiting.")
+    for run in queue:
+        icon = STATUS_ICONS.get(run["status"], "")
+        detail = run["phase"] if run["status"] == "running" else "waiting"
+        st.caption(f"{icon} #{run['comparison_id']} **{run['precision']}** — {detail}")
+    if queue:
+        pid = _worker_pid(store)
+        st.caption(f"training process pid {pid}" if pid else "Starting the training process…")
+    if bool(queue) != st.session_state.get("_queue_refreshing", False):
+        st.session_state["_queue_refreshing"] = bool(queue)
+        st.rerun()  # switch the timer on or off
+
+
+def _queue_fragment(store: Store):
+    every = 2.0 if st.session_state.get("_queue_refreshing") else None
+    st.fragment(run_every=every)(queue_panel)(store)
 
 
 def _worker_pid(store):

@@ -128,9 +128,30 @@ def curves(store, runs, metric, smoothing, labels=None, dashes=None):
               for i, r in enumerate(runs)]
     return charts.metric_figure(curves, metric, smoothing=smoothing)
 
+def repeats_summary(store, comparison):
+    """Mean ± std over the seeds this comparison was launched with."""
+    from fp8demo import worker
+
+    group = store.group(comparison["group_id"])
+    stats = worker.repeat_statistics(group)
+    finished = sum(all(r["status"] == "finished" for r in c["runs"]) for c in group)
+    st.markdown(f"**Repeats over seeds** — {len(group)} comparisons "
+                f"(#{group[0]['id']}–#{group[-1]['id']}), {finished} finished")
+    if stats:
+        st.dataframe(pd.DataFrame([{"": name, "mean test accuracy (%)": stat["mean"] * 100,
+                                    "std (points)": stat["std"] * 100, "seeds": stat["n"]}
+                                   for name, stat in stats.items()]),
+                     hide_index=True, width="stretch",
+                     column_config={"mean test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+                                    "std (points)": st.column_config.NumberColumn(format="%.2f")})
+        st.caption("fp8 − bf16 pairs the two precisions of each seed; std uses n − 1.")
+
+
 def detail(store, comparison):
     runs = comparison["runs"]
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
+    if comparison.get("group_id"):
+        repeats_summary(store, comparison)
     accuracy_metrics(runs)
     st.dataframe(run_rows(runs), hide_index=True, width="stretch",
                  column_config={"test accuracy": st.column_config.NumberColumn(format="percent"),

@@ -159,6 +159,26 @@ def settings_form():
                          "folder or aclImdb_v1.tar.gz path.")
     c[2].number_input("Subset (0 = all)", min_value=0, step=500, key="subset",
                       help="Reviews per split, half positive, half negative.")
+    with st.expander("Advanced"):
+        devices = common.device_info().get("devices") or []
+        st.checkbox(f"Data-parallel over every device ({len(devices)} seen)", key="data_parallel",
+                    help="keras.distribution.DataParallel: each batch is split across the "
+                         "devices JAX sees; the batch size must divide evenly. Devices: "
+                         + (", ".join(devices) or "unknown"))
+        c = st.columns(4)
+        c[0].checkbox("Restore the best epoch", key="restore_best",
+                      help="Evaluate and keep the weights of the epoch with the best validation "
+                           "accuracy (the example overfits after epoch 1). The final weights "
+                           "are evaluated too.")
+        c[1].number_input("Early stopping patience (0 = off)", min_value=0, step=1,
+                          key="early_stopping",
+                          help="Stop after this many epochs without a better validation accuracy.")
+        c[2].number_input("Amax history length", min_value=1, step=64, key="amax_history_length",
+                          help="The delayed-scaling window of the fp8 run: each scale comes from "
+                               "the largest amax of this many past steps (Keras' default 1024).")
+        c[3].checkbox("int8/int4 post-training quantization of bf16", key="ptq",
+                      help="After the bf16 run, evaluate its post-training int8 (and int4 "
+                           "weight-only) quantization: the calibration FP8 training avoids.")
 
 
 def show_tokenizer_preview(config: TrainConfig):
@@ -205,11 +225,11 @@ def show_model_summary(config: TrainConfig):
                      column_config={"float8": st.column_config.CheckboxColumn("float8 in fp8 run")})
 
 
-def launch(store, config: TrainConfig, label: str):
+def launch(store, config: TrainConfig, label: str, repeats: int = 1):
     from fp8demo import worker
 
     try:
-        cid = worker.launch(config, store=store, label=label)
+        cid = worker.launch_repeats(config, repeats, store=store, label=label)[0]
     except (ConfigError, StoreError) as e:
         st.error(str(e))
         return
@@ -248,7 +268,12 @@ if not problems:
     show_tokenizer_preview(config)
     show_model_summary(config)
 
-label = st.text_input("Label (optional)", key="label", placeholder="e.g. wider model")
+c = st.columns([3, 1])
+label = c[0].text_input("Label (optional)", key="label", placeholder="e.g. wider model")
+repeats = c[1].number_input("Repeats over seeds", min_value=1, max_value=100, value=1, step=1,
+                            key="repeats",
+                            help="Train the same comparison with seeds seed, seed+1, …; Results "
+                                 "shows mean ± std, so “no accuracy drop” is a measured claim.")
 if st.button("Launch", key="launch", type="primary", disabled=bool(problems),
              help="Fix the settings above first." if problems else "Queue one run per precision."):
-    launch(store, config, label)
+    launch(store, config, label, int(repeats))

@@ -164,6 +164,18 @@ def test_quick_demo_from_launch_to_prediction(server, page):
         assert time.time() < deadline, f"the heatmaps stayed at {first} steps"
         time.sleep(0.5)
     assert store.run(fp8_run["id"])["status"] in ("running", "finished")
+    page.get_by_text("Inside the fp8 run").scroll_into_view_if_needed()
+    shot(page, "2b-live-heatmaps")
+
+    # A second browser (another viewer, or a reload) sees the same live state.
+    other = page.context.browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    other.goto(url + f"/live?comparison={comparison['id']}")
+    idle(other)
+    other.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                            ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
+                            timeout=30_000)
+    assert heatmap_columns(other) >= first
+    other.context.close()
 
     deadline = time.time() + 300
     while any(r["status"] in ("queued", "running") for r in store.runs(comparison["id"])):

@@ -207,3 +207,18 @@ def test_fp8_state_rows_and_scale_change_figure():
     fig = charts.scale_change_figure(before, after, "inputs")
     np.testing.assert_allclose(_decode(fig.data[1].y), [0.01], rtol=1e-6)
     assert fig.layout.yaxis.type == "log" and fig.layout.title.text
+
+
+def test_best_epoch_is_starred_on_the_curves():
+    from fp8demo import charts
+
+    steps = {"step": np.arange(1, 31, dtype=float), "time": np.arange(30, dtype=float),
+             "loss": np.linspace(1, 0.2, 30), "accuracy": np.linspace(0.5, 0.9, 30)}
+    epochs = [{"epoch": 0, "step": 10, "val_loss": 0.5, "val_accuracy": 0.84},
+              {"epoch": 1, "step": 20, "val_loss": 0.6, "val_accuracy": 0.82},
+              {"epoch": 2, "step": 30, "val_loss": 0.7, "val_accuracy": 0.81}]
+    for metric in ("loss", "accuracy"):
+        fig = charts.metric_figure([charts.curve_from_store("fp8", "fp8", steps, epochs, metric)], metric)
+        stars = [t for t in fig.data if t.name == "fp8 best epoch"]
+        assert len(stars) == 1
+        assert list(stars[0].x) == [10.0]  # epoch 1 had the best validation accuracy

@@ -42,3 +42,16 @@ def test_bad_input_exits_nonzero_with_one_line(home):
         "hidden_dim / heads dimensions.")
     assert cli("train", "--epochs", "two").stderr.strip() == "error: epochs must be a whole number, got 'two'."
     assert cli("predict", "999", "x").stderr.strip().startswith("error: There is no run 999")
+
+
+def test_health_of_an_fp8_run(trained):
+    import os
+
+    env = dict(os.environ, FP8DEMO_HOME=str(trained["home"]))
+    shown = cli("health", str(trained["run_ids"]["fp8"]), "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    rows = json.loads(shown.stdout)
+    assert len(rows) == 24 and {r["role"] for r in rows} == {"inputs", "kernel", "outputs_grad"}
+    assert all(r["min headroom"] is not None for r in rows)
+    refused = cli("health", str(trained["run_ids"]["bf16"]), env=env)
+    assert refused.returncode == 2 and "has no float8 layers" in refused.stderr

@@ -479,3 +479,47 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
     ptq = store.run(trained["run_ids"]["bf16"])["summary"]["ptq"]
     int8_row = runs_table[runs_table["precision"] == "int8 PTQ of bf16"].iloc[0]
     assert int8_row["test accuracy"] == ptq["int8"]["test_accuracy"]
+
+
+def test_health_page_of_a_real_fp8_run(trained, monkeypatch):
+    from fp8demo import fp8
+
+    monkeypatch.setenv("FP8DEMO_HOME", str(trained["home"]))
+    store = Store(trained["home"])
+    run = store.run(trained["run_ids"]["fp8"])
+    at = page("pages/health.py").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 8 * 3
+    _, amax = store.fp8_amax(run["id"])
+    expected = fp8.health_summary(amax, [l["name"] for l in run["summary"]["fp8_layers"]])
+    assert list(table["overflows"]) == [r["overflows"] for r in expected]
+    assert list(table["at risk"]) == [r["at risk"] for r in expected]
+    names = {t.get("name") for spec in _plotly_specs(at) for t in spec["data"]}
+    assert "decoder/self_attention/query" in names  # headroom lines per layer
+
+
+def test_health_page_with_an_empty_store(store_home):
+    at = page("pages/health.py").run()
+    assert not at.exception
+    assert "No comparison with an fp8 run" in at.info[0].value
+
+
+def test_results_show_repeats_over_seeds(store_home):
+    store = Store(store_home)
+    ids = []
+    for k, (bf, fp) in enumerate(((0.80, 0.81), (0.82, 0.80), (0.79, 0.80))):
+        cid, (b, f) = store.create_comparison(preset("Quick demo", seed=42 + k),
+                                              group_id=ids[0] if ids else "self")
+        ids.append(cid)
+        for run_id, acc in ((b, bf), (f, fp)):
+            store.claim_next_run(os.getpid())
+            store.end_run(run_id, "finished", test_accuracy=acc, test_loss=0.5)
+    at = page("pages/results.py").run()
+    at.selectbox("result").set_value(ids[1]).run()
+    assert not at.exception
+    table = next(df.value for df in at.dataframe if "std (points)" in df.value.columns)
+    rows = {r[""]: r for r in table.to_dict("records")}
+    assert rows["bf16"]["mean test accuracy (%)"] == pytest.approx(80.333, abs=1e-3)
+    assert rows["fp8 − bf16"]["mean test accuracy (%)"] == pytest.approx(0.0, abs=1e-9)
+    assert rows["fp8"]["std (points)"] == pytest.approx(0.57735, abs=1e-4)

@@ -104,3 +104,33 @@ def test_post_training_quantization_of_the_bf16_run(trained):
         raise AssertionError("int8 PTQ of an fp8 run must be refused")
     except PredictError as e:
         assert "applies to a bf16 run" in str(e)
+
+
+def test_best_epoch_early_stopping_and_a_short_amax_history(home):
+    """restore_best keeps the best validation epoch; a 16-step history loses no step's amax."""
+    from fp8demo.config import TrainConfig
+    from fp8demo.predict import load_run
+    from fp8demo.worker import execute
+
+    store = Store(home)
+    config = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=3, precisions=("fp8",),
+                         restore_best=True, early_stopping=1, amax_history_length=16, ptq=False)
+    _, (run_id,) = store.create_comparison(config)
+    execute(store, store.claim_next_run(0))
+    run = store.run(run_id)
+    assert run["status"] == "finished", run["error"]
+    summary = run["summary"]
+    epochs = store.epoch_metrics(run_id)
+    best_epoch = int(np.argmax([e["val_accuracy"] for e in epochs]))
+    assert summary["best"]["epoch"] == best_epoch
+    assert run["test_accuracy"] == summary["best"]["test_accuracy"]
+    assert summary["final"]["epoch"] == len(epochs) - 1
+    if summary["stopped_early_at"] is not None:  # patience 1: one epoch without improvement
+        assert summary["stopped_early_at"] == best_epoch + 1 == len(epochs) - 1
+    # The saved model is the best epoch's.
+    loaded = load_run(store, run_id)
+    layer = loaded.model.get_layer("classifier")
+    assert layer.inputs_amax_history.shape == (16,)
+    steps, amax = store.fp8_amax(run_id)
+    assert list(steps) == list(range(1, epochs[-1]["step"] + 1))
+    assert (amax > 0).all()

@@ -61,3 +61,46 @@ def test_cancel_running_and_queued_runs(home):
     assert run["step"] < run["total_steps"]
     # The worker leaves when the queue is empty.
     wait_for(lambda: worker.worker_pid(store) is None, 30, "the worker to exit")
+
+
+def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
+    store = Store(home)
+    config = TrainConfig(subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"),
+                         ptq=False)
+    ids = worker.launch_repeats(config, 3, store, label="noise")
+    assert [store.comparison(i)["config"].seed for i in ids] == [42, 43, 44]
+    assert [c["id"] for c in store.group(ids[0])] == ids
+    wait_for(lambda: worker.supervise(store) is not None and
+             all(r["status"] in ("finished", "failed") for i in ids for r in store.runs(i)),
+             300, "three seeds to train")
+    comparisons = store.group(ids[0])
+    assert all(r["status"] == "finished" for c in comparisons for r in c["runs"])
+    stats = worker.repeat_statistics(comparisons)
+    bf16 = [r["test_accuracy"] for c in comparisons for r in c["runs"] if r["precision"] == "bf16"]
+    fp8 = [r["test_accuracy"] for c in comparisons for r in c["runs"] if r["precision"] == "fp8"]
+    import numpy as np
+
+    assert stats["bf16"]["n"] == 3 and np.isclose(stats["bf16"]["mean"], np.mean(bf16))
+    assert np.isclose(stats["bf16"]["std"], np.std(bf16, ddof=1))
+    assert np.isclose(stats["fp8 − bf16"]["mean"], np.mean(np.subtract(fp8, bf16)))
+
+
+def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
+    """XLA's host platform split in two devices stands in for two GPUs."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    store = Store(home)
+    base = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=2, precisions=("bf16", "fp8"),
+                       ptq=False)
+    single = worker.launch(base, store)
+    parallel = worker.launch(dataclasses.replace(base, data_parallel=True), store)
+    wait_for(lambda: worker.supervise(store) is not None and all(
+        r["status"] in ("finished", "failed") for c in (single, parallel) for r in store.runs(c)),
+        400, "both comparisons")
+    for run in store.runs(parallel):
+        assert run["status"] == "finished", run["error"]
+        assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
+        assert run["device"].startswith("2 × CPU")
+    # Same data, seed and initial weights: accuracy within noise of single-device training.
+    for a, b in zip(store.runs(single), store.runs(parallel)):
+        assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
+        assert b["summary"]["fp8_layers"] == a["summary"]["fp8_layers"]

@@ -1,0 +1,188 @@
+"""Shared helpers for the benchmark scripts (not a benchmark itself).
+
+Every script imports this first: it puts the repository root on sys.path, points
+FP8DEMO_IMDB at the shared archive unless set, and never touches the user's store
+(FP8DEMO_HOME defaults to a fresh temp folder).
+"""
+
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEFAULT_ARCHIVE = ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz"
+
+
+def setup_env(home: str | None = None, prefix: str = "bench-home-") -> Path:
+    """FP8DEMO_IMDB → the shared archive (unless set); FP8DEMO_HOME → `home` or a temp folder."""
+    if not os.environ.get("FP8DEMO_IMDB") and DEFAULT_ARCHIVE.exists():
+        os.environ["FP8DEMO_IMDB"] = str(DEFAULT_ARCHIVE)
+    path = Path(home) if home else Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["FP8DEMO_HOME"] = str(path)
+    import fp8demo.env  # noqa: F401  (KERAS_BACKEND=jax, JAX_PLATFORMS=cpu without a GPU)
+
+    return path
+
+
+def archive() -> Path:
+    named = os.environ.get("FP8DEMO_IMDB") or str(DEFAULT_ARCHIVE)
+    return Path(named)
+
+
+class Phases:
+    """Named wall-clock phases, in order."""
+
+    def __init__(self, log=print):
+        self.seconds = {}
+        self.log = log
+
+    @contextmanager
+    def __call__(self, name):
+        self.log(f"  … {name}")
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - started
+            self.log(f"    {name}: {self.seconds[name]:.1f} s")
+
+    @property
+    def total(self):
+        return sum(self.seconds.values())
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (VmHWM), in MiB."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt(value, spec=".2f", none="–"):
+    return none if value is None else format(value, spec)
+
+
+def met(ok: bool) -> str:
+    return "MET" if ok else "NOT MET"
+
+
+def table(headers, rows) -> str:
+    """A markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_json(path, payload):
+    if path:
+        Path(path).write_text(json.dumps(payload, indent=2, default=str))
+        print(f"JSON written to {path}")
+
+
+class StepTimer:
+    """Keras callback: wall time of each training step, validation excluded.
+
+    Rate = steps / time between consecutive batch ends inside an epoch, so the first
+    step of each epoch (compilation, epoch setup, the previous validation) is left out.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        import keras
+
+        class _StepTimer(keras.callbacks.Callback):
+            def __init__(self):
+                super().__init__()
+                self.intervals = []  # seconds between consecutive train batch ends
+                self.last = None
+
+            def on_epoch_begin(self, epoch, logs=None):
+                self.last = None
+
+            def on_train_batch_end(self, batch, logs=None):
+                now = time.perf_counter()
+                if self.last is not None:
+                    self.intervals.append(now - self.last)
+                self.last = now
+
+            def on_test_begin(self, logs=None):
+                self.last = None
+
+            def steps_per_sec(self):
+                return rate(self.intervals)
+
+        return _StepTimer()
+
+
+def instrument_recorder():
+    """Wrap fp8demo.training.make_recorder so each Recorder also times its training steps
+    (the same rule as StepTimer). Returns a list that receives one dict per recorder:
+    {"intervals": [...]}; steps_per_sec(entry) turns it into a rate."""
+    from fp8demo import training
+
+    original = getattr(training.make_recorder, "__wrapped__", training.make_recorder)
+    made = []
+
+    def make_recorder(*args, **kwargs):
+        recorder = original(*args, **kwargs)
+        timing = {"intervals": [], "last": None}
+        made.append(timing)
+        batch_end, epoch_begin, test_begin = (recorder.on_train_batch_end, recorder.on_epoch_begin,
+                                              recorder.on_test_begin)
+
+        def on_train_batch_end(batch, logs=None):
+            now = time.perf_counter()
+            if timing["last"] is not None:
+                timing["intervals"].append(now - timing["last"])
+            timing["last"] = now
+            batch_end(batch, logs)
+
+        def on_epoch_begin(epoch, logs=None):
+            timing["last"] = None
+            epoch_begin(epoch, logs)
+
+        def on_test_begin(logs=None):
+            timing["last"] = None
+            test_begin(logs)
+
+        recorder.on_train_batch_end = on_train_batch_end
+        recorder.on_epoch_begin = on_epoch_begin
+        recorder.on_test_begin = on_test_begin
+        return recorder
+
+    make_recorder.__wrapped__ = original
+    training.make_recorder = make_recorder
+    return made
+
+
+def rate(intervals) -> float | None:
+    """Steps per second from step intervals; intervals over 5× the median (a recompilation,
+    e.g. for a smaller last batch) are left out."""
+    if not intervals:
+        return None
+    limit = 5 * statistics.median(intervals)
+    kept = [i for i in intervals if i <= limit]
+    return len(kept) / sum(kept)
+
+
+def steps_per_sec(timing) -> float | None:
+    return rate(timing["intervals"])
