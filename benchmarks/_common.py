@@ -186,3 +186,13 @@ def rate(intervals) -> float | None:
 
 def steps_per_sec(timing) -> float | None:
     return rate(timing["intervals"])
+
+
+def preload():
+    """Import every fp8demo module now: other people edit the tree while a long benchmark
+    runs, and a module first imported an hour later could disagree with one imported now."""
+    import importlib
+
+    for name in ("config", "store", "data", "tokenizer", "model", "fp8", "training", "worker",
+                 "predict", "charts", "device"):
+        importlib.import_module(f"fp8demo.{name}")

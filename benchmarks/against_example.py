@@ -94,6 +94,7 @@ def main(argv=None):
     if args.data:
         os.environ["FP8DEMO_IMDB"] = args.data
     archive = _common.archive()
+    _common.preload()
     from fp8demo.config import TrainConfig
     from fp8demo.store import Store
 

@@ -204,8 +204,11 @@ def main(argv=None):
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--json", default="")
     args = parser.parse_args(argv)
-    _common.setup_env()
-    result = run(args.data or None, args.subset, args.epochs)
+    home = _common.setup_env()  # only for fp8demo.env; the example writes no store
+    try:
+        result = run(args.data or None, args.subset, args.epochs)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
     print(report(result))
     _common.write_json(args.json, result)
 

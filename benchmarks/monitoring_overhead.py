@@ -33,6 +33,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     home = _common.setup_env()
+    _common.preload()
     from fp8demo import training, tokenizer
     from fp8demo.config import TrainConfig
     from fp8demo.store import Store

@@ -24,7 +24,7 @@ BASE = dict(seq_len=200, hidden_dim=32, batch_size=32)
 AXES = {"seq_len": (64, 128, 200, 400), "hidden_dim": (32, 128, 512), "batch_size": (16, 32, 128)}
 
 
-def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup) -> dict:
+def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup, dropout=0.1) -> dict:
     """In the child process: steps/s and peak memory of one configuration."""
     import numpy as np
 
@@ -34,7 +34,7 @@ def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup) -> dict:
     from fp8demo.config import TrainConfig
 
     config = TrainConfig(seq_len=seq_len, hidden_dim=hidden_dim, intermediate_dim=hidden_dim,
-                         heads=2, batch_size=batch_size).validate()
+                         heads=2, batch_size=batch_size, dropout=dropout).validate()
     rss_before = _common.peak_rss_mb()
     model = model_lib.compile(model_lib.build(config, precision), config)
     rng = np.random.default_rng(0)
@@ -50,7 +50,7 @@ def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup) -> dict:
               epochs=1, verbose=0, shuffle=False, callbacks=[timer])
     rate = timer.steps_per_sec()
     return {"precision": precision, "seq_len": seq_len, "hidden_dim": hidden_dim,
-            "batch_size": batch_size, "params": model_lib.count_params(model),
+            "batch_size": batch_size, "dropout": dropout, "params": model_lib.count_params(model),
             "steps_per_sec": rate, "ms_per_step": 1000 / rate if rate else None,
             "samples_per_sec": rate * batch_size if rate else None,
             "warmup_seconds": compile_s, "peak_rss_mb": _common.peak_rss_mb(),
@@ -67,8 +67,9 @@ def points():
     return seen
 
 
-def run_point(point, precision, steps, warmup, timeout=900) -> dict:
-    command = [sys.executable, __file__, "--child", json.dumps(dict(point, precision=precision)),
+def run_point(point, precision, steps, warmup, dropout=0.1, timeout=900) -> dict:
+    spec = dict(point, precision=precision, dropout=dropout)
+    command = [sys.executable, __file__, "--child", json.dumps(spec),
                "--steps", str(steps), "--warmup", str(warmup)]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
                           env=dict(os.environ, PYTHONPATH=str(_common.ROOT)))
@@ -82,7 +83,10 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--steps", type=int, default=20, help="timed steps per point")
     parser.add_argument("--warmup", type=int, default=3, help="steps before timing (compiles)")
-    parser.add_argument("--quick", action="store_true", help="two points only (a smoke test)")
+    parser.add_argument("--quick", action="store_true", help="one point only (a smoke test)")
+    parser.add_argument("--base-only", action="store_true", help="only the example's point")
+    parser.add_argument("--dropout", type=float, default=0.1,
+                        help="dropout rate (0 shows what dropout's random numbers cost)")
     parser.add_argument("--precisions", default="bf16,fp8")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="")
@@ -95,12 +99,12 @@ def main(argv=None):
         print("RESULT " + json.dumps(measure(steps=args.steps, warmup=args.warmup, **spec)))
         return
 
-    chosen = points()[:1] if args.quick else points()
+    chosen = [dict(BASE)] if args.base_only else points()[:1] if args.quick else points()
     precisions = args.precisions.split(",")
     rows, results = [], []
     for point in chosen:
         for precision in precisions:
-            r = run_point(point, precision, args.steps, args.warmup)
+            r = run_point(point, precision, args.steps, args.warmup, args.dropout)
             results.append(r)
             if "error" in r:
                 print(f"{point} {precision}: FAILED {r['error']}", flush=True)
@@ -121,7 +125,8 @@ def main(argv=None):
         ratio = f["steps_per_sec"] / b["steps_per_sec"] if b and f else None
         params = (b or f or {}).get("params")
         rows.append((*key, _common.fmt(params, ",d"), *cells, _common.fmt(ratio, ".2f")))
-    print(f"\n{os.cpu_count()} CPUs, {args.steps} timed steps per point after {args.warmup} warm-up steps\n")
+    print(f"\n{os.cpu_count()} CPUs, dropout {args.dropout}, {args.steps} timed steps per point "
+          f"after {args.warmup} warm-up steps\n")
     print(_common.table(["seq len", "hidden", "batch", "params", "bf16 steps/s", "bf16 peak RSS MiB",
                          "fp8 steps/s", "fp8 peak RSS MiB", "fp8/bf16 speed"], rows))
     _common.write_json(args.json, results)

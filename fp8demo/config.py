@@ -216,3 +216,42 @@ def preset(name: str, **overrides) -> TrainConfig:
     if name not in PRESETS:
         raise ConfigError(f"Unknown preset {name!r}: choose from {', '.join(PRESETS)}.")
     return dataclasses.replace(EXAMPLE, **{**PRESETS[name], **overrides})
+
+
+# -- will it fit? ---------------------------------------------------------------------------
+
+
+def estimate_memory_bytes(config: TrainConfig) -> int:
+    """A rough upper estimate of one run's memory: weights + Adam state, activations, data."""
+    h, i, v, s, b = (config.hidden_dim, config.intermediate_dim, config.vocab_size,
+                     config.seq_len, config.batch_size)
+    params = v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
+    weights = params * 16  # float32 weights, gradients and Adam's two moments
+    # Per example: ~24 hidden-sized and 4 intermediate-sized float32 tensors per position kept
+    # for the backward pass, plus the attention scores (heads × seq × seq, a few copies).
+    activations = b * s * (24 * h + 4 * i) * 4 + b * config.heads * s * s * 4 * 3
+    data = 50_000 * s * 4  # the tokenized splits
+    return int(weights + activations + data)
+
+
+def memory_limit_bytes() -> int:
+    """FP8DEMO_MAX_MEMORY_GB, else 80 % of this machine's RAM."""
+    import os
+
+    if os.environ.get("FP8DEMO_MAX_MEMORY_GB"):
+        return int(float(os.environ["FP8DEMO_MAX_MEMORY_GB"]) * 2**30)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
+    except (ValueError, OSError, AttributeError):
+        return 2**62
+
+
+def resource_problems(config: TrainConfig) -> list[str]:
+    """A launch that clearly would not fit, with the estimate (empty when it fits)."""
+    needed, limit = estimate_memory_bytes(config), memory_limit_bytes()
+    if needed <= limit:
+        return []
+    return [f"This configuration needs about {needed / 2**30:,.1f} GiB of memory (weights, Adam "
+            f"state and activations of one batch), more than the {limit / 2**30:,.1f} GiB "
+            "allowed here. Use a smaller vocabulary, hidden size, sequence length or batch size "
+            "(the limit is FP8DEMO_MAX_MEMORY_GB)."]

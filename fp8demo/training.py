@@ -130,6 +130,11 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
                     batch_loss = (seen * loss - seen_prev * loss_prev) / n
                     batch_acc = (seen * acc - seen_prev * acc_prev) / n
                     rows.append((step, epoch, t, batch_loss, batch_acc))
+                    if not math.isfinite(loss):
+                        store.add_steps(run_id, rows)
+                        raise FloatingPointError(
+                            f"The loss became {loss} at step {step} (epoch {epoch + 1}): training "
+                            "diverged. Lower the learning rate or use a smaller model.")
                     seen_prev, loss_prev, acc_prev = seen, loss, acc
                 self.prev = (seen_prev, loss_prev, acc_prev)
                 store.add_steps(run_id, rows)

@@ -28,17 +28,9 @@ IDLE_EXIT_SECONDS = 5.0
 
 def launch(config: TrainConfig, store: Store | None = None, label: str = "") -> int:
     """Queue one comparison (a run per precision) and make sure a worker runs it."""
-    import dataclasses
-
-    store = store or Store()
-    config.validate()
-    # Record the data source the launching process sees, so the run does not depend on
-    # the environment of whichever process trains it.
-    if not config.data and os.environ.get("FP8DEMO_IMDB"):
-        config = dataclasses.replace(config, data=os.environ["FP8DEMO_IMDB"])
-    comparison_id, _ = store.create_comparison(config, label)
-    ensure_worker(store)
-    return comparison_id
+    # (launch_repeats records the data source the launching process sees, so the run does
+    # not depend on the environment of whichever process trains it.)
+    return launch_repeats(config, 1, store, label)[0]
 
 
 def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None,
@@ -52,6 +44,11 @@ def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None
         raise ConfigError(f"repeats must be a whole number between 1 and 100, got {repeats!r}.")
     store = store or Store()
     config.validate()
+    from fp8demo.config import ConfigError, resource_problems
+
+    too_big = resource_problems(config)
+    if too_big:
+        raise ConfigError(" ".join(too_big))
     if not config.data and os.environ.get("FP8DEMO_IMDB"):
         config = dataclasses.replace(config, data=os.environ["FP8DEMO_IMDB"])
     ids, group = [], ("self" if repeats > 1 else None)
@@ -145,7 +142,7 @@ def plain_error(error: BaseException) -> str:
     from fp8demo.config import ConfigError
     from fp8demo.data import DataError
 
-    if isinstance(error, (DataError, ConfigError)):
+    if isinstance(error, (DataError, ConfigError, FloatingPointError)):
         return text
     return f"{type(error).__name__}: {text[:500]}"
 

@@ -198,6 +198,47 @@ def plot(fig, key=None):
 # -- the shell every page shares -----------------------------------------------------------
 
 
+# -- who may launch, stop and delete -----------------------------------------------------
+
+
+def control_password() -> str:
+    """The password protecting launch/stop/delete: FP8DEMO_PASSWORD or st.secrets; '' = none."""
+    import os
+
+    try:
+        secret = st.secrets.get("FP8DEMO_PASSWORD", "")
+    except Exception:  # no secrets.toml: the usual local case
+        secret = ""
+    return os.environ.get("FP8DEMO_PASSWORD") or secret or ""
+
+
+LOCKED_HELP = ("This server is a shared demo: launching, stopping and deleting runs need the "
+               "password (sidebar). Watching and predicting stay open.")
+
+
+def can_control() -> bool:
+    """True when this session may launch, stop and delete runs."""
+    return not control_password() or st.session_state.get("_unlocked", False)
+
+
+def password_box():
+    """In the sidebar when a password is set: unlocks the controls for this session."""
+    import hmac
+
+    password = control_password()
+    if not password:
+        return
+    if st.session_state.get("_unlocked"):
+        st.caption(":material/lock_open: Controls unlocked for this session.")
+        return
+    typed = st.text_input("Password (to launch or stop runs)", type="password", key="password")
+    if typed:
+        if hmac.compare_digest(typed.encode(), password.encode()):
+            st.session_state["_unlocked"] = True
+            st.rerun()
+        st.error("Wrong password.")
+
+
 def sidebar_shell(store: Store):
     """Title, device, versions and the training queue, in the sidebar."""
     with st.sidebar:
@@ -208,6 +249,7 @@ def sidebar_shell(store: Store):
         text = device_text(info)
         (st.success if info.get("fp8_capable") else st.info)(text, icon=":material/memory:")
         st.caption(" · ".join(f"{name} {version}" for name, version in versions().items()))
+        password_box()
         st.markdown("**Queue**")
         _queue_fragment(store)
 

@@ -133,8 +133,10 @@ x_axis = c[1].radio("x axis", ["step", "time"], horizontal=True, key="x_axis")
 log_y = c[2].toggle("Log-scale loss", key="log_y")
 paused = c[3].toggle("Pause", key="pause", help="Stop refreshing, e.g. to zoom into a chart.",
                      disabled=not active)
-c[4].button("Stop", key="stop", on_click=stop, args=(store, cid), disabled=not active,
-            help="Cancel this comparison's running and waiting runs.")
+c[4].button("Stop", key="stop", on_click=stop, args=(store, cid),
+            disabled=not active or not common.can_control(),
+            help=common.LOCKED_HELP if not common.can_control() else
+            "Cancel this comparison's running and waiting runs.")
 
 refreshing = active and not paused
 if paused:

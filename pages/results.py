@@ -170,6 +170,25 @@ def detail(store, comparison):
             fp8_details(fp8)
     st.markdown("**Downloads**")
     downloads(store, comparison)
+    delete_button(store, comparison)
+
+
+def delete_button(store, comparison):
+    """Delete a finished comparison with its metrics and models (protected like launching)."""
+    from fp8demo.store import StoreError
+
+    active = common.is_active(comparison)
+    allowed = common.can_control()
+    if st.button("Delete this comparison", key="delete", disabled=active or not allowed,
+                 help=common.LOCKED_HELP if not allowed else
+                 "Stop its runs first." if active else "Removes its runs, metrics and models."):
+        try:
+            store.delete_comparison(comparison["id"])
+        except StoreError as e:
+            st.error(str(e))
+            return
+        st.toast(f"Comparison #{comparison['id']} deleted.")
+        st.rerun()
 
 def side_by_side(store, comparisons):
     if len(comparisons) < 2:

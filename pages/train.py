@@ -259,6 +259,11 @@ st.session_state["train_config"] = config
 write_url(config)
 
 problems = config.errors()
+if not problems:
+    from fp8demo.config import estimate_memory_bytes, resource_problems
+
+    problems = resource_problems(config)
+    st.caption(f"Estimated memory of one run: {estimate_memory_bytes(config) / 2**20:,.0f} MiB.")
 for problem in problems:
     st.error(problem)
 if not problems:
@@ -274,6 +279,10 @@ repeats = c[1].number_input("Repeats over seeds", min_value=1, max_value=100, va
                             key="repeats",
                             help="Train the same comparison with seeds seed, seed+1, …; Results "
                                  "shows mean ± std, so “no accuracy drop” is a measured claim.")
-if st.button("Launch", key="launch", type="primary", disabled=bool(problems),
-             help="Fix the settings above first." if problems else "Queue one run per precision."):
+allowed = common.can_control()
+if not allowed:
+    st.info(common.LOCKED_HELP, icon=":material/lock:")
+if st.button("Launch", key="launch", type="primary", disabled=bool(problems) or not allowed,
+             help="Fix the settings above first." if problems else
+             common.LOCKED_HELP if not allowed else "Queue one run per precision."):
     launch(store, config, label, int(repeats))

@@ -523,3 +523,54 @@ def test_results_show_repeats_over_seeds(store_home):
     assert rows["bf16"]["mean test accuracy (%)"] == pytest.approx(80.333, abs=1e-3)
     assert rows["fp8 − bf16"]["mean test accuracy (%)"] == pytest.approx(0.0, abs=1e-9)
     assert rows["fp8"]["std (points)"] == pytest.approx(0.57735, abs=1e-4)
+
+
+# -- a public demo: controls behind a password ------------------------------------------------
+
+
+def test_without_a_password_configured_everything_is_allowed(store_home, monkeypatch):
+    monkeypatch.delenv("FP8DEMO_PASSWORD", raising=False)
+    at = page("app.py").run()
+    assert not at.exception
+    assert not any(t.label.startswith("Password") for t in at.sidebar.text_input)
+    ids = fill_store(store_home)
+    results = page("pages/results.py").run()
+    results.selectbox("result").set_value(ids["done"]).run()
+    assert not results.button("delete").disabled
+
+
+def test_a_password_locks_launch_stop_and_delete_until_entered(store_home, monkeypatch):
+    monkeypatch.setenv("FP8DEMO_PASSWORD", "s3cret")
+    ids = fill_store(store_home)
+    train = page("pages/train.py").run()
+    assert train.button("launch").disabled
+    assert "password" in train.info[-1].value
+    live = page("pages/live.py")
+    live.session_state["live_comparison"] = ids["live"]
+    live.run()
+    assert live.button("stop").disabled
+    results = page("pages/results.py").run()
+    results.selectbox("result").set_value(ids["done"]).run()
+    assert results.button("delete").disabled
+
+    # The sidebar (app.py) takes the password; a wrong one is refused.
+    shell = page("app.py").run()
+    box = next(t for t in shell.sidebar.text_input if t.label.startswith("Password"))
+    box.input("wrong").run()
+    assert "Wrong password." in [e.value for e in shell.sidebar.error]
+    assert not shell.session_state["_unlocked"] if "_unlocked" in shell.session_state else True
+    box = next(t for t in shell.sidebar.text_input if t.label.startswith("Password"))
+    box.input("s3cret").run()
+    assert shell.session_state["_unlocked"] is True
+
+    unlocked = page("pages/train.py")
+    unlocked.session_state["_unlocked"] = True
+    unlocked.run()
+    assert not unlocked.button("launch").disabled
+    results = page("pages/results.py")
+    results.session_state["_unlocked"] = True
+    results.run()
+    results.selectbox("result").set_value(ids["done"]).run()
+    results.button("delete").click().run()
+    assert not results.exception
+    assert ids["done"] not in [c["id"] for c in Store(store_home).comparisons()]
