@@ -28,12 +28,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, imdb_folder):
-    home = tmp_path_factory.mktemp("browser-home")
+def start_server(home, imdb_folder):
+    """`streamlit run app.py` on a free port; returns (process, url) once it is healthy."""
     port = free_port()
     env = dict(os.environ, FP8DEMO_HOME=str(home), FP8DEMO_IMDB=str(imdb_folder))
-    log = open(home / "streamlit.log", "wb")
+    log = open(home / "streamlit.log", "ab")
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1",
@@ -50,6 +49,13 @@ def server(tmp_path_factory, imdb_folder):
         assert process.poll() is None, (home / "streamlit.log").read_text()
         assert time.time() < deadline, "streamlit did not start"
         time.sleep(0.5)
+    return process, url
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, imdb_folder):
+    home = tmp_path_factory.mktemp("browser-home")
+    process, url = start_server(home, imdb_folder)
     yield url, home
     process.terminate()
     process.wait(20)
@@ -216,3 +222,57 @@ def test_quick_demo_from_launch_to_prediction(server, page):
         assert any(m.startswith(name) and "%" in m for m in metrics), metrics
     assert not page.locator('[data-testid="stException"]').count()
     assert not errors, errors
+
+
+def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):
+    """Restart the dashboard while a run trains: the run keeps training in its own process,
+    the new server shows it live, and finished models still answer on Predict."""
+    from fp8demo import worker
+    from fp8demo.config import TrainConfig
+
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store(home)
+    os.environ["FP8DEMO_IMDB"] = str(imdb_folder)
+    try:
+        quick = worker.launch(TrainConfig(subset=128, vocab_size=800, seq_len=32, epochs=1,
+                                          precisions=("bf16",), ptq=False), store)
+        slow = worker.launch(TrainConfig(subset=2000, vocab_size=800, seq_len=64, epochs=6,
+                                         precisions=("bf16",), ptq=False), store)
+    finally:
+        del os.environ["FP8DEMO_IMDB"]
+    process, url = start_server(home, imdb_folder)
+    slow_run = store.runs(slow)[0]["id"]
+    deadline = time.time() + 240
+    while store.run(slow_run)["step"] < 10:
+        worker.supervise(store)
+        assert time.time() < deadline, "the slow run did not start"
+        time.sleep(0.5)
+    process.terminate()  # the dashboard goes away mid-training ...
+    process.wait(20)
+    step_at_restart = store.run(slow_run)["step"]
+    process, url = start_server(home, imdb_folder)  # ... and comes back
+    try:
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(url + f"/live?comparison={slow}")
+        idle(page)
+        page.wait_for_selector('[data-testid="stProgress"]', timeout=30_000)
+        assert store.run(slow_run)["status"] == "running"  # still training in its own process
+        deadline = time.time() + 60
+        while store.run(slow_run)["step"] <= step_at_restart:
+            assert time.time() < deadline, "training stopped with the server"
+            time.sleep(0.5)
+        shot(page, "6-live-after-restart")
+        page.goto(url + "/predict")
+        idle(page)
+        review = page.locator(".st-key-review textarea")
+        review.fill("A wonderful film.")
+        review.press("Control+Enter")
+        page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
+        assert "bf16" in page.locator('[data-testid="stMetric"]').first.inner_text()
+        assert store.run(store.runs(quick)[0]["id"])["status"] == "finished"
+        page.context.close()
+    finally:
+        process.terminate()
+        process.wait(20)
+        store.cancel_comparison(slow)
