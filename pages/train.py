@@ -16,6 +16,7 @@ FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 CUSTOM = "Custom"
 # Settings a preset leaves as the user chose them: they are about the launch, not the model.
 KEPT_BY_PRESETS = ("precisions", "data")
+OTHER_PAGES_PARAMS = ("comparison",)
 SAMPLE_REVIEW = "This movie was a wonderful surprise: sharp writing, and the acting is superb!"
 
 
@@ -46,6 +47,8 @@ def settings_from_url(params: dict) -> tuple[dict, list[str]]:
     """Settings found in the URL, plus a warning for each one that was ignored."""
     values, warnings = {}, []
     for name, raw in params.items():
+        if name in OTHER_PAGES_PARAMS:  # e.g. a Live link that landed here
+            continue
         try:
             value = getattr(TrainConfig.from_strings({name: raw}), name)
         except ConfigError as e:
