@@ -75,7 +75,7 @@ def main():
                 page.goto(f"{url}/live?comparison={comparison}")
                 pages.append(page)
             for page in pages:
-                page.wait_for_selector('[data-testid="stProgress"]', timeout=120_000)
+                page.wait_for_selector('[data-testid="stProgress"]', timeout=240_000)
             changes = {i: [] for i in range(len(pages))}
             last = {i: None for i in range(len(pages))}
             t2 = time.time() - started
