@@ -5,7 +5,7 @@ The same dataclass is serialised into the run store, the dashboard's URL and the
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PRECISIONS = ("bf16", "fp8", "float32")
 VOCAB_METHODS = ("keras", "fast")

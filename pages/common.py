@@ -59,6 +59,21 @@ def require_navigation():
         start_app()
 
 
+def page_store() -> Store:
+    """What every page does first: navigation in charge, the store, dead runs reaped."""
+    from fp8demo import worker
+
+    require_navigation()
+    store = get_store()
+    worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+    return store
+
+
+def run_metrics(store: Store, runs) -> dict:
+    """{run id: (step metrics, epoch metrics)}, read once for all the charts of a refresh."""
+    return {r["id"]: (store.step_metrics(r["id"]), store.epoch_metrics(r["id"])) for r in runs}
+
+
 # -- shared resources ---------------------------------------------------------------------
 
 

@@ -9,7 +9,7 @@ per-step amaxes in the run store, so it works live and for finished runs alike.
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, fp8, worker
+from fp8demo import charts, fp8
 from fp8demo.store import ROLES
 from pages import common
 
@@ -49,9 +49,7 @@ def health_view(store, run, refreshing):
                         key=f"health-amax-{role}")
 
 
-common.require_navigation()
-store = common.get_store()
-worker.supervise(store)
+store = common.page_store()
 st.title("FP8 health")
 st.caption("Delayed scaling uses past amaxes to pick each tensor's scale. When a tensor grows "
            "faster than its history, values beyond fmax × scale are clipped (overflow); when "

@@ -8,7 +8,6 @@ import streamlit as st
 
 from fp8demo import charts
 from fp8demo.store import ROLES
-from fp8demo import worker
 from pages import common
 
 REFRESH_SECONDS = 1.0
@@ -39,9 +38,8 @@ def run_card(run):
         st.error(run.get("error") or f"The run {status}.")
 
 
-def metric_curves(store, runs, metric, smoothing, log_y, x_axis):
-    curves = [charts.curve_from_store(r["precision"], r["precision"], store.step_metrics(r["id"]),
-                                      store.epoch_metrics(r["id"]), metric)
+def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
+    curves = [charts.curve_from_store(r["precision"], r["precision"], *metrics[r["id"]], metric)
               for r in runs]
     return charts.metric_figure(curves, metric, smoothing=smoothing, log_y=log_y and metric == "loss",
                                 x_axis=x_axis)
@@ -85,11 +83,12 @@ def live_view(store, cid, smoothing, log_y, x_axis, refreshing):
     if not started:
         st.info("Charts appear when the first run starts training.")
         return
+    metrics = common.run_metrics(store, started)
     left, right = st.columns(2)
     with left:
-        common.plot(metric_curves(store, started, "loss", smoothing, log_y, x_axis), key="live-loss")
+        common.plot(metric_curves(metrics, started, "loss", smoothing, log_y, x_axis), key="live-loss")
     with right:
-        common.plot(metric_curves(store, started, "accuracy", smoothing, log_y, x_axis), key="live-acc")
+        common.plot(metric_curves(metrics, started, "accuracy", smoothing, log_y, x_axis), key="live-acc")
     fp8_runs = [r for r in started if r["precision"] == "fp8"]
     st.subheader("Inside the fp8 run")
     if fp8_runs:
@@ -107,9 +106,7 @@ def stop(store, cid):
 
 # -- the page -----------------------------------------------------------------------------
 
-common.require_navigation()
-store = common.get_store()
-worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+store = common.page_store()
 st.title("Live")
 comparisons = store.comparisons()
 if not comparisons:

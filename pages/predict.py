@@ -5,7 +5,6 @@ import streamlit as st
 
 from fp8demo.predict import PredictError
 from fp8demo.store import default_home
-from fp8demo import worker
 from pages import common
 
 OWN = "Write your own"
@@ -109,9 +108,7 @@ def many_reviews(models):
 
 # -- the page -----------------------------------------------------------------------------
 
-common.require_navigation()
-store = common.get_store()
-worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+store = common.page_store()
 st.title("Predict")
 finished = [c for c in store.comparisons() if any(r["status"] == "finished" for r in c["runs"])]
 if not finished:

@@ -7,7 +7,6 @@ import streamlit as st
 
 from fp8demo import charts
 from fp8demo.config import TrainConfig
-from fp8demo import worker
 from pages import common
 
 BASELINE = "bf16"  # the precision fp8 is measured against, as in the Keras example
@@ -121,9 +120,9 @@ def fp8_details(run):
                     horizontal=True, key="scale_role")
     common.plot(charts.scale_change_figure(before, after, role), key="scale-change")
 
-def curves(store, runs, metric, smoothing, labels=None, dashes=None):
+def curves(metrics, runs, metric, smoothing, labels=None, dashes=None):
     curves = [charts.curve_from_store(labels[i] if labels else r["precision"], r["precision"],
-                                      store.step_metrics(r["id"]), store.epoch_metrics(r["id"]), metric,
+                                      *metrics[r["id"]], metric,
                                       dash=dashes[i] if dashes else "solid")
               for i, r in enumerate(runs)]
     return charts.metric_figure(curves, metric, smoothing=smoothing)
@@ -159,11 +158,12 @@ def detail(store, comparison):
                                 "steps/s": st.column_config.NumberColumn(format="%.1f"),
                                 "samples/s": st.column_config.NumberColumn(format="%.0f")})
     smoothing = st.slider("Smoothing", 0.0, 0.99, 0.8, 0.01, key="results_smoothing")
+    metrics = common.run_metrics(store, runs)
     left, right = st.columns(2)
     with left:
-        common.plot(curves(store, runs, "loss", smoothing), key="results-loss")
+        common.plot(curves(metrics, runs, "loss", smoothing), key="results-loss")
     with right:
-        common.plot(curves(store, runs, "accuracy", smoothing), key="results-acc")
+        common.plot(curves(metrics, runs, "accuracy", smoothing), key="results-acc")
     fp8 = next((r for r in runs if r["precision"] == "fp8"), None)
     if fp8 is not None:
         with st.expander("Float8 layers and variables", expanded=True):
@@ -220,20 +220,19 @@ def side_by_side(store, comparisons):
             labels.append(f"{'AB'[i]} #{x['id']} {r['precision']}")
             dashes.append(charts.DASHES[i])
     st.caption("Colour is the precision; solid lines are A, dashed lines B.")
+    metrics = common.run_metrics(store, runs)
     left, right = st.columns(2)
     with left:
-        common.plot(curves(store, runs, "loss", 0.8, labels, dashes), key="compare-loss")
+        common.plot(curves(metrics, runs, "loss", 0.8, labels, dashes), key="compare-loss")
     with right:
-        common.plot(curves(store, runs, "accuracy", 0.8, labels, dashes), key="compare-acc")
+        common.plot(curves(metrics, runs, "accuracy", 0.8, labels, dashes), key="compare-acc")
 
 def _cell(value) -> str:
     return ", ".join(value) if isinstance(value, (list, tuple)) else str(value)
 
 # -- the page -----------------------------------------------------------------------------
 
-common.require_navigation()
-store = common.get_store()
-worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+store = common.page_store()
 st.title("Results")
 comparisons = store.comparisons()
 if not comparisons:

@@ -242,8 +242,7 @@ def launch(store, config: TrainConfig, label: str, repeats: int = 1):
 
 # -- the page -----------------------------------------------------------------------------
 
-common.require_navigation()
-store = common.get_store()
+store = common.page_store()
 init_state()
 # Show which preset the current settings equal (set before the selectbox is drawn).
 st.session_state["preset"] = matching_preset(current_config())

@@ -15,6 +15,20 @@ import fp8demo.env  # noqa: E402,F401
 TINY = dict(subset=256, vocab_size=1000, seq_len=64, epochs=1)
 
 
+def make_tar(path, members: dict) -> Path:
+    """A small .tar.gz at `path` holding {member name: text} (for layout/extraction tests)."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name, text in members.items():
+            payload = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(payload)
+            tar.addfile(info, io.BytesIO(payload))
+    return path
+
+
 def _find_archive() -> Path:
     """The IMDB archive for tests: FP8DEMO_TEST_IMDB, ../shared/data, or a real download."""
     named = os.environ.get("FP8DEMO_TEST_IMDB")

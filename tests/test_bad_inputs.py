@@ -5,7 +5,6 @@ URL/CLI text path), the data path, review texts, run ids, a run's saved artifact
 store folder, and the command line. Each row is a real call into the engine, no mocks.
 """
 
-import io
 import json
 import math
 import os
@@ -14,12 +13,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import tarfile
 
 import numpy as np
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, make_tar
 from fp8demo import data
 from fp8demo.config import ConfigError, TrainConfig
 from fp8demo.predict import MAX_REVIEW_CHARS, MAX_REVIEWS, PredictError, check_texts, load_run
@@ -166,16 +164,6 @@ def test_text_setting_out_of_range(values, message):
 # -- the data path ------------------------------------------------------------------------------
 
 
-def _tar(path, members):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in members.items():
-            payload = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-    return path
-
-
 def _layout(root, skip=()):
     """A tiny aclImdb folder with one review per class, minus the `skip` class folders."""
     for split in ("train", "test"):
@@ -214,14 +202,14 @@ def _truncated(tmp, archive):
 
 def _wrong_archive(members, listing):
     def make(tmp, _):
-        path = _tar(tmp / "other.tar.gz", members)
+        path = make_tar(tmp / "other.tar.gz", members)
         return path, re.escape(f"{path} does not contain an aclImdb/ folder (it has: {listing}). "
                                "Is it the IMDB reviews archive?")
     return make
 
 
 def _archive_without_test(tmp, _):
-    path = _tar(tmp / "half.tar.gz", {"aclImdb/train/pos/1_9.txt": "good",
+    path = make_tar(tmp / "half.tar.gz", {"aclImdb/train/pos/1_9.txt": "good",
                                       "aclImdb/train/neg/2_1.txt": "bad"})
     home = re.escape(str(tmp / "home" / "data"))
     return path, home + r"/[0-9a-f]{16}/aclImdb" + re.escape(" has no test/ folder: " + LAYOUT)

@@ -124,6 +124,19 @@ def plot_traces(page) -> list:
             .map(el => (el.data || []).map(t => [t.type || '', width(t)])); }}""")
 
 
+def wait_for_heatmap(page, timeout=30_000):
+    page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+                           ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
+                           timeout=timeout)
+
+
+def type_review(page, text):
+    """Type a review on the Predict page and submit it (Ctrl+Enter, as a user would)."""
+    review = page.locator(".st-key-review textarea")
+    review.fill(text)
+    review.press("Control+Enter")
+
+
 def heatmap_columns(page) -> int:
     widths = [w for chart in plot_traces(page) for kind, w in chart if kind == "heatmap"]
     return max(widths, default=0)
@@ -160,9 +173,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     while store.run(fp8_run["id"])["step"] < 5:
         assert time.time() < deadline, "the fp8 run did not start training"
         time.sleep(0.5)
-    page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                           ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
-                           timeout=30_000)
+    wait_for_heatmap(page)
     first = heatmap_columns(page)
     shot(page, "2-live-training")
     deadline = time.time() + 60
@@ -177,9 +188,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     other = page.context.browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
     other.goto(url + f"/live?comparison={comparison['id']}")
     idle(other)
-    other.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                            ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
-                            timeout=30_000)
+    wait_for_heatmap(other)
     assert heatmap_columns(other) >= first
     other.context.close()
 
@@ -201,14 +210,11 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     for run in runs:
         assert f"{run['precision']} test accuracy" in body
         assert f"{run['test_accuracy'] * 100:.2f}%" in body
-    shot(page, "4-results")
 
     # Predict: a typed review gets a probability from each model.
     page.goto(url + "/predict")
     idle(page)
-    review = page.locator(".st-key-review textarea")
-    review.fill("An absolutely wonderful film, moving and funny. I loved it.")
-    review.press("Control+Enter")
+    type_review(page, "An absolutely wonderful film, moving and funny. I loved it.")
     idle(page)
     # bf16, fp8 and the bf16 model's post-training int8 each give a probability.
     try:
@@ -265,9 +271,7 @@ def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):
         shot(page, "6-live-after-restart")
         page.goto(url + "/predict")
         idle(page)
-        review = page.locator(".st-key-review textarea")
-        review.fill("A wonderful film.")
-        review.press("Control+Enter")
+        type_review(page, "A wonderful film.")
         page.wait_for_selector('[data-testid="stMetric"]', timeout=60_000)
         assert "bf16" in page.locator('[data-testid="stMetric"]').first.inner_text()
         assert store.run(store.runs(quick)[0]["id"])["status"] == "finished"

@@ -1,12 +1,10 @@
 """IMDB data: the example's split, subsets, and clear errors for bad sources."""
 
-import io
 import shutil
-import tarfile
 
-import numpy as np
 import pytest
 
+from conftest import make_tar
 from fp8demo import data
 
 
@@ -76,18 +74,9 @@ def test_truncated_archive(imdb_archive, tmp_path):
     assert not list((tmp_path / "home" / "data").glob("*/aclImdb/.complete"))
 
 
-def _mini_archive(path, members):
-    with tarfile.open(path, "w:gz") as tar:
-        for name, text in members.items():
-            payload = text.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(payload)
-            tar.addfile(info, io.BytesIO(payload))
-
-
 def test_archive_without_acl_imdb_folder(tmp_path):
     archive = tmp_path / "other.tar.gz"
-    _mini_archive(archive, {"photos/a.txt": "x"})
+    make_tar(archive, {"photos/a.txt": "x"})
     with pytest.raises(data.DataError, match="does not contain an aclImdb/ folder"):
         data.resolve_source(str(archive), tmp_path / "home")
 
@@ -114,7 +103,7 @@ def test_unsup_is_skipped_when_extracting(tmp_path):
                for s in ("train", "test") for c in ("neg", "pos") for i in range(5)}
     members.update({f"aclImdb/train/unsup/{i}_0.txt": "unlabeled" for i in range(5)})
     archive = tmp_path / "aclImdb_v1.tar.gz"
-    _mini_archive(archive, members)
+    make_tar(archive, members)
     root, _ = data.resolve_source(str(archive), tmp_path / "home")
     assert not (root / "train" / "unsup").exists()
     paths, labels = data.list_split(root, "train")

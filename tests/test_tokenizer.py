@@ -1,7 +1,6 @@
 """Vocabulary and tokenized splits: cached by everything that changes them."""
 
 import dataclasses
-import time
 
 import numpy as np
 
