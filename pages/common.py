@@ -159,11 +159,12 @@ def comparison_status(comparison) -> str:
     return ", ".join(f"{r['precision']} {r['status']}" for r in comparison["runs"])
 
 
-def comparison_label(comparison) -> str:
+def comparison_label(comparison, with_status: bool = True) -> str:
     when = time.strftime("%b %d %H:%M", time.localtime(comparison["created_at"]))
     label = f" “{comparison['label']}”" if comparison.get("label") else ""
     precisions = " vs ".join(r["precision"] for r in comparison["runs"])
-    return f"#{comparison['id']}{label} · {precisions} · {when} · {comparison_status(comparison)}"
+    text = f"#{comparison['id']}{label} · {precisions} · {when}"
+    return f"{text} · {comparison_status(comparison)}" if with_status else text
 
 
 def is_active(comparison) -> bool:
@@ -183,7 +184,7 @@ def progress_text(run) -> str:
     return " · ".join(parts)
 
 
-def pick_comparison(comparisons, key, label="Comparison", preferred=None):
+def pick_comparison(comparisons, key, label="Comparison", preferred=None, with_status=True):
     """A selectbox over comparisons (newest first); returns the chosen comparison id.
 
     `preferred` (an id) is selected on first display, e.g. the comparison just launched.
@@ -192,7 +193,7 @@ def pick_comparison(comparisons, key, label="Comparison", preferred=None):
     by_id = {c["id"]: c for c in comparisons}
     index = ids.index(preferred) if preferred in ids else 0
     return st.selectbox(label, ids, index=index, key=key,
-                        format_func=lambda cid: comparison_label(by_id[cid]))
+                        format_func=lambda cid: comparison_label(by_id[cid], with_status))
 
 
 def query_int(name):

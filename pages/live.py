@@ -116,7 +116,8 @@ if not comparisons:
 preferred = st.session_state.pop("live_comparison", None) or common.query_int("comparison")
 if preferred is None:
     preferred = next((c["id"] for c in comparisons if common.is_active(c)), None)
-cid = common.pick_comparison(comparisons, key="comparison", preferred=preferred)
+# No status in the selector: it is drawn once, while statuses change in the live part below.
+cid = common.pick_comparison(comparisons, key="comparison", preferred=preferred, with_status=False)
 if common.query_int("comparison") != cid:
     st.query_params["comparison"] = str(cid)
 comparison = next(c for c in comparisons if c["id"] == cid)

@@ -156,7 +156,8 @@ def detail(store, comparison):
                  column_config={"test accuracy": st.column_config.NumberColumn(format="percent"),
                                 "fit time (s)": st.column_config.NumberColumn(format="%.1f"),
                                 "steps/s": st.column_config.NumberColumn(format="%.1f"),
-                                "samples/s": st.column_config.NumberColumn(format="%.0f")})
+                                "samples/s": st.column_config.NumberColumn(format="%.0f"),
+                                "weights (KB)": st.column_config.NumberColumn(format="%.0f")})
     smoothing = st.slider("Smoothing", 0.0, 0.99, 0.8, 0.01, key="results_smoothing")
     metrics = common.run_metrics(store, runs)
     left, right = st.columns(2)
