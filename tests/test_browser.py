@@ -243,7 +243,7 @@ def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):
     try:
         quick = worker.launch(TrainConfig(subset=128, vocab_size=800, seq_len=32, epochs=1,
                                           precisions=("bf16",), ptq=False), store)
-        slow = worker.launch(TrainConfig(subset=2000, vocab_size=800, seq_len=64, epochs=6,
+        slow = worker.launch(TrainConfig(subset=2000, vocab_size=800, seq_len=64, epochs=60,  # cancelled at the end
                                          precisions=("bf16",), ptq=False), store)
     finally:
         del os.environ["FP8DEMO_IMDB"]
