@@ -332,3 +332,53 @@ def mark_overflows(fig: go.Figure, steps, overflow_role, layer_names) -> go.Figu
             marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white")),
             name="overflow", hovertemplate="overflow at step %{x}<br>%{y}<extra></extra>"))
     return fig
+
+
+def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -> go.Figure:
+    """Saturation and underflow (% of values) per layer at each probe, for one role.
+
+    stats_role: [probes, layers, (saturation, underflow)] fractions, as the store holds them.
+    """
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("saturation: % clipped",
+                                                        "underflow: % of nonzero flushed to 0"))
+    steps = _f32(steps)
+    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+               "#7f7f7f", "#bcbd22", "#17becf")
+    for i, name in enumerate(layer_names):
+        line = dict(width=1.5, color=palette[i % len(palette)])
+        for k in range(2):
+            fig.add_trace(go.Scatter(
+                x=steps, y=_f32(np.asarray(stats_role)[:, i, k] * 100), mode="lines+markers",
+                marker=dict(size=4), line=line, name=name, legendgroup=name, showlegend=k == 0,
+                hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}} %<extra></extra>"),
+                row=1, col=k + 1)
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(title_text="% of values", rangemode="tozero")
+    _layout(fig, f"Probe batch: {ROLE_TITLES.get(role, role)} under the scale in use",
+            None, None, uirevision=f"probe-{role}", height=height)
+    fig.update_layout(margin=dict(t=80))
+    return fig
+
+
+HEADROOM_RANGE = (-4.0, 16.0)  # log2 units; red below 0 (clipped), dark blue = underflow risk
+
+
+def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
+                     max_columns=MAX_COLUMNS, height=None) -> go.Figure:
+    """Heatmap of log2 headroom: rows = float8 layers, columns = steps; red cells clipped.
+
+    Bucketed by the minimum (the worst step in each column stays visible).
+    """
+    values = np.nan_to_num(np.asarray(headroom_role, np.float32), nan=np.inf)
+    steps, lowest = bucket_max(steps, -values, max_columns)
+    z = -lowest.T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
+    z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
+    zmin, zmax = HEADROOM_RANGE
+    fig = go.Figure(go.Heatmap(
+        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax, zmid=0,
+        colorscale="RdBu", colorbar=dict(title=dict(text="log2 headroom")), hoverongaps=False,
+        hovertemplate="%{y}<br>step %{x}<br>headroom %{z:.2f}<extra></extra>"))
+    _layout(fig, title, "step", "float8 layer", uirevision=uirevision,
+            height=height or max(260, 60 + 28 * len(layer_names)))
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig

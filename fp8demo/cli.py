@@ -23,7 +23,7 @@ TRAIN_FLAGS = {
     "seed": "seed", "precision": "precisions", "vocab_method": "vocab_method",
     "quantize_head": "quantize_head", "ptq": "ptq", "restore_best": "restore_best",
     "early_stopping": "early_stopping", "amax_history_length": "amax_history_length",
-    "data_parallel": "data_parallel",
+    "data_parallel": "data_parallel", "probe_every": "probe_every",
 }
 
 
@@ -270,16 +270,25 @@ def cmd_health(args, store: Store) -> int:
     if not layers:
         raise CliError(f"Run {run['id']} ({run['precision']}) has no float8 layers.")
     _, amax = store.fp8_amax(run["id"])
-    rows = fp8.health_summary(amax, layers, run["config"].amax_history_length)
+    probe_steps, probe_stats = store.fp8_probe(run["id"])
+    rows = fp8.health_summary(amax, layers, run["config"].amax_history_length,
+                              probe_steps, probe_stats)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"{'layer':<44}{'role':<14}{'format':<7}{'overflows':>10}{'min hr':>8}{'median hr':>10}  risk")
+
+    def number(value, spec):
+        return "-" if value is None else format(value, spec)
+
+    print(f"{'layer':<40}{'role':<13}{'format':<7}{'overflows':>10}{'min hr':>8}"
+          f"{'median hr':>10}{'sat %':>8}{'under %':>9}  risk")
     for r in rows:
-        low = "-" if r["min headroom"] is None else f"{r['min headroom']:.2f}"
-        median = "-" if r["median headroom"] is None else f"{r['median headroom']:.2f}"
-        print(f"{r['layer']:<44}{r['role']:<14}{r['format']:<7}{r['overflows']:>10}{low:>8}"
-              f"{median:>10}  {'AT RISK' if r['at risk'] else ''}")
+        print(f"{r['layer']:<40}{r['role']:<13}{r['format']:<7}{r['overflows']:>10}"
+              f"{number(r['min headroom'], '.2f'):>8}{number(r['median headroom'], '.2f'):>10}"
+              f"{number(r.get('saturation %'), '.3g'):>8}{number(r.get('underflow %'), '.3g'):>9}"
+              f"  {'AT RISK' if r['at risk'] else ''}")
+    if len(probe_steps):
+        print(f"\nProbe: {len(probe_steps)} measurements, latest at step {int(probe_steps[-1])}.")
     print()
     for name, text in fp8.HEALTH_HELP.items():
         print(f"{name}: {text}.")

@@ -5,6 +5,7 @@ The same dataclass is serialised into the run store, the dashboard's URL and the
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass
 
 PRECISIONS = ("bf16", "fp8", "float32")
@@ -45,6 +46,9 @@ class TrainConfig:
     early_stopping: int = 0
     # The delayed-scaling window of every float8 tensor (Keras' default is 1024 steps).
     amax_history_length: int = 1024
+    # Every this many steps, measure saturation and underflow of every float8 tensor on a
+    # fixed validation batch (0 = never; see probe.py).
+    probe_every: int = 250
     # Train data-parallel over every device JAX sees (keras.distribution.DataParallel).
     data_parallel: bool = False
     # Which precisions one launch trains, in order.
@@ -82,6 +86,7 @@ class TrainConfig:
         check_int("subset", 0, 1_000_000)
         check_int("early_stopping", 0, 1000)
         check_int("amax_history_length", 1, 65536)
+        check_int("probe_every", 0, 1_000_000)
         if hidden_ok and heads_ok and self.hidden_dim % self.heads:
             problems.append(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by heads ({self.heads}): "
@@ -255,3 +260,47 @@ def resource_problems(config: TrainConfig) -> list[str]:
             f"state and activations of one batch), more than the {limit / 2**30:,.1f} GiB "
             "allowed here. Use a smaller vocabulary, hidden size, sequence length or batch size "
             "(the limit is FP8DEMO_MAX_MEMORY_GB)."]
+
+
+# -- disk -------------------------------------------------------------------------------------
+
+MIN_FREE_MB = 100  # FP8DEMO_MIN_FREE_MB: disk space a launch must leave free (default)
+
+
+def estimate_disk_bytes(config: TrainConfig) -> int:
+    """A rough upper estimate of what one comparison writes: weights, metrics, caches."""
+    h, i, v, s = config.hidden_dim, config.intermediate_dim, config.vocab_size, config.seq_len
+    params = v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
+    weights = params * 4 * 4  # float32 weights; save_weights keeps the optimizer's too
+    examples = config.subset * 3 if config.subset else 75_000
+    steps = math.ceil((config.subset or 20_000) / config.batch_size) * config.epochs
+    metrics = steps * (64 + 8 * 3 * 4 * 2)  # step rows + per-step amax of 8 layers (+ index)
+    caches = examples * s * 4 + 300 * 2**20 * (not config.data)  # tokens; IMDB extraction
+    return int(weights * len(config.precisions) + metrics * len(config.precisions) + caches)
+
+
+def min_free_bytes() -> int:
+    import os
+
+    try:
+        return int(float(os.environ.get("FP8DEMO_MIN_FREE_MB") or MIN_FREE_MB) * 2**20)
+    except ValueError:
+        return MIN_FREE_MB * 2**20
+
+
+def disk_problems(config: TrainConfig, home, repeats: int = 1) -> list[str]:
+    """A launch that would fill the disk holding the run store (empty when it fits)."""
+    import shutil
+
+    try:
+        free = shutil.disk_usage(home).free
+    except OSError:
+        return []  # the store reports an unusable home itself
+    needed, keep = estimate_disk_bytes(config) * repeats, min_free_bytes()
+    if needed + keep <= free:
+        return []
+    return [f"Not enough disk space in {home}: this launch writes up to about "
+            f"{needed / 2**20:,.0f} MB (weights, metrics, data caches) and {free / 2**20:,.0f} MB "
+            f"are free, of which {keep / 2**20:,.0f} MB must stay free (FP8DEMO_MIN_FREE_MB). "
+            "Delete old comparisons on Results, free some space, or set FP8DEMO_HOME to "
+            "another disk."]

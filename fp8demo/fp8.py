@@ -22,6 +22,10 @@ FORMAT_MAX = {"inputs": E4M3_MAX, "kernel": E4M3_MAX, "outputs_grad": E5M2_MAX}
 ROUNDING_TOLERANCE = {"inputs": 1 / 16, "kernel": 1 / 16, "outputs_grad": 1 / 8}
 # Headroom beyond which small values start to fall below the format's smallest normals.
 UNDERFLOW_HEADROOM = 8.0
+# Probe (probe.py) thresholds, in % of the values of the latest probe: flag a tensor whose
+# clipped share or whose share of nonzero values flushed to zero reaches these.
+SATURATION_AT_RISK = 0.1
+UNDERFLOW_AT_RISK = 5.0
 
 
 def float8_layers(model) -> list:
@@ -154,14 +158,31 @@ HEALTH_HELP = {
     "min headroom": "smallest log2(fmax × scale / amax) over the run: binary orders of "
                     "magnitude to spare before clipping (negative = clipped)",
     "median headroom": "typical headroom; large values mean small values may underflow to zero",
-    "at risk": f"overflowed in more than 1 % of the steps, or a median headroom above "
-               f"{UNDERFLOW_HEADROOM:g} binary orders (small values underflow to zero)",
+    "saturation %": "share of the tensor's values clipped to ±fmax (beyond fmax × scale by "
+                    "more than half a floating-point step) on the fixed probe batch at the latest probe (peak: largest after the "
+                    "first two steps, which use scale 1.0)",
+    "underflow %": "share of the tensor's nonzero values that quantize to zero (below half "
+                   "the smallest subnormal × scale) on the probe batch at the latest probe",
+    "at risk": f"overflowed in more than 1 % of the steps, a median headroom above "
+               f"{UNDERFLOW_HEADROOM:g} binary orders, or at the latest probe at least "
+               f"{SATURATION_AT_RISK:g} % of the values saturated or {UNDERFLOW_AT_RISK:g} % "
+               f"underflowed",
 }
 
 
-def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024) -> list[dict]:
-    """One row per float8 layer and role, flagging the tensors at risk."""
+def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
+                   probe_steps=(), probe_stats=None) -> list[dict]:
+    """One row per float8 layer and role, flagging the tensors at risk.
+
+    probe_steps/probe_stats: the store's probe series (stats [probes, layers, roles, 2]).
+    """
     result = health(amax, history_length=history_length)
+    probed = probe_stats is not None and len(probe_steps) > 0
+    if probed:
+        latest = np.asarray(probe_stats[-1]) * 100
+        settled = np.asarray(probe_steps) >= 2
+        peak = (np.asarray(probe_stats)[settled].max(axis=0) * 100 if settled.any()
+                else np.full_like(latest, np.nan))
     rows = []
     for i, name in enumerate(layer_names):
         for j, role in enumerate(ROLES):
@@ -169,12 +190,57 @@ def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024) ->
             valid = headroom[np.isfinite(headroom)]
             overflows = int(result["overflow_count"][i, j])
             minimum = float(valid.min()) if valid.size else None
+            probe_columns = {}
+            if probed:
+                saturation, underflow = (float(v) for v in latest[i, j])
+                probe_columns = {
+                    "saturation %": saturation, "peak saturation %": _finite(peak[i, j, 0]),
+                    "underflow %": underflow, "peak underflow %": _finite(peak[i, j, 1])}
             rows.append({
                 "layer": name, "role": role, "format": "E5M2" if role == "outputs_grad" else "E4M3",
                 "overflows": overflows,
                 "min headroom": minimum,
                 "median headroom": float(np.median(valid)) if valid.size else None,
-                "at risk": bool(overflows > 0.01 * len(amax) or (
-                    valid.size and np.median(valid) > UNDERFLOW_HEADROOM)),
+                **probe_columns,
+                "at risk": bool(
+                    overflows > 0.01 * len(amax)
+                    or (valid.size and np.median(valid) > UNDERFLOW_HEADROOM)
+                    or probe_columns.get("saturation %", 0) >= SATURATION_AT_RISK
+                    or probe_columns.get("underflow %", 0) >= UNDERFLOW_AT_RISK),
+            })
+    return rows
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
+
+
+# -- what the history length does ------------------------------------------------------------
+
+HISTORY_LENGTHS = (1, 4, 16, 64, 256, 1024, 4096)
+
+
+def history_length_effect(amax: np.ndarray, lengths=HISTORY_LENGTHS, roles=ROLES) -> list[dict]:
+    """Replay recorded amaxes under other delayed-scaling windows, per role.
+
+    The amaxes barely depend on the window (it changes only how values are rounded), so
+    replaying them shows what another history length would have done to the scales: short
+    windows follow the tensor closely (little headroom, overflows when it grows), long
+    windows remember old peaks (more headroom, so small values underflow sooner).
+    """
+    rows = []
+    for length in lengths:
+        result = health(amax, roles, history_length=int(length))
+        for j, role in enumerate(roles):
+            headroom = result["headroom"][..., j]
+            valid = headroom[np.isfinite(headroom)]
+            overflow = result["overflow"][..., j]
+            rows.append({
+                "history length": int(length), "role": role,
+                "overflows": int(overflow.sum()),
+                "overflow %": float(overflow.mean() * 100) if overflow.size else 0.0,
+                "median headroom": float(np.median(valid)) if valid.size else None,
+                "max headroom": float(valid.max()) if valid.size else None,
             })
     return rows

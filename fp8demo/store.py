@@ -21,10 +21,11 @@ import numpy as np
 
 from fp8demo.config import TrainConfig
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 # Statements that bring a store from schema N to N + 1.
 MIGRATIONS = {
     1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
+    2: [],  # fp8_probe is a new table, created with the others
 }
 ACTIVE = ("queued", "running")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
@@ -88,6 +89,11 @@ CREATE TABLE IF NOT EXISTS fp8_amax (
 -- One row per snapshot: the scales in use, shape (layers, 3 roles).
 CREATE TABLE IF NOT EXISTS fp8_scales (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, scales BLOB NOT NULL,
+    PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+-- One row per probe (probe.py): float32 fractions, shape (layers, 3 roles, 2 statistics).
+CREATE TABLE IF NOT EXISTS fp8_probe (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, stats BLOB NOT NULL,
     PRIMARY KEY (run_id, step)
 ) WITHOUT ROWID;
 """
@@ -332,8 +338,22 @@ class Store:
             run = self.run(run_id)
             self.end_run(run_id, "interrupted",
                          error=f"The training process (pid {run['worker_pid']}) stopped during "
-                               f"'{run['phase']}' without finishing; partial metrics are kept.")
+                               f"'{run['phase']}' without finishing; partial metrics are kept."
+                               + self._low_disk_note())
         return lost
+
+    def _low_disk_note(self) -> str:
+        """A hint when the disk is (nearly) full: the likeliest reason a worker died silently."""
+        import shutil
+
+        try:
+            free = shutil.disk_usage(self.home).free
+        except OSError:
+            return ""
+        if free >= 100 * 2**20:
+            return ""
+        return (f" The disk holding {self.home} has only {free / 2**20:,.0f} MB free: a full disk "
+                "may have stopped it.")
 
     # -- reading runs -------------------------------------------------------------------
 
@@ -439,14 +459,26 @@ class Store:
         self._write("INSERT OR REPLACE INTO fp8_scales VALUES (?, ?, ?)",
                     (int(run_id), int(step), np.asarray(scales, dtype=np.float32).tobytes()))
 
-    def _fp8_series(self, table, column, run_id, since_step):
+    def add_fp8_probe(self, run_id: int, rows):
+        """rows: (step, stats[layers, 3 roles, 2]) with saturation and underflow fractions."""
+        self._conn().executemany(
+            "INSERT OR REPLACE INTO fp8_probe VALUES (?, ?, ?)",
+            [(int(run_id), int(step), np.asarray(stats, np.float32).tobytes())
+             for step, stats in rows])
+
+    def fp8_probe(self, run_id: int, since_step: int = -1):
+        """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
+        steps, values = self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
+        return steps, values
+
+    def _fp8_series(self, table, column, run_id, since_step, extra=()):
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
         rows = self._execute(
             f"SELECT step, {column} FROM {table} WHERE run_id=? AND step>? ORDER BY step",
             (int(run_id), since_step)).fetchall()
         steps = np.array([r[0] for r in rows], dtype=np.int64)
         values = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
-        return steps, values.reshape(len(rows), n_layers, len(ROLES))
+        return steps, values.reshape(len(rows), n_layers, len(ROLES), *extra)
 
     def fp8_amax(self, run_id: int, since_step: int = -1):
         """(steps, amax[steps, layers, roles]) in time order; layer names in summary['fp8_layers']."""
@@ -465,7 +497,8 @@ class Store:
         conn.execute("BEGIN IMMEDIATE")
         try:
             for run in runs:
-                for table in ("step_metrics", "epoch_metrics", "fp8_amax", "fp8_scales"):
+                for table in ("step_metrics", "epoch_metrics", "fp8_amax", "fp8_scales",
+                              "fp8_probe"):
                     conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run["id"],))
                 conn.execute("DELETE FROM runs WHERE id=?", (run["id"],))
             conn.execute("DELETE FROM comparisons WHERE id=?", (int(comparison_id),))

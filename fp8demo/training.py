@@ -11,7 +11,7 @@ import time
 
 
 import fp8demo.env  # noqa: F401
-from fp8demo import fp8, model as model_lib, tokenizer
+from fp8demo import fp8, model as model_lib, probe as probe_lib, tokenizer
 from fp8demo.store import Store
 
 RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
@@ -29,8 +29,12 @@ def device_description() -> str:
 
 
 def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epochs: int,
-                  record: bool = True, history_length: int = 1024, early_stopping: int = 0):
-    """A Keras callback that writes per-step metrics, progress and fp8 snapshots to the store."""
+                  record: bool = True, history_length: int = 1024, early_stopping: int = 0,
+                  probe=None, probe_every: int = 0):
+    """A Keras callback that writes per-step metrics, progress and fp8 snapshots to the store.
+
+    probe: a probe.Probe run before the first step and every `probe_every` steps.
+    """
     import keras
 
     steps_per_epoch = math.ceil(n_train / batch_size)
@@ -48,10 +52,15 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             self.fp8_step = 0  # last step whose amax is in the store
             self.layers = []
             self.first_step_time = None
+            self.last_step_time = None
+            self.validation_seconds = 0.0  # spent validating between epochs (not steps)
+            self.validation_started = None
             self.started = None
             # Best validation accuracy so far: (epoch, val_accuracy, weights as numpy).
             self.best = None
             self.stopped_early_at = None
+            self.probe = probe if (record and probe_every > 0 and probe is not None) else None
+            self.probe_rows = []  # (step, stats) not yet in the store
 
         # -- fit ------------------------------------------------------------------
 
@@ -59,6 +68,9 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             self.in_fit = True
             self.started = time.time()
             self.layers = fp8.float8_layers(self.model)
+            if not self.layers:
+                self.probe = None  # nothing in float8 to probe
+            self.run_probe()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.epoch = epoch
@@ -67,9 +79,12 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
         def on_train_batch_end(self, batch, logs=None):
             now = time.time()
             self.step += 1
+            self.last_step_time = now
             if self.first_step_time is None:
                 self.first_step_time = now  # the first step includes XLA compilation
                 store.update_run(run_id, phase="training")
+            if self.probe is not None and self.step % probe_every == 0:
+                self.run_probe()
             seen = min((batch + 1) * batch_size, n_train)
             self.pending.append((self.step, self.epoch, now - self.started,
                                  logs.get("loss"), logs.get("accuracy"), seen))
@@ -92,6 +107,8 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
                 self.model.stop_training = True
 
         def on_train_end(self, logs=None):
+            if self.probe is not None and self.step % probe_every:
+                self.run_probe()  # the final weights and scales, as finished runs keep them
             self.flush(time.time())
             self.in_fit = False
 
@@ -99,6 +116,7 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
 
         def on_test_begin(self, logs=None):
             if self.in_fit:
+                self.validation_started = time.time()
                 store.update_run(run_id, phase=f"validating epoch {self.epoch + 1}")
 
         def on_test_batch_end(self, batch, logs=None):
@@ -111,6 +129,9 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
                     self.model.stop_training = True
 
         def on_test_end(self, logs=None):
+            if self.in_fit and self.validation_started is not None:
+                self.validation_seconds += time.time() - self.validation_started
+                self.validation_started = None
             if self.in_fit and not self.cancelled:
                 store.update_run(run_id, phase="training")
 
@@ -143,10 +164,24 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             self.pending = []
             if record and self.layers and self.step > self.fp8_step:
                 self.snapshot()
+            if self.probe_rows:
+                store.add_fp8_probe(run_id, self.probe_rows)
+                self.probe_rows = []
             self.report_progress(now)
             if store.cancel_requested(run_id):
                 self.cancelled = True
                 self.model.stop_training = True
+
+        def run_probe(self):
+            """Saturation/underflow on the fixed batch; a failing probe only turns itself off."""
+            if self.probe is None:
+                return
+            try:
+                _ = self.model  # sync the training state into the variables
+                self.probe_rows.append((self.step, self.probe()))
+            except Exception as e:  # monitoring must never end a training run
+                self.probe = None
+                store.merge_summary(run_id, probe_error=f"{type(e).__name__}: {e}"[:500])
 
         def snapshot(self):
             _ = self.model  # the property writes JAX's training state back into the variables
@@ -156,11 +191,15 @@ def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epoc
             store.add_fp8_scales(run_id, self.step, scales)
             self.fp8_step = self.step
 
+        def training_seconds(self, until):
+            """Time spent in training steps after the first (compiling) one."""
+            return until - self.first_step_time - self.validation_seconds
+
         def report_progress(self, now):
             total = steps_per_epoch * epochs
             fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
             if self.first_step_time is not None and self.step > 1:
-                rate = (self.step - 1) / max(now - self.first_step_time, 1e-9)
+                rate = (self.step - 1) / max(self.training_seconds(now), 1e-9)
                 fields.update(steps_per_sec=rate, samples_per_sec=rate * batch_size,
                               eta=(total - self.step) / rate if rate > 0 else None)
             store.update_run(run_id, **fields)
@@ -233,7 +272,10 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
     recorder = make_recorder(store, run_id, len(prepared.y_train), config.batch_size,
                              config.epochs, record=record,
                              history_length=config.amax_history_length,
-                             early_stopping=config.early_stopping)
+                             early_stopping=config.early_stopping,
+                             probe=probe_lib.Probe(model, prepared.x_val[:config.batch_size],
+                                                   prepared.y_val[:config.batch_size]),
+                             probe_every=config.probe_every)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
     started = time.time()
     model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
@@ -294,7 +336,8 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
                          "weights_bytes": model_lib.weights_bytes(quantized)}
 
     steps = recorder.step
-    measured = max(time.time() - (recorder.first_step_time or started), 1e-9)
+    measured = (max(recorder.training_seconds(recorder.last_step_time), 1e-9)
+                if recorder.first_step_time else 1e-9)
     results = {
         "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
         "fit_seconds": fit_seconds, "params": params,
@@ -309,9 +352,16 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
 
 
 def save_artifacts(store: Store, run_id: int, model, config, precision: str, vocabulary):
+    """Weights, config and vocabulary; nothing half-written is left behind (e.g. disk full)."""
+    import shutil
+
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
-    model.save_weights(folder / "model.weights.h5")
-    (folder / "config.json").write_text(json.dumps(
-        {"precision": precision, "config": config.to_dict()}, indent=2))
-    (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")
+    try:
+        model.save_weights(folder / "model.weights.h5")
+        (folder / "config.json").write_text(json.dumps(
+            {"precision": precision, "config": config.to_dict()}, indent=2))
+        (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise

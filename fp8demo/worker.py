@@ -7,6 +7,7 @@ guarantees a single worker per store, so two trainings never share one GPU. The 
 exits when the queue stays empty; the next launch starts a new one.
 """
 
+import errno
 import fcntl
 import os
 import subprocess
@@ -44,9 +45,9 @@ def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None
         raise ConfigError(f"repeats must be a whole number between 1 and 100, got {repeats!r}.")
     store = store or Store()
     config.validate()
-    from fp8demo.config import ConfigError, resource_problems
+    from fp8demo.config import ConfigError, disk_problems, resource_problems
 
-    too_big = resource_problems(config)
+    too_big = resource_problems(config) + disk_problems(config, store.home, repeats)
     if too_big:
         raise ConfigError(" ".join(too_big))
     if not config.data and os.environ.get("FP8DEMO_IMDB"):
@@ -132,10 +133,42 @@ def supervise(store: Store) -> list[int]:
 # -- the worker process ----------------------------------------------------------------
 
 
-def plain_error(error: BaseException) -> str:
+# errno values and messages of a full disk, a quota or a file size limit.
+DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+DISK_FULL_TEXTS = ("no space left", "disk quota", "file too large", "database or disk is full")
+
+
+def disk_full_reason(error: BaseException) -> str | None:
+    """What failed, when `error` (or its cause: h5py and sqlite wrap it) is a full disk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if getattr(error, "errno", None) in DISK_FULL_ERRNOS:
+            name = getattr(error, "filename", None)
+            return os.strerror(error.errno) + (f": {Path(str(name)).name}" if name else "")
+        if any(t in str(error).lower() for t in DISK_FULL_TEXTS):
+            return str(error)[:200]
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def plain_error(error: BaseException, home=None, phase: str = "") -> str:
     """An exception in words a user can act on (the traceback goes to the worker log)."""
     text = str(error) or type(error).__name__
     lowered = text.lower()
+    reason = disk_full_reason(error)
+    if reason:
+        import shutil
+
+        where = f" in {home}" if home else ""
+        try:
+            free = f" ({shutil.disk_usage(home).free / 2**20:,.0f} MB free now)" if home else ""
+        except OSError:
+            free = ""
+        during = f" while {phase}" if phase else ""
+        return (f"Out of disk space{where}{during}{free}: a write failed ({reason}). "
+                "The metrics recorded so far are kept. Free some space (or delete old "
+                "comparisons on Results) and launch again.")
     if isinstance(error, MemoryError) or "resource_exhausted" in lowered or "out of memory" in lowered:
         return ("Out of memory: this configuration does not fit on the device. Use a smaller "
                 f"batch size, sequence length or model. ({text[:300]})")
@@ -158,13 +191,21 @@ def execute(store: Store, run: dict, **train_options):
         store.end_run(run_id, "cancelled")
     except BaseException as error:  # noqa: BLE001 — any failure must end the run, not the worker
         traceback.print_exc()
-        store.end_run(run_id, "failed", error=plain_error(error))
+        phase = _phase(store, run_id)
+        store.end_run(run_id, "failed", error=plain_error(error, store.home, phase))
         store.merge_summary(run_id, traceback=traceback.format_exc()[-4000:])
         if isinstance(error, (KeyboardInterrupt, SystemExit)):
             raise
     else:
         store.end_run(run_id, "finished", **results)
     print(f"[worker {os.getpid()}] run {run_id} ended: {store.run(run_id)['status']}", flush=True)
+
+
+def _phase(store: Store, run_id: int) -> str:
+    try:
+        return store.run(run_id)["phase"]
+    except Exception:  # an unreadable store must not hide the original error
+        return ""
 
 
 def main(store: Store | None = None, idle_exit: float = IDLE_EXIT_SECONDS) -> int:

@@ -2,14 +2,19 @@
 
 For every float8 layer and role (inputs, kernel, output gradient): headroom over time,
 overflow events (steps whose amax exceeded what the delayed scale could represent, marked
-on the amax heatmap) and a summary table flagging the tensors at risk. Computed from the
-per-step amaxes in the run store, so it works live and for finished runs alike.
+on the amax heatmap), saturation and underflow % of the actual values on a fixed probe
+batch, and a summary table flagging the tensors at risk. Computed from the run store, so
+it works live and for finished runs alike.
 """
+
+import dataclasses
 
 import pandas as pd
 import streamlit as st
 
 from fp8demo import charts, fp8
+from fp8demo.config import ConfigError
+from fp8demo.store import StoreError
 from fp8demo.store import ROLES
 from pages import common
 
@@ -27,13 +32,25 @@ def health_view(store, run, refreshing):
         return
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
-    rows = fp8.health_summary(amax, layers, history_length)
+    probe_steps, probe_stats = store.fp8_probe(run["id"])
+    rows = fp8.health_summary(amax, layers, history_length, probe_steps, probe_stats)
     at_risk = [r for r in rows if r["at risk"]]
     st.caption(f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
                f"{len(at_risk)} of {len(rows)} tensors at risk")
+    percent = st.column_config.NumberColumn(format="%.3g")
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
                  column_config={"min headroom": st.column_config.NumberColumn(format="%.2f"),
-                                "median headroom": st.column_config.NumberColumn(format="%.2f")})
+                                "median headroom": st.column_config.NumberColumn(format="%.2f"),
+                                **{f"{p}{s} %": percent for p in ("", "peak ")
+                                   for s in ("saturation", "underflow")}})
+    if len(probe_steps):
+        st.caption(f"Probe: {len(probe_steps)} measurements on a fixed validation batch of "
+                   f"{run['config'].batch_size} reviews, every {run['config'].probe_every} steps "
+                   f"(latest at step {int(probe_steps[-1]):,}).")
+    elif run["config"].probe_every == 0:
+        st.caption("Saturation and underflow were not probed (probe every 0 steps).")
+    if run["summary"].get("probe_error"):
+        st.warning(f"The probe stopped (training went on): {run['summary']['probe_error']}")
     with st.expander("What the statistics mean", expanded=False):
         for name, text in fp8.HEALTH_HELP.items():
             st.markdown(f"- **{name}**: {text}.")
@@ -44,9 +61,87 @@ def health_view(store, run, refreshing):
         with tabs[j]:
             common.plot(charts.headroom_figure(steps, result["headroom"][:, :, j], layers, role),
                         key=f"headroom-{role}")
+            if len(probe_steps):
+                common.plot(charts.probe_figure(probe_steps, probe_stats[:, :, j], layers, role),
+                            key=f"probe-{role}")
             heatmap = charts.amax_heatmap(steps, amax[:, :, j], layers, role)
             common.plot(charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
                         key=f"health-amax-{role}")
+
+
+def same_but_history(a, b) -> bool:
+    """Configs that differ at most in the history length (and which precisions ran)."""
+    return set(a.differences(b)) <= {"amax_history_length", "precisions", "probe_every"}
+
+
+def history_section(store, run):
+    """What the delayed-scaling window does: replayed on this run, and measured on others."""
+    st.subheader("Amax history length")
+    layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
+    steps, amax = store.fp8_amax(run["id"])
+    if not layers or not len(steps):
+        return
+    own = run["config"].amax_history_length
+    role = st.radio("Tensor", ROLES, format_func=charts.ROLE_TITLES.get, horizontal=True,
+                    key="history_role")
+    j = ROLES.index(role)
+    lengths = sorted(set(fp8.HISTORY_LENGTHS) | {own})
+    st.markdown(f"**Replayed** — this run's amaxes under other windows (it trained with "
+                f"{own}). The amaxes barely depend on the window, so this shows at once what "
+                "another length does to the scales: short windows follow each tensor closely "
+                "and clip when it grows; long windows remember old peaks, so small values "
+                "underflow sooner.")
+    rows = [{**r, "this run": r["history length"] == own}
+            for r in fp8.history_length_effect(amax, lengths, roles=ROLES) if r["role"] == role]
+    st.dataframe(pd.DataFrame(rows).drop(columns="role"), hide_index=True, width="stretch",
+                 column_config={"overflow %": st.column_config.NumberColumn(format="%.3f"),
+                                "median headroom": st.column_config.NumberColumn(format="%.2f"),
+                                "max headroom": st.column_config.NumberColumn(format="%.2f")})
+    other = st.select_slider("Replay with history length", [n for n in lengths if n != own],
+                             value=16 if own != 16 else 1024, key="history_replay")
+    for length, kind in ((own, "recorded"), (other, "replayed")):
+        headroom = fp8.health(amax, history_length=length)["headroom"][:, :, j]
+        common.plot(charts.headroom_heatmap(
+            steps, headroom, layers, f"Headroom of {charts.ROLE_TITLES[role]}, window {length} "
+            f"({kind})", uirevision=f"history-{kind}-{role}"), key=f"history-{kind}-{role}")
+
+    siblings = [r for r in store.runs() if r["precision"] == "fp8" and r["id"] != run["id"]
+                and r["status"] != "queued" and same_but_history(r["config"], run["config"])]
+    st.markdown("**Measured** — fp8 runs with the same settings but another history length.")
+    for sibling in siblings[-3:]:
+        s_steps, s_amax = store.fp8_amax(sibling["id"])
+        if not len(s_steps):
+            continue
+        length = sibling["config"].amax_history_length
+        result = fp8.health(s_amax, history_length=length)
+        st.caption(f"Run #{sibling['id']} ({sibling['status']}): window {length}, "
+                   f"{int(result['overflow_count'][:, j].sum())} overflows of "
+                   f"{charts.ROLE_TITLES[role]}")
+        common.plot(charts.headroom_heatmap(
+            s_steps, result["headroom"][:, :, j], layers,
+            f"Headroom of {charts.ROLE_TITLES[role]}, window {length} (run #{sibling['id']})",
+            uirevision=f"history-run-{sibling['id']}-{role}"), key=f"history-run-{sibling['id']}")
+    if not siblings:
+        st.caption("None yet.")
+    allowed = common.can_control()
+    c = st.columns([1, 2])
+    length = c[0].number_input("History length", min_value=1, max_value=65536, value=16,
+                               key="history_train_length")
+    c[1].write("")
+    if c[1].button(f"Train fp8 again with history length {length}", key="history_train",
+                   disabled=not allowed or length == own,
+                   help=common.LOCKED_HELP if not allowed else
+                   "Queue an fp8 run with these settings and this window (no bf16 run)."):
+        from fp8demo import worker
+
+        config = dataclasses.replace(run["config"], amax_history_length=int(length),
+                                     precisions=("fp8",))
+        try:
+            cid = worker.launch(config, store=store, label=f"amax history {length}")
+        except (ConfigError, StoreError) as e:
+            st.error(str(e))
+        else:
+            st.success(f"Queued as comparison #{cid}; it appears here once it trains.")
 
 
 store = common.page_store()
@@ -66,3 +161,4 @@ active = run["status"] in ("queued", "running")
 paused = st.toggle("Pause", key="health_pause", disabled=not active)
 refreshing = active and not paused
 st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(health_view)(store, run, refreshing)
+history_section(store, store.run(run["id"]))

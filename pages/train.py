@@ -182,6 +182,10 @@ def settings_form():
         c[3].checkbox("int8/int4 post-training quantization of bf16", key="ptq",
                       help="After the bf16 run, evaluate its post-training int8 (and int4 "
                            "weight-only) quantization: the calibration FP8 training avoids.")
+        c = st.columns(4)
+        c[0].number_input("Probe every N steps (0 = off)", min_value=0, step=50, key="probe_every",
+                          help="Saturation and underflow % of every float8 tensor, measured on a "
+                               "fixed validation batch every N steps (FP8 health page).")
 
 
 def show_tokenizer_preview(config: TrainConfig):

@@ -80,7 +80,7 @@ def trained(tmp_path_factory, imdb_folder):
     old = {k: os.environ.get(k) for k in ("FP8DEMO_HOME", "FP8DEMO_IMDB")}
     os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), str(imdb_folder)
     store = Store(home)
-    config = TrainConfig(**TINY, precisions=("bf16", "fp8"))
+    config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
     comparison_id, run_ids = store.create_comparison(config)
     texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
     before = {}

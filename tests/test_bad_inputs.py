@@ -81,6 +81,9 @@ TYPED = [
      "vocab_method must be one of keras, fast, got 'sentencepiece'."),
     (dict(quantize_head="yes"), "quantize_head must be true or false."),
     (dict(data=5), "data must be a path (text)."),
+    (dict(amax_history_length=0), "amax_history_length must be between 1 and 65,536, got 0."),
+    (dict(probe_every=-1), "probe_every must be between 0 and 1,000,000, got -1."),
+    (dict(probe_every=2.5), "probe_every must be a whole number, got 2.5."),
 ]
 
 

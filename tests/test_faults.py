@@ -80,9 +80,65 @@ def test_a_launch_that_would_not_fit_is_refused_with_the_estimate(home, monkeypa
     assert needed > 100  # 8 billion embedding weights alone are 128 GiB with Adam
     with pytest.raises(ConfigError) as refused:
         worker.launch(huge, Store(home))
-    assert str(refused.value) == (
+    assert str(refused.value).startswith(
         f"This configuration needs about {needed:,.1f} GiB of memory (weights, Adam state and "
         "activations of one batch), more than the 16.0 GiB allowed here. Use a smaller "
-        "vocabulary, hidden size, sequence length or batch size (the limit is FP8DEMO_MAX_MEMORY_GB).")
+        "vocabulary, hidden size, sequence length or batch size (the limit is FP8DEMO_MAX_MEMORY_GB). ")
+    assert "Not enough disk space" in str(refused.value)  # the weights alone are 128 GB
     assert Store(home).runs() == []  # nothing queued
     assert estimate_memory_bytes(TrainConfig()) < 2**30  # the example fits anywhere
+
+
+def test_a_launch_that_would_fill_the_disk_is_refused(home, monkeypatch):
+    import shutil
+
+    from fp8demo.config import ConfigError
+
+    Store(home)
+    free_mb = shutil.disk_usage(home).free / 2**20
+    monkeypatch.setenv("FP8DEMO_MIN_FREE_MB", str(free_mb + 1024))  # keep more than there is
+    with pytest.raises(ConfigError) as refused:
+        worker.launch(TINY, Store(home))
+    message = str(refused.value)
+    assert message.startswith(f"Not enough disk space in {home}: this launch writes up to about ")
+    assert message.endswith("must stay free (FP8DEMO_MIN_FREE_MB). Delete old comparisons on "
+                            "Results, free some space, or set FP8DEMO_HOME to another disk.")
+    assert Store(home).runs() == []
+    monkeypatch.delenv("FP8DEMO_MIN_FREE_MB")
+    assert worker.launch(dataclasses.replace(TINY, precisions=("bf16",)), Store(home))
+    Store(home).cancel_comparison(1)
+
+
+def test_disk_full_while_saving_fails_the_run_clearly_and_keeps_the_store(home):
+    """The training process may write files of at most 2 MB (RLIMIT_FSIZE: the kernel refuses
+    larger writes with EFBIG, as a full disk refuses with ENOSPC). Metrics, caches and the
+    store fit; the 8 MB weights file does not."""
+    import os
+    import resource
+    import sqlite3
+    import subprocess
+    import sys
+
+    store = Store(home)
+    config = dataclasses.replace(TINY, vocab_size=20_000)  # 640k embedding weights
+    cid, (run_id,) = store.create_comparison(config)
+    limit = 2 * 2**20
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, "-m", "fp8demo", "worker"], preexec_fn=limit_file_size,
+                          env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    run = store.run(run_id)
+    assert run["status"] == "failed"
+    assert run["error"].startswith(f"Out of disk space in {home} while saving (")
+    assert "a write failed (File too large" in run["error"]
+    assert run["error"].endswith("The metrics recorded so far are kept. Free some space (or "
+                                 "delete old comparisons on Results) and launch again.")
+    assert len(store.step_metrics(run_id)["step"]) == run["step"] > 0  # the curves are kept
+    assert not store.run_dir(run_id).exists()  # no half-written weights
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

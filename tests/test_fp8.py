@@ -72,3 +72,22 @@ def test_health_finds_overflow_of_the_delayed_scale():
     np.testing.assert_allclose(result["headroom"][6, 0, 0], 0.0, atol=1e-6)
     # Gradients use E5M2: the same spike is judged against 57344 × scale.
     np.testing.assert_allclose(result["representable"][7, 0, 2], 4.0)
+
+
+def test_replaying_other_history_lengths():
+    # One layer: a spike of 8 at step 10, else 1.0. A long window keeps the spike's scale
+    # (headroom log2(8) = 3 afterwards); a window of 1 follows the tensor (headroom 0).
+    amax = np.ones((40, 1, 3), np.float32)
+    amax[10] = 8.0
+    rows = {(r["history length"], r["role"]): r
+            for r in fp8.history_length_effect(amax, lengths=(1, 64))}
+    assert rows[(1, "inputs")]["overflows"] == 1 and rows[(64, "inputs")]["overflows"] == 1
+    # (the first two steps use scale 1.0: 448 / amax 1.0)
+    np.testing.assert_allclose(rows[(64, "inputs")]["max headroom"], np.log2(448), rtol=1e-6)
+    assert rows[(1, "inputs")]["median headroom"] == 0.0
+    assert rows[(64, "inputs")]["median headroom"] == 3.0
+    # A second spike 20 steps later: the long window still covers it; the short one clips.
+    amax[30] = 8.0
+    rows = {(r["history length"], r["role"]): r
+            for r in fp8.history_length_effect(amax, lengths=(1, 64))}
+    assert rows[(1, "inputs")]["overflows"] == 2 and rows[(64, "inputs")]["overflows"] == 1

@@ -481,22 +481,49 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
     assert int8_row["test accuracy"] == ptq["int8"]["test_accuracy"]
 
 
-def test_health_page_of_a_real_fp8_run(trained, monkeypatch):
+def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):
+    import shutil
+
     from fp8demo import fp8
 
-    monkeypatch.setenv("FP8DEMO_HOME", str(trained["home"]))
-    store = Store(trained["home"])
+    home = tmp_path / "home"  # a copy: this test launches a run
+    shutil.copytree(trained["home"], home)
+    monkeypatch.setenv("FP8DEMO_HOME", str(home))
+    store = Store(home)
     run = store.run(trained["run_ids"]["fp8"])
     at = page("pages/health.py").run()
     assert not at.exception
     table = at.dataframe[0].value
     assert len(table) == 8 * 3
     _, amax = store.fp8_amax(run["id"])
-    expected = fp8.health_summary(amax, [l["name"] for l in run["summary"]["fp8_layers"]])
+    probe_steps, probe_stats = store.fp8_probe(run["id"])
+    expected = fp8.health_summary(amax, [l["name"] for l in run["summary"]["fp8_layers"]],
+                                  run["config"].amax_history_length, probe_steps, probe_stats)
     assert list(table["overflows"]) == [r["overflows"] for r in expected]
     assert list(table["at risk"]) == [r["at risk"] for r in expected]
-    names = {t.get("name") for spec in _plotly_specs(at) for t in spec["data"]}
+    np.testing.assert_allclose(table["underflow %"], [r["underflow %"] for r in expected])
+    specs = _plotly_specs(at)
+    names = {t.get("name") for spec in specs for t in spec["data"]}
     assert "decoder/self_attention/query" in names  # headroom lines per layer
+    titles = [spec["layout"]["title"]["text"] for spec in specs]
+    assert any(t.startswith("Probe batch: inputs") for t in titles)
+    # The history length section: replayed windows (the run's own marked), two heatmaps.
+    replay = at.dataframe[1].value
+    assert 1024 in list(replay["history length"]) and 1 in list(replay["history length"])
+    assert list(replay[replay["this run"]]["history length"]) == [run["config"].amax_history_length]
+    assert any("window 16 (replayed)" in t for t in titles)
+    assert any("(recorded)" in t for t in titles)
+    # ...and a measured fp8 run with another window, queued from here.
+    at.number_input(key="history_train_length").set_value(64)
+    at.button(key="history_train").click().run()
+    assert not at.exception
+    queued = store.comparisons()[0]
+    store.cancel_comparison(queued["id"])
+    assert queued["label"] == "amax history 64"
+    assert queued["config"].precisions == ("fp8",)
+    changed = queued["config"].differences(run["config"])
+    changed.pop("data", None)  # the launch records the data source it sees
+    assert changed == {"amax_history_length": 64, "precisions": ["fp8"]}
 
 
 def test_health_page_with_an_empty_store(store_home):

@@ -5,6 +5,8 @@ import os
 import signal
 import time
 
+import pytest
+
 from fp8demo import worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
@@ -104,3 +106,36 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
     for a, b in zip(store.runs(single), store.runs(parallel)):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
         assert b["summary"]["fp8_layers"] == a["summary"]["fp8_layers"]
+
+
+def cancel_on_phase(store, run_id, phase, timeout=240) -> float:
+    """Request a cancel as soon as the run reports `phase`; returns when it was asked."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        run = store.run(run_id)
+        if run["phase"].startswith(phase):
+            store.request_cancel(run_id)
+            return time.time()
+        assert run["status"] in ("queued", "running"), f"{run['status']} before '{phase}'"
+        time.sleep(0.02)
+    raise AssertionError(f"the run never reached '{phase}'")
+
+
+# Evaluating 3,000 test reviews of 200 tokens lasts a few seconds here: long enough to be
+# caught; the cancel is checked every 0.5 s inside it and at every phase change.
+@pytest.mark.parametrize("phase", ["compiling", "evaluating"])
+def test_cancel_while_compiling_or_evaluating_ends_the_run_promptly(home, phase):
+    store = Store(home)
+    config = TrainConfig(subset=3000, vocab_size=800, seq_len=200, epochs=1, precisions=("fp8",),
+                         ptq=False, vocab_method="fast")
+    run_id = store.runs(worker.launch(config, store))[0]["id"]
+    asked = cancel_on_phase(store, run_id, phase)
+    wait_for(lambda: store.run(run_id)["status"] != "running", 60, "the run to stop")
+    run = store.run(run_id)
+    assert run["status"] == "cancelled", run["error"]
+    assert run["finished_at"] - asked < 15
+    assert run["test_accuracy"] is None  # no result from a cancelled evaluation
+    if phase == "compiling":
+        assert run["step"] <= 1  # seen at the end of the first (compiling) step
+    else:
+        assert run["step"] == run["total_steps"]
