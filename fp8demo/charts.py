@@ -22,7 +22,9 @@ ROLE_TITLES = dict(zip(ROLES, ("inputs", "kernel", "output gradient")))
 # Fixed colour range of the amax heatmaps, in log2 units: 2^-16 .. 2^16. A fixed range keeps
 # colours comparable between refreshes, roles and runs.
 AMAX_LOG2_RANGE = (-16.0, 16.0)
-MAX_POINTS = 2000  # points per plotted series after downsampling
+# Points per plotted series after downsampling (TensorBoard samples 1,000 per scalar): enough
+# for a chart's pixel width, and what every viewer's browser receives each second on Live.
+MAX_POINTS = 1000
 MAX_COLUMNS = 600  # heatmap columns after bucketing
 DASHES = ("solid", "dash", "dot", "dashdot")
 # Keep the modebar's PNG export, at a resolution fit for slides.
@@ -220,7 +222,7 @@ def amax_heatmap(steps, amax_role, layer_names, role="inputs", *, max_columns=MA
     return fig
 
 
-def scales_figure(steps, scales, layer_names, roles=ROLES, *, max_points=MAX_POINTS,
+def scales_figure(steps, scales, layer_names, roles=ROLES, *, max_points=MAX_POINTS // 2,
                   height=360) -> go.Figure:
     """Scale of every float8 layer over training, one panel per role, log y.
 
@@ -320,6 +322,13 @@ def headroom_figure(steps, headroom_role, layer_names, role="inputs", *, max_poi
     fig.add_hline(y=0, line=dict(color="red", dash="dash"), annotation_text="clipping")
     _layout(fig, f"Headroom of {ROLE_TITLES.get(role, role)} (log2 of representable max / amax)",
             "step", "log2 headroom", uirevision=f"headroom-{role}", height=height)
+    return _legend_below(fig)
+
+
+def _legend_below(fig: go.Figure) -> go.Figure:
+    """One entry per float8 layer is too many for the top right: put the legend underneath."""
+    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
+                      margin=dict(b=90))
     return fig
 
 
@@ -357,7 +366,7 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
     _layout(fig, f"Probe batch: {ROLE_TITLES.get(role, role)} under the scale in use",
             None, None, uirevision=f"probe-{role}", height=height)
     fig.update_layout(margin=dict(t=80))
-    return fig
+    return _legend_below(fig)
 
 
 HEADROOM_RANGE = (-4.0, 16.0)  # log2 units; red below 0 (clipped), dark blue = underflow risk

@@ -65,6 +65,8 @@ def parse_args(argv):
 
     health = commands.add_parser("health", help="fp8 numerics health of an fp8 run")
     health.add_argument("run")
+    health.add_argument("--replay", action="store_true",
+                        help="also replay the run's amaxes under other amax history lengths")
     health.add_argument("--json", action="store_true")
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
@@ -273,8 +275,9 @@ def cmd_health(args, store: Store) -> int:
     probe_steps, probe_stats = store.fp8_probe(run["id"])
     rows = fp8.health_summary(amax, layers, run["config"].amax_history_length,
                               probe_steps, probe_stats)
+    replay = fp8.history_length_effect(amax) if args.replay else None
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"tensors": rows, "replay": replay} if args.replay else rows, indent=2))
         return 0
 
     def number(value, spec):
@@ -289,6 +292,15 @@ def cmd_health(args, store: Store) -> int:
               f"  {'AT RISK' if r['at risk'] else ''}")
     if len(probe_steps):
         print(f"\nProbe: {len(probe_steps)} measurements, latest at step {int(probe_steps[-1])}.")
+    if replay:
+        print(f"\nReplayed under other amax history lengths (this run: "
+              f"{run['config'].amax_history_length}); all layers:")
+        print(f"{'history':>8}  {'role':<13}{'overflows':>10}{'overflow %':>11}{'median hr':>10}"
+              f"{'max hr':>8}")
+        for r in replay:
+            print(f"{r['history length']:>8}  {r['role']:<13}{r['overflows']:>10}"
+                  f"{r['overflow %']:>11.3f}{number(r['median headroom'], '.2f'):>10}"
+                  f"{number(r['max headroom'], '.2f'):>8}")
     print()
     for name, text in fp8.HEALTH_HELP.items():
         print(f"{name}: {text}.")

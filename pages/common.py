@@ -92,6 +92,27 @@ def get_store() -> Store:
         st.stop()
 
 
+@st.cache_resource(show_spinner=False)
+def _live_sessions() -> dict:
+    """Session id → when it last refreshed a live view (shared by the server's sessions)."""
+    return {}
+
+
+def count_viewers(window: float = 10.0) -> int:
+    """Sessions that refreshed a live view in the last `window` seconds, this one included."""
+    import time
+
+    from streamlit.runtime.scriptrunner import get_script_run_ctx
+
+    ctx, now, seen = get_script_run_ctx(), time.time(), _live_sessions()
+    if ctx is not None:
+        seen[ctx.session_id] = now
+    for session, last in list(seen.items()):
+        if now - last > window:
+            seen.pop(session, None)
+    return max(len(seen), 1)
+
+
 @st.cache_resource(show_spinner="Looking for an accelerator…")
 def device_info() -> dict:
     """fp8demo.device.describe(), once per server (it imports jax)."""

@@ -1,8 +1,13 @@
 """Live: watch one comparison train — progress, loss and accuracy, and the fp8 amax/scales.
 
-The live part is a fragment that re-reads the store every second while a run is queued or
-running and nobody paused it; otherwise it is drawn once, so the user can zoom in peace.
+Two fragments re-read the store while a run is queued or running and nobody paused it: the
+run cards every second, the charts every second for a few viewers and less often for many
+(built once per refresh for all of them). Otherwise the page is drawn once, so the user can
+zoom in peace.
 """
+
+import math
+import time
 
 import streamlit as st
 
@@ -45,15 +50,48 @@ def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
                                 x_axis=x_axis)
 
 
-def fp8_panel(store, run):
-    """Heatmaps of every float8 layer's amax, one per role, and the scales over time."""
+def fp8_figures(store, run) -> dict:
+    """The fp8 run's amax heatmaps (one per role) and scales, or a note why there are none."""
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     if not layers:
-        st.caption("The amax heatmaps appear once the fp8 model has been built and quantized.")
-        return
+        return {"note": "The amax heatmaps appear once the fp8 model has been built and quantized."}
     steps, amax = store.fp8_amax(run["id"])
     if not len(steps):
-        st.caption("Waiting for the first training steps of the fp8 run…")
+        return {"note": "Waiting for the first training steps of the fp8 run…"}
+    s_steps, scales = store.fp8_scales(run["id"])
+    return {"amax": {role: charts.amax_heatmap(steps, amax[:, :, j], layers, role)
+                     for j, role in enumerate(ROLES)},
+            "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None}
+
+
+def chart_seconds(viewers: int) -> float:
+    """How often the charts refresh: every second for a few viewers, less often for many.
+
+    Every refresh sends every chart to every viewer's browser (and renders it there), while
+    the run cards stay at one second. TensorBoard reloads every 30 s; here at most 5 s.
+    """
+    return float(min(5, max(1, math.ceil(viewers / 2))))
+
+
+@st.cache_resource(max_entries=64, show_spinner=False, ttl=600)
+def shared_figures(_store, home: str, cid: int, runs_key: tuple, moment: int, smoothing: float,
+                   log_y: bool, x_axis: str) -> dict:
+    """Every chart of one refresh, built at most once per `moment` and settings and shared by
+    all sessions watching (the figures are read-only): ten viewers cost one build, not ten,
+    and an unchanged figure is sent as a reference to what the browser already has."""
+    ids = [run_id for run_id, _ in runs_key]
+    runs = [r for r in _store.runs(cid) if r["id"] in ids]
+    metrics = common.run_metrics(_store, runs)
+    fp8_runs = [r for r in runs if r["precision"] == "fp8"]
+    return {"loss": metric_curves(metrics, runs, "loss", smoothing, log_y, x_axis),
+            "accuracy": metric_curves(metrics, runs, "accuracy", smoothing, log_y, x_axis),
+            "fp8": fp8_figures(_store, fp8_runs[0]) if fp8_runs else None}
+
+
+def fp8_panel(figures: dict):
+    """Heatmaps of every float8 layer's amax, one per role, and the scales over time."""
+    if "note" in figures:
+        st.caption(figures["note"])
         return
     st.caption("Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
                "output gradient per step; its scale is amax / fmax (448 for E4M3, 57344 for "
@@ -61,38 +99,47 @@ def fp8_panel(store, run):
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES] + ["scales"])
     for j, role in enumerate(ROLES):
         with tabs[j]:
-            common.plot(charts.amax_heatmap(steps, amax[:, :, j], layers, role), key=f"amax-{role}")
+            common.plot(figures["amax"][role], key=f"amax-{role}")
     with tabs[-1]:
-        s_steps, scales = store.fp8_scales(run["id"])
-        if len(s_steps):
-            common.plot(charts.scales_figure(s_steps, scales, layers), key="scales")
+        if figures["scales"] is not None:
+            common.plot(figures["scales"], key="scales")
         else:
             st.caption("No scale snapshots yet.")
 
 
-def live_view(store, cid, smoothing, log_y, x_axis, refreshing):
+def progress_view(store, cid, refreshing):
+    """The run cards: status, phase, progress, speed. Every second while anything runs."""
     comparison = store.comparison(cid)
-    runs = comparison["runs"]
     if refreshing and not common.is_active(comparison):
-        st.rerun()  # everything ended: redraw the page once, without the timer
-    cols = st.columns(len(runs))
-    for col, run in zip(cols, runs):
+        st.rerun()  # everything ended: redraw the page once, without the timers
+    if refreshing and chart_seconds(common.count_viewers()) != st.session_state.get("chart_seconds"):
+        st.rerun()  # viewers came or went: redraw with a chart interval to match
+    cols = st.columns(len(comparison["runs"]))
+    for col, run in zip(cols, comparison["runs"]):
         with col:
             run_card(run)
+
+
+def charts_view(store, cid, smoothing, log_y, x_axis, interval):
+    """Loss and accuracy curves and the fp8 run's heatmaps, every `interval` seconds."""
+    runs = store.runs(cid)
     started = [r for r in runs if r["status"] not in ("queued",)]
     if not started:
         st.info("Charts appear when the first run starts training.")
         return
-    metrics = common.run_metrics(store, started)
+    runs_key = tuple((r["id"], r["status"]) for r in started)
+    # Live: one shared build per interval. Otherwise (paused, ended): fresh, drawn once.
+    moment = int(time.time() / interval) if interval else -time.time_ns()
+    figures = shared_figures(store, str(store.home), cid, runs_key, moment, smoothing, log_y,
+                             x_axis)
     left, right = st.columns(2)
     with left:
-        common.plot(metric_curves(metrics, started, "loss", smoothing, log_y, x_axis), key="live-loss")
+        common.plot(figures["loss"], key="live-loss")
     with right:
-        common.plot(metric_curves(metrics, started, "accuracy", smoothing, log_y, x_axis), key="live-acc")
-    fp8_runs = [r for r in started if r["precision"] == "fp8"]
+        common.plot(figures["accuracy"], key="live-acc")
     st.subheader("Inside the fp8 run")
-    if fp8_runs:
-        fp8_panel(store, fp8_runs[0])
+    if figures["fp8"] is not None:
+        fp8_panel(figures["fp8"])
     elif any(r["precision"] == "fp8" for r in runs):
         st.caption("The fp8 run has not started yet.")
     else:
@@ -139,5 +186,9 @@ c[4].button("Stop", key="stop", on_click=stop, args=(store, cid),
 refreshing = active and not paused
 if paused:
     st.caption("Paused: charts are frozen. Turn Pause off to follow the training again.")
-st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(live_view)(
-    store, cid, smoothing, log_y, x_axis, refreshing)
+interval = chart_seconds(common.count_viewers()) if refreshing else 0.0
+st.session_state["chart_seconds"] = interval
+st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(progress_view)(store, cid, refreshing)
+if interval > REFRESH_SECONDS:
+    st.caption(f"{common.count_viewers()} viewers: charts refresh every {interval:.0f} s.")
+st.fragment(run_every=interval or None)(charts_view)(store, cid, smoothing, log_y, x_axis, interval)

@@ -153,7 +153,8 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     # Train: the quick preset on a small subset, three epochs so the heatmaps have time to move.
     page.goto(url)
     idle(page)
-    assert page.locator(".st-key-epochs input").input_value() == "3"  # the example's default
+    # The example's default (waited for: the first paint may still show placeholders).
+    expect(page.locator(".st-key-epochs input")).to_have_value("3", timeout=30_000)
     page.locator(".st-key-preset").click()
     page.get_by_role("option", name="Quick demo").click()
     expect(page.locator(".st-key-seq_len input")).to_have_value("128", timeout=15_000)
@@ -210,6 +211,16 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     for run in runs:
         assert f"{run['precision']} test accuracy" in body
         assert f"{run['test_accuracy'] * 100:.2f}%" in body
+
+    # FP8 health: the at-risk table, the probe's saturation/underflow and headroom charts.
+    page.goto(url + "/health")
+    idle(page)
+    page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(el => "
+        "((el.layout || {}).title || {}).text?.includes('Probe batch'))", timeout=30_000)
+    assert "tensors at risk" in page.locator('[data-testid="stMain"]').inner_text()
+    shot(page, "4b-health")
 
     # Predict: a typed review gets a probability from each model.
     page.goto(url + "/predict")

@@ -53,5 +53,13 @@ def test_health_of_an_fp8_run(trained):
     rows = json.loads(shown.stdout)
     assert len(rows) == 24 and {r["role"] for r in rows} == {"inputs", "kernel", "outputs_grad"}
     assert all(r["min headroom"] is not None for r in rows)
+    assert all(0 <= r["underflow %"] <= 100 for r in rows)  # the probe's statistics
+    text = cli("health", str(trained["run_ids"]["fp8"]), "--replay", env=env).stdout
+    assert "sat %" in text and "Replayed under other amax history lengths (this run: 1024)" in text
+    assert "underflow %: share of the tensor's nonzero values" in text
+    replay = json.loads(cli("health", str(trained["run_ids"]["fp8"]), "--replay", "--json",
+                            env=env).stdout)["replay"]
+    assert [r["history length"] for r in replay if r["role"] == "inputs"] == [1, 4, 16, 64, 256,
+                                                                             1024, 4096]
     refused = cli("health", str(trained["run_ids"]["bf16"]), env=env)
     assert refused.returncode == 2 and "has no float8 layers" in refused.stderr

@@ -114,7 +114,6 @@ def test_disk_full_while_saving_fails_the_run_clearly_and_keeps_the_store(home):
     larger writes with EFBIG, as a full disk refuses with ENOSPC). Metrics, caches and the
     store fit; the 8 MB weights file does not."""
     import os
-    import resource
     import sqlite3
     import subprocess
     import sys
@@ -122,15 +121,15 @@ def test_disk_full_while_saving_fails_the_run_clearly_and_keeps_the_store(home):
     store = Store(home)
     config = dataclasses.replace(TINY, vocab_size=20_000)  # 640k embedding weights
     cid, (run_id,) = store.create_comparison(config)
-    limit = 2 * 2**20
-
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
+    # `python -m fp8demo worker` with the limit set first (in the child itself: a preexec_fn
+    # would fork this multithreaded process).
+    limited_worker = ("import resource, runpy, sys; "
+                      f"resource.setrlimit(resource.RLIMIT_FSIZE, ({2 * 2**20}, {2 * 2**20})); "
+                      "sys.argv = ['fp8demo', 'worker']; "
+                      "runpy.run_module('fp8demo', run_name='__main__')")
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-m", "fp8demo", "worker"], preexec_fn=limit_file_size,
-                          env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True,
-                          timeout=600)
+    done = subprocess.run([sys.executable, "-c", limited_worker], env=dict(os.environ, PYTHONPATH=root),
+                          capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = store.run(run_id)
     assert run["status"] == "failed"

@@ -287,6 +287,24 @@ def test_live_follows_the_running_comparison(store_home):
     assert not at.button("stop").disabled and not at.toggle("pause").disabled
 
 
+def test_live_charts_slow_down_for_many_viewers(store_home):
+    import time
+
+    from pages import common
+
+    ids = fill_store(store_home)
+    first = page("pages/live.py").run()
+    assert not first.exception
+    assert not any("viewers: charts refresh" in c.value for c in first.caption)  # alone: 1 s
+    # Nine other sessions watched a live page within the last seconds.
+    common._live_sessions().update({f"viewer-{i}": time.time() for i in range(9)})
+    at = page("pages/live.py").run()
+    assert not at.exception
+    assert any(c.value == "10 viewers: charts refresh every 5 s." for c in at.caption)
+    assert _plotly_specs(at) == _plotly_specs(first)  # the same charts, less often
+    assert at.query_params["comparison"] in (str(ids["live"]), [str(ids["live"])])
+
+
 def test_live_fp8_heatmaps_and_finished_runs(store_home):
     ids = fill_store(store_home)
     at = page("pages/live.py", comparison=str(ids["done"])).run()

@@ -102,6 +102,9 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
         assert run["status"] == "finished", run["error"]
         assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
         assert run["device"].startswith("2 × CPU")
+        assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
+    fp8_parallel = next(r for r in store.runs(parallel) if r["precision"] == "fp8")
+    assert len(store.fp8_probe(fp8_parallel["id"])[0]) == 2  # before the first and after the last step
     # Same data, seed and initial weights: accuracy within noise of single-device training.
     for a, b in zip(store.runs(single), store.runs(parallel)):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
