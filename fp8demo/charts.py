@@ -369,7 +369,12 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
     return _legend_below(fig)
 
 
-HEADROOM_RANGE = (-4.0, 16.0)  # log2 units; red below 0 (clipped), dark blue = underflow risk
+HEADROOM_RANGE = (-4.0, 16.0)  # log2 units
+# White at 0 (the scale fits the tensor tightly: healthy), red below (clipped; barely tinted
+# within rounding, -0.1), blue above (spare range; deep blue = small values underflow).
+# 0 sits at 4/20 of the range, -1 at 3/20.
+HEADROOM_COLORS = [[0.0, "#b2182b"], [0.15, "#ef8a62"], [0.195, "#fbe3d6"], [0.2, "#f7f7f7"],
+                   [0.3, "#e4eef6"], [0.6, "#4393c3"], [1.0, "#053061"]]
 
 
 def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
@@ -384,8 +389,9 @@ def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
     z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
     zmin, zmax = HEADROOM_RANGE
     fig = go.Figure(go.Heatmap(
-        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax, zmid=0,
-        colorscale="RdBu", colorbar=dict(title=dict(text="log2 headroom")), hoverongaps=False,
+        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax,
+        colorscale=HEADROOM_COLORS, colorbar=dict(title=dict(text="log2 headroom")),
+        hoverongaps=False,
         hovertemplate="%{y}<br>step %{x}<br>headroom %{z:.2f}<extra></extra>"))
     _layout(fig, title, "step", "float8 layer", uirevision=uirevision,
             height=height or max(260, 60 + 28 * len(layer_names)))

@@ -222,3 +222,25 @@ def test_best_epoch_is_starred_on_the_curves():
         stars = [t for t in fig.data if t.name == "fp8 best epoch"]
         assert len(stars) == 1
         assert list(stars[0].x) == [10.0]  # epoch 1 had the best validation accuracy
+
+
+def test_headroom_heatmap_keeps_the_worst_step_of_each_bucket():
+    steps = np.arange(1, 1201)
+    headroom = np.full((1200, 2), 3.0, np.float32)
+    headroom[700, 1] = -2.0  # one clipped step
+    headroom[:2, 0] = np.nan  # no amax yet: blank
+    fig = charts.headroom_heatmap(steps, headroom, ["a", "b"], "t", uirevision="x", max_columns=600)
+    z = np.asarray(fig.data[0].z)
+    assert z.shape == (2, 600)
+    assert z[1].min() == -2.0 and (z[1] == 3.0).sum() == 599  # the spike survives bucketing
+    assert np.isnan(z[0, 0]) and z[0, 1] == 3.0
+    assert (fig.data[0].zmin, fig.data[0].zmax) == charts.HEADROOM_RANGE
+
+
+def test_probe_figure_plots_percent_per_layer_and_statistic():
+    stats = np.zeros((3, 2, 2), np.float32)  # [probes, layers, (saturation, underflow)]
+    stats[:, 1, 1] = [0.5, 0.1, 0.0]
+    fig = charts.probe_figure([0, 250, 500], stats, ["a", "b"], "outputs_grad")
+    assert len(fig.data) == 4 and "output gradient" in fig.layout.title.text
+    underflow_b = next(t for t in fig.data if t.name == "b" and t.xaxis == "x2")
+    np.testing.assert_allclose(underflow_b.y, [50, 10, 0], rtol=1e-6)
