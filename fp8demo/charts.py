@@ -10,6 +10,7 @@ Conventions every figure follows:
 import math
 
 import numpy as np
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -22,6 +23,12 @@ ROLE_TITLES = dict(zip(ROLES, ("inputs", "kernel", "output gradient")))
 # Fixed colour range of the amax heatmaps, in log2 units: 2^-16 .. 2^16. A fixed range keeps
 # colours comparable between refreshes, roles and runs.
 AMAX_LOG2_RANGE = (-16.0, 16.0)
+# Headroom heatmaps, log2 units: white at 0 (the scale fits the tensor tightly: healthy), red
+# below (clipped; barely tinted within rounding, -0.1), blue above (spare range; deep blue =
+# small values underflow). 0 sits at 4/20 of the range, -1 at 3/20.
+HEADROOM_RANGE = (-4.0, 16.0)
+HEADROOM_COLORS = [[0.0, "#b2182b"], [0.15, "#ef8a62"], [0.195, "#fbe3d6"], [0.2, "#f7f7f7"],
+                   [0.3, "#e4eef6"], [0.6, "#4393c3"], [1.0, "#053061"]]
 # Points per plotted series after downsampling (TensorBoard samples 1,000 per scalar): enough
 # for a chart's pixel width, and what every viewer's browser receives each second on Live.
 MAX_POINTS = 1000
@@ -211,13 +218,21 @@ def amax_heatmap(steps, amax_role, layer_names, role="inputs", *, max_columns=MA
     steps, amax_role = bucket_max(steps, np.asarray(amax_role, dtype=np.float32), max_columns)
     z = amax_log2(amax_role).T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
     zmin, zmax = AMAX_LOG2_RANGE
+    return _layer_heatmap(steps, z, layer_names, f"amax per step — {ROLE_TITLES.get(role, role)}",
+                          AMAX_LOG2_RANGE, "Viridis", "log2 amax", uirevision=f"amax-{role}",
+                          height=height, tickvals=list(range(int(zmin), int(zmax) + 1, 4)))
+
+
+def _layer_heatmap(steps, z, layer_names, title, z_range, colorscale, z_title, *, uirevision,
+                   height=None, tickvals=None) -> go.Figure:
+    """Rows = float8 layers (the model's order, top down), columns = steps; fixed colour range."""
     fig = go.Figure(go.Heatmap(
-        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax, colorscale="Viridis",
-        colorbar=dict(title=dict(text="log2 amax"), tickvals=list(range(int(zmin), int(zmax) + 1, 4))),
+        x=_f32(steps), y=list(layer_names), z=z, zmin=z_range[0], zmax=z_range[1],
+        colorscale=colorscale, colorbar=dict(title=dict(text=z_title), tickvals=tickvals),
         hoverongaps=False,
-        hovertemplate="%{y}<br>step %{x}<br>log2 amax %{z:.2f}<extra></extra>"))
-    _layout(fig, f"amax per step — {ROLE_TITLES.get(role, role)}", "step", "float8 layer",
-            uirevision=f"amax-{role}", height=height or max(260, 60 + 28 * len(layer_names)))
+        hovertemplate=f"%{{y}}<br>step %{{x}}<br>{z_title} %{{z:.2f}}<extra></extra>"))
+    _layout(fig, title, "step", "float8 layer", uirevision=uirevision,
+            height=height or max(260, 60 + 28 * len(layer_names)))
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
 
@@ -351,8 +366,7 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
     fig = make_subplots(rows=1, cols=2, subplot_titles=("saturation: % clipped",
                                                         "underflow: % of nonzero flushed to 0"))
     steps = _f32(steps)
-    palette = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf")
+    palette = plotly.colors.qualitative.D3  # one colour per layer in both panels
     for i, name in enumerate(layer_names):
         line = dict(width=1.5, color=palette[i % len(palette)])
         for k in range(2):
@@ -369,13 +383,6 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
     return _legend_below(fig)
 
 
-HEADROOM_RANGE = (-4.0, 16.0)  # log2 units
-# White at 0 (the scale fits the tensor tightly: healthy), red below (clipped; barely tinted
-# within rounding, -0.1), blue above (spare range; deep blue = small values underflow).
-# 0 sits at 4/20 of the range, -1 at 3/20.
-HEADROOM_COLORS = [[0.0, "#b2182b"], [0.15, "#ef8a62"], [0.195, "#fbe3d6"], [0.2, "#f7f7f7"],
-                   [0.3, "#e4eef6"], [0.6, "#4393c3"], [1.0, "#053061"]]
-
 
 def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
                      max_columns=MAX_COLUMNS, height=None) -> go.Figure:
@@ -387,13 +394,5 @@ def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
     steps, lowest = bucket_max(steps, -values, max_columns)
     z = -lowest.T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
     z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
-    zmin, zmax = HEADROOM_RANGE
-    fig = go.Figure(go.Heatmap(
-        x=_f32(steps), y=list(layer_names), z=z, zmin=zmin, zmax=zmax,
-        colorscale=HEADROOM_COLORS, colorbar=dict(title=dict(text="log2 headroom")),
-        hoverongaps=False,
-        hovertemplate="%{y}<br>step %{x}<br>headroom %{z:.2f}<extra></extra>"))
-    _layout(fig, title, "step", "float8 layer", uirevision=uirevision,
-            height=height or max(260, 60 + 28 * len(layer_names)))
-    fig.update_yaxes(autorange="reversed", automargin=True)
-    return fig
+    return _layer_heatmap(steps, z, layer_names, title, HEADROOM_RANGE, HEADROOM_COLORS,
+                          "log2 headroom", uirevision=uirevision, height=height)

@@ -226,12 +226,16 @@ def preset(name: str, **overrides) -> TrainConfig:
 # -- will it fit? ---------------------------------------------------------------------------
 
 
+def _params(config: TrainConfig) -> int:
+    """About how many weights the model has (embeddings, attention, feed-forward, head)."""
+    h, i, v, s = config.hidden_dim, config.intermediate_dim, config.vocab_size, config.seq_len
+    return v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
+
+
 def estimate_memory_bytes(config: TrainConfig) -> int:
     """A rough upper estimate of one run's memory: weights + Adam state, activations, data."""
-    h, i, v, s, b = (config.hidden_dim, config.intermediate_dim, config.vocab_size,
-                     config.seq_len, config.batch_size)
-    params = v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
-    weights = params * 16  # float32 weights, gradients and Adam's two moments
+    h, i, s, b = config.hidden_dim, config.intermediate_dim, config.seq_len, config.batch_size
+    weights = _params(config) * 16  # float32 weights, gradients and Adam's two moments
     # Per example: ~24 hidden-sized and 4 intermediate-sized float32 tensors per position kept
     # for the backward pass, plus the attention scores (heads × seq × seq, a few copies).
     activations = b * s * (24 * h + 4 * i) * 4 + b * config.heads * s * s * 4 * 3
@@ -269,9 +273,8 @@ MIN_FREE_MB = 100  # FP8DEMO_MIN_FREE_MB: disk space a launch must leave free (d
 
 def estimate_disk_bytes(config: TrainConfig) -> int:
     """A rough upper estimate of what one comparison writes: weights, metrics, caches."""
-    h, i, v, s = config.hidden_dim, config.intermediate_dim, config.vocab_size, config.seq_len
-    params = v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
-    weights = params * 4 * 4  # float32 weights; save_weights keeps the optimizer's too
+    s = config.seq_len
+    weights = _params(config) * 4 * 4  # float32 weights; save_weights keeps the optimizer's too
     examples = config.subset * 3 if config.subset else 75_000
     steps = math.ceil((config.subset or 20_000) / config.batch_size) * config.epochs
     metrics = steps * (64 + 8 * 3 * 4 * 2)  # step rows + per-step amax of 8 layers (+ index)

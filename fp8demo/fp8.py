@@ -159,8 +159,8 @@ HEALTH_HELP = {
                     "magnitude to spare before clipping (negative = clipped)",
     "median headroom": "typical headroom; large values mean small values may underflow to zero",
     "saturation %": "share of the tensor's values clipped to ±fmax (beyond fmax × scale by "
-                    "more than half a floating-point step) on the fixed probe batch at the latest probe (peak: largest after the "
-                    "first two steps, which use scale 1.0)",
+                    "more than half a floating-point step) on the fixed probe batch at the "
+                    "latest probe (peak: largest after the first two steps, which use scale 1.0)",
     "underflow %": "share of the tensor's nonzero values that quantize to zero (below half "
                    "the smallest subnormal × scale) on the probe batch at the latest probe",
     "at risk": f"overflowed in more than 1 % of the steps, a median headroom above "
@@ -170,13 +170,23 @@ HEALTH_HELP = {
 }
 
 
+def _headroom_stats(headroom: np.ndarray) -> dict:
+    """Min, median and max of the steps that had an amax (None when none had)."""
+    valid = headroom[np.isfinite(headroom)]
+    if not valid.size:
+        return {"min": None, "median": None, "max": None}
+    return {"min": float(valid.min()), "median": float(np.median(valid)),
+            "max": float(valid.max())}
+
+
 def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
-                   probe_steps=(), probe_stats=None) -> list[dict]:
+                   probe_steps=(), probe_stats=None, result=None) -> list[dict]:
     """One row per float8 layer and role, flagging the tensors at risk.
 
     probe_steps/probe_stats: the store's probe series (stats [probes, layers, roles, 2]).
+    result: `health(amax, history_length=...)` when the caller has it already.
     """
-    result = health(amax, history_length=history_length)
+    result = result if result is not None else health(amax, history_length=history_length)
     probed = probe_stats is not None and len(probe_steps) > 0
     if probed:
         latest = np.asarray(probe_stats[-1]) * 100
@@ -186,10 +196,8 @@ def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
     rows = []
     for i, name in enumerate(layer_names):
         for j, role in enumerate(ROLES):
-            headroom = result["headroom"][:, i, j]
-            valid = headroom[np.isfinite(headroom)]
+            headroom = _headroom_stats(result["headroom"][:, i, j])
             overflows = int(result["overflow_count"][i, j])
-            minimum = float(valid.min()) if valid.size else None
             probe_columns = {}
             if probed:
                 saturation, underflow = (float(v) for v in latest[i, j])
@@ -199,12 +207,12 @@ def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
             rows.append({
                 "layer": name, "role": role, "format": "E5M2" if role == "outputs_grad" else "E4M3",
                 "overflows": overflows,
-                "min headroom": minimum,
-                "median headroom": float(np.median(valid)) if valid.size else None,
+                "min headroom": headroom["min"],
+                "median headroom": headroom["median"],
                 **probe_columns,
                 "at risk": bool(
                     overflows > 0.01 * len(amax)
-                    or (valid.size and np.median(valid) > UNDERFLOW_HEADROOM)
+                    or (headroom["median"] or 0) > UNDERFLOW_HEADROOM
                     or probe_columns.get("saturation %", 0) >= SATURATION_AT_RISK
                     or probe_columns.get("underflow %", 0) >= UNDERFLOW_AT_RISK),
             })
@@ -233,14 +241,12 @@ def history_length_effect(amax: np.ndarray, lengths=HISTORY_LENGTHS, roles=ROLES
     for length in lengths:
         result = health(amax, roles, history_length=int(length))
         for j, role in enumerate(roles):
-            headroom = result["headroom"][..., j]
-            valid = headroom[np.isfinite(headroom)]
+            headroom = _headroom_stats(result["headroom"][..., j])
             overflow = result["overflow"][..., j]
             rows.append({
                 "history length": int(length), "role": role,
                 "overflows": int(overflow.sum()),
                 "overflow %": float(overflow.mean() * 100) if overflow.size else 0.0,
-                "median headroom": float(np.median(valid)) if valid.size else None,
-                "max headroom": float(valid.max()) if valid.size else None,
+                "median headroom": headroom["median"], "max headroom": headroom["max"],
             })
     return rows

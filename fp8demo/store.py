@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fp8demo.config import TrainConfig
+from fp8demo.config import TrainConfig, min_free_bytes
 
 SCHEMA_VERSION = 3
 # Statements that bring a store from schema N to N + 1.
@@ -350,7 +350,7 @@ class Store:
             free = shutil.disk_usage(self.home).free
         except OSError:
             return ""
-        if free >= 100 * 2**20:
+        if free >= min_free_bytes():
             return ""
         return (f" The disk holding {self.home} has only {free / 2**20:,.0f} MB free: a full disk "
                 "may have stopped it.")
@@ -468,8 +468,7 @@ class Store:
 
     def fp8_probe(self, run_id: int, since_step: int = -1):
         """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
-        steps, values = self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
-        return steps, values
+        return self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
 
     def _fp8_series(self, table, column, run_id, since_step, extra=()):
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))

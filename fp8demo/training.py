@@ -9,7 +9,6 @@ import json
 import math
 import time
 
-
 import fp8demo.env  # noqa: F401
 from fp8demo import fp8, model as model_lib, probe as probe_lib, tokenizer
 from fp8demo.store import Store

@@ -232,9 +232,6 @@ def plot(fig, key=None):
     st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
 
 
-# -- the shell every page shares -----------------------------------------------------------
-
-
 # -- who may launch, stop and delete -----------------------------------------------------
 
 
@@ -274,6 +271,9 @@ def password_box():
             st.session_state["_unlocked"] = True
             st.rerun()
         st.error("Wrong password.")
+
+
+# -- the shell every page shares -----------------------------------------------------------
 
 
 def sidebar_shell(store: Store):

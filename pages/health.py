@@ -14,8 +14,7 @@ import streamlit as st
 
 from fp8demo import charts, fp8
 from fp8demo.config import ConfigError
-from fp8demo.store import StoreError
-from fp8demo.store import ROLES
+from fp8demo.store import ROLES, StoreError
 from pages import common
 
 REFRESH_SECONDS = 2.0
@@ -33,7 +32,7 @@ def health_view(store, run, refreshing):
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
     probe_steps, probe_stats = store.fp8_probe(run["id"])
-    rows = fp8.health_summary(amax, layers, history_length, probe_steps, probe_stats)
+    rows = fp8.health_summary(amax, layers, history_length, probe_steps, probe_stats, result)
     at_risk = [r for r in rows if r["at risk"]]
     st.caption(f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
                f"{len(at_risk)} of {len(rows)} tensors at risk")

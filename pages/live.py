@@ -74,11 +74,12 @@ def chart_seconds(viewers: int) -> float:
 
 
 @st.cache_resource(max_entries=64, show_spinner=False, ttl=600)
-def shared_figures(_store, home: str, cid: int, runs_key: tuple, moment: int, smoothing: float,
+def shared_figures(_store, home: str, cid: int, runs_key: tuple, moment: float, smoothing: float,
                    log_y: bool, x_axis: str) -> dict:
-    """Every chart of one refresh, built at most once per `moment` and settings and shared by
-    all sessions watching (the figures are read-only): ten viewers cost one build, not ten,
-    and an unchanged figure is sent as a reference to what the browser already has."""
+    """Every chart of one refresh, built at most once per `moment` (when its time slot began)
+    and settings and shared by all sessions watching (the figures are read-only): ten viewers
+    cost one build, not ten, and an unchanged figure is sent as a reference to what the
+    browser already has."""
     ids = [run_id for run_id, _ in runs_key]
     runs = [r for r in _store.runs(cid) if r["id"] in ids]
     metrics = common.run_metrics(_store, runs)
@@ -128,8 +129,9 @@ def charts_view(store, cid, smoothing, log_y, x_axis, interval):
         st.info("Charts appear when the first run starts training.")
         return
     runs_key = tuple((r["id"], r["status"]) for r in started)
-    # Live: one shared build per interval. Otherwise (paused, ended): fresh, drawn once.
-    moment = int(time.time() / interval) if interval else -time.time_ns()
+    # Live: one shared build per time slot of `interval` seconds, keyed by when the slot began
+    # (sessions on other intervals never share a key). Paused or ended: fresh, drawn once.
+    moment = time.time() // interval * interval if interval else -time.time()
     figures = shared_figures(store, str(store.home), cid, runs_key, moment, smoothing, log_y,
                              x_axis)
     left, right = st.columns(2)
@@ -186,9 +188,10 @@ c[4].button("Stop", key="stop", on_click=stop, args=(store, cid),
 refreshing = active and not paused
 if paused:
     st.caption("Paused: charts are frozen. Turn Pause off to follow the training again.")
-interval = chart_seconds(common.count_viewers()) if refreshing else 0.0
+viewers = common.count_viewers()
+interval = chart_seconds(viewers) if refreshing else 0.0
 st.session_state["chart_seconds"] = interval
 st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(progress_view)(store, cid, refreshing)
 if interval > REFRESH_SECONDS:
-    st.caption(f"{common.count_viewers()} viewers: charts refresh every {interval:.0f} s.")
+    st.caption(f"{viewers} viewers: charts refresh every {interval:.0f} s.")
 st.fragment(run_every=interval or None)(charts_view)(store, cid, smoothing, log_y, x_axis, interval)

@@ -266,9 +266,10 @@ write_url(config)
 
 problems = config.errors()
 if not problems:
-    from fp8demo.config import estimate_memory_bytes, resource_problems
+    from fp8demo.config import disk_problems, estimate_memory_bytes, resource_problems
 
-    problems = resource_problems(config)
+    problems = resource_problems(config) + disk_problems(config, store.home, int(
+        st.session_state.get("repeats", 1)))
     st.caption(f"Estimated memory of one run: {estimate_memory_bytes(config) / 2**20:,.0f} MiB.")
 for problem in problems:
     st.error(problem)

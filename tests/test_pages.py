@@ -139,6 +139,18 @@ def test_train_explains_invalid_settings_and_disables_launch(store_home):
     assert not at.error and not at.button("launch").disabled
 
 
+def test_train_says_before_launch_when_the_disk_is_too_full(store_home, monkeypatch):
+    import shutil
+
+    store_home.mkdir(parents=True)
+    free_mb = shutil.disk_usage(store_home).free / 2**20
+    monkeypatch.setenv("FP8DEMO_MIN_FREE_MB", str(free_mb + 1024))
+    at = page("pages/train.py").run()
+    assert not at.exception
+    assert any(e.value.startswith("Not enough disk space in ") for e in at.error)
+    assert at.button("launch").disabled
+
+
 def test_train_writes_settings_to_the_url_and_reads_them_back(store_home):
     at = page("pages/train.py").run()
     at.number_input("epochs").set_value(5).run()
@@ -267,10 +279,13 @@ def test_app_shell_shows_device_versions_and_queue(store_home):
 # -- Live ---------------------------------------------------------------------------------
 
 
-def test_live_with_an_empty_store(store_home):
-    at = page("pages/live.py").run()
+@pytest.mark.parametrize("name, message", [
+    ("live", "No comparisons yet"), ("results", "No comparisons yet"),
+    ("predict", "No finished comparisons yet"), ("health", "No comparison with an fp8 run")])
+def test_pages_with_an_empty_store(store_home, name, message):
+    at = page(f"pages/{name}.py").run()
     assert not at.exception
-    assert "No comparisons yet" in at.info[0].value
+    assert message in at.info[0].value
 
 
 def test_live_follows_the_running_comparison(store_home):
@@ -353,12 +368,6 @@ def test_live_survives_a_dead_training_process(store_home):
 # -- Results ------------------------------------------------------------------------------
 
 
-def test_results_with_an_empty_store(store_home):
-    at = page("pages/results.py").run()
-    assert not at.exception
-    assert "No comparisons yet" in at.info[0].value
-
-
 def test_results_detail_of_a_finished_comparison(store_home):
     ids = fill_store(store_home)
     at = page("pages/results.py").run()
@@ -424,12 +433,6 @@ def test_results_side_by_side(store_home):
 
 
 # -- Predict ------------------------------------------------------------------------------
-
-
-def test_predict_with_an_empty_store(store_home):
-    at = page("pages/predict.py").run()
-    assert not at.exception
-    assert "No finished comparisons yet" in at.info[0].value
 
 
 def test_predict_with_missing_model_files_explains(store_home):
@@ -542,12 +545,6 @@ def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):
     changed = queued["config"].differences(run["config"])
     changed.pop("data", None)  # the launch records the data source it sees
     assert changed == {"amax_history_length": 64, "precisions": ["fp8"]}
-
-
-def test_health_page_with_an_empty_store(store_home):
-    at = page("pages/health.py").run()
-    assert not at.exception
-    assert "No comparison with an fp8 run" in at.info[0].value
 
 
 def test_results_show_repeats_over_seeds(store_home):
