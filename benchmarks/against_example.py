@@ -12,6 +12,7 @@ The engine runs without post-training quantization (the example does none); --pt
 
     .venv/bin/python benchmarks/against_example.py --subset 2000 --epochs 1 --vocab-method fast
     .venv/bin/python benchmarks/against_example.py            # full data, the example's settings
+    .venv/bin/python benchmarks/against_example.py --vocab-method fast --dropout-masks fast
 """
 
 import argparse
@@ -82,6 +83,7 @@ def main(argv=None):
     parser.add_argument("--subset", type=int, default=0, help="reviews per split (0 = full data)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--vocab-method", choices=("keras", "fast"), default="keras")
+    parser.add_argument("--dropout-masks", choices=("keras", "fast"), default="keras")
     parser.add_argument("--ptq", action="store_true", help="engine also evaluates int8/int4 PTQ")
     parser.add_argument("--data", default="", help="aclImdb_v1.tar.gz (default: FP8DEMO_IMDB)")
     parser.add_argument("--home", default="", help="store folder (default: a fresh temp folder, "
@@ -99,7 +101,8 @@ def main(argv=None):
     from fp8demo.store import Store
 
     config = TrainConfig(epochs=args.epochs, subset=args.subset, vocab_method=args.vocab_method,
-                         ptq=args.ptq, data=str(archive)).validate()
+                         dropout_masks=args.dropout_masks, ptq=args.ptq,
+                         data=str(archive)).validate()
     print(f"Settings: {config.differences() or 'the Keras example'}; data {archive}; "
           f"store {home}")
     results = {"settings": config.to_dict(), "date": time.strftime("%Y-%m-%d"),

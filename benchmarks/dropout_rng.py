@@ -1,6 +1,7 @@
 """What dropout's random numbers cost: one training step of the example model with Keras'
-dropout (threefry keys), with the same dropout drawn from JAX's `rbg` (Philox) keys, and with
-no dropout. Each variant runs in its own subprocess (160 timed steps after 5 warm-up steps).
+dropout (threefry keys, 32 bits per mask value), with the same dropout drawn from JAX's `rbg`
+(Philox) keys, with the engine's fast masks (8 bits per value, `model.fast_dropout`), and
+with no dropout. Each variant runs in its own subprocess (160 timed steps after 5 warm-up steps).
 
     .venv/bin/python benchmarks/dropout_rng.py [--precision bf16|fp8] [--steps 160]
 """
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = ("threefry", "philox", "none")
+MODES = ("threefry", "philox", "fast", "none")
 
 
 def philox_dropout(inputs, rate, noise_shape=None, seed=None):
@@ -46,6 +47,8 @@ def measure(mode, precision, steps) -> float:
 
     if mode == "philox":
         jax_random.dropout = philox_dropout
+    if mode == "fast":
+        jax_random.dropout = model_lib.fast_dropout  # what TrainConfig(dropout_masks="fast") uses
     config = TrainConfig(dropout=0.0 if mode == "none" else 0.1).validate()
     model = model_lib.compile(model_lib.build(config, precision), config)
     rng = np.random.default_rng(0)

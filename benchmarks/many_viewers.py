@@ -1,15 +1,18 @@
-"""Many viewers: does watching a live run in N browsers slow the training or the page?
+"""Many viewers: does watching a live run slow the training or the page?
 
-One training run, one Streamlit server, Debian's chromium. The run trains for a while with
-no viewer, then with N browser sessions on its Live page; steps/s in the two windows come
-from the run's own per-step timestamps (side by side in one run, so machine drift cancels
-out), and each viewer's refresh cadence from how often its progress text changes.
+One training run, one Streamlit server. The run trains for a while with no viewer, then with
+N viewers on its Live page; steps/s in the two windows come from the run's own per-step
+timestamps (side by side in one run, so machine drift cancels out), and each viewer's refresh
+cadence from when its refreshes arrive.
 
-    .venv/bin/python benchmarks/many_viewers.py [--viewers 10] [--seconds 60] [--browser-nice 19]
+    .venv/bin/python benchmarks/many_viewers.py [--viewers 10] [--seconds 60]
+        [--clients websocket|browser] [--browser-nice 19]
 
---browser-nice runs the browsers at that CPU niceness: in a real demo the viewers' browsers
-render on their own machines, not on the cores that train; a niced browser only gets the
-cores when training leaves them idle, which approximates that on one machine.
+--clients websocket (default): headless clients that speak the browser's websocket protocol
+(`ws_viewers.py`: they ask for the page, rerun its fragments when the server says so, and
+render nothing), as viewers on other machines would load this server. --clients browser: N
+headless chromium pages on this machine, which also pay for rendering on the cores that
+train; --browser-nice runs them at that CPU niceness.
 
 Targets (issue): refresh about once a second; training throughput drops < 10 %.
 """
@@ -25,16 +28,23 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from fp8demo import worker  # noqa: E402
 from fp8demo.config import TrainConfig  # noqa: E402
 from fp8demo.store import Store  # noqa: E402
 
 
-def steps_per_second(store, run_id, t0, t1) -> float:
-    metrics = store.step_metrics(run_id)
-    inside = (metrics["time"] >= t0) & (metrics["time"] < t1)
-    return inside.sum() / (t1 - t0)
+def step_mark(store, run_id) -> tuple[float, int]:
+    """(wall time, steps done) just after the worker's next progress write (every 0.5 s)."""
+    before = store.run(run_id)["step"]
+    while (step := store.run(run_id)["step"]) == before:
+        time.sleep(0.02)
+    return time.time(), step
+
+
+def steps_per_second(first, last) -> float:
+    return (last[1] - first[1]) / (last[0] - first[0])
 
 
 # Runs inside each viewer's page: timestamps of changes of the progress text and of the
@@ -80,18 +90,93 @@ def browser_pids() -> list[int]:
     return pids
 
 
+def median_and_p90(gaps):
+    gaps = sorted(gaps)
+    return (statistics.median(gaps), gaps[int(0.9 * len(gaps))]) if gaps else (
+        float("inf"), float("inf"))
+
+
+def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
+    import asyncio
+
+    import ws_viewers
+
+    window = {}
+
+    def on_window(edge):
+        key = "2" if edge == "start" else "3"
+        window["first" if edge == "start" else "last"] = step_mark(store, run_id)
+        window["wall" + key] = time.time()
+        window["server" + key] = cpu_seconds([server.pid])
+        window["clients" + key] = cpu_seconds([os.getpid()])
+
+    clients = asyncio.run(ws_viewers.watch(url, "live", f"comparison={comparison}",
+                                          args.viewers, args.seconds, on_window))
+    def gaps(element):
+        return ws_viewers.refresh_intervals(clients, window["wall2"], window["wall3"], element)
+
+    return {"first": window["first"], "last": window["last"],
+            "server_cpu": window["server3"] - window["server2"],
+            "clients_cpu": window["clients3"] - window["clients2"],
+            "progress": median_and_p90(gaps("progress")),
+            "charts": median_and_p90(gaps("plotly_chart")),
+            "megabytes": sum(c.bytes_received for c in clients) / 1e6}
+
+
+def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> dict:
+    from playwright.sync_api import sync_playwright
+    from test_browser import CHROMIUM
+
+    executable = CHROMIUM
+    if args.browser_nice:
+        executable = str(home / "chromium-niced")
+        Path(executable).write_text(f'#!/bin/sh\nexec nice -n {args.browser_nice} {CHROMIUM} "$@"\n')
+        os.chmod(executable, 0o755)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=[
+            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pages = []
+        for _ in range(args.viewers):
+            page = browser.new_context().new_page()
+            page.goto(f"{url}/live?comparison={comparison}")
+            pages.append(page)
+        for page in pages:
+            page.wait_for_selector('[data-testid="stProgress"]', timeout=240_000)
+        # Each page records, by itself (no polling from here, which would cost CPU
+        # too), when its progress text and when its charts' data last changed.
+        for page in pages:
+            page.evaluate(RECORDER_JS)
+        browsers = browser_pids()
+        server_cpu, browsers_cpu = cpu_seconds([server.pid]), cpu_seconds(browsers)
+        first = step_mark(store, run_id)
+        time.sleep(args.seconds)
+        last = step_mark(store, run_id)
+        server_cpu = cpu_seconds([server.pid]) - server_cpu
+        browsers_cpu = cpu_seconds(browsers) - browsers_cpu
+        records = [page.evaluate("() => [window.__progress, window.__charts]") for page in pages]
+        browser.close()
+
+    def gaps(series):  # the first change is the recorder's own start
+        return [(b - a) / 1000 for times in series for a, b in zip(times[1:], times[2:])]
+
+    return {"first": first, "last": last, "server_cpu": server_cpu, "clients_cpu": browsers_cpu,
+            "progress": median_and_p90(gaps([r[0] for r in records])),
+            "charts": median_and_p90(gaps([r[1] for r in records]))}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--viewers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=60)
+    parser.add_argument("--clients", choices=["websocket", "browser"], default="websocket")
     parser.add_argument("--browser-nice", type=int, default=0,
                         help="niceness of the browsers (19 ≈ viewers on other machines)")
     parser.add_argument("--imdb", default=os.environ.get(
         "FP8DEMO_IMDB", str(ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz")))
     args = parser.parse_args()
 
-    from playwright.sync_api import sync_playwright
-    from test_browser import CHROMIUM, start_server
+    from test_browser import start_server
 
     home = Path(tempfile.mkdtemp(prefix="fp8demo-viewers-"))
     os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), args.imdb
@@ -106,64 +191,36 @@ def main():
         while store.run(run_id)["phase"] != "training" or store.run(run_id)["step"] < 50:
             worker.supervise(store)
             time.sleep(1)
-        started = store.run(run_id)["started_at"]
         # Window 1: nobody watching.
-        t0 = time.time() - started
+        first = step_mark(store, run_id)
         time.sleep(args.seconds)
-        t1 = time.time() - started
-        alone = steps_per_second(store, run_id, t0, t1)
+        alone = steps_per_second(first, step_mark(store, run_id))
 
         # Window 2: N viewers on the Live page.
-        executable = CHROMIUM
-        if args.browser_nice:
-            executable = str(home / "chromium-niced")
-            Path(executable).write_text(f'#!/bin/sh\nexec nice -n {args.browser_nice} {CHROMIUM} "$@"\n')
-            os.chmod(executable, 0o755)
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=executable, args=[
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                "--disable-component-update", "--disable-sync"])
-            pages = []
-            for _ in range(args.viewers):
-                page = browser.new_context().new_page()
-                page.goto(f"{url}/live?comparison={comparison}")
-                pages.append(page)
-            for page in pages:
-                page.wait_for_selector('[data-testid="stProgress"]', timeout=240_000)
-            # Each page records, by itself (no polling from here, which would cost CPU
-            # too), when its progress text and when its charts' data last changed.
-            for page in pages:
-                page.evaluate(RECORDER_JS)
-            browsers = browser_pids()
-            server_cpu, browsers_cpu = cpu_seconds([server.pid]), cpu_seconds(browsers)
-            t2 = time.time() - started
-            time.sleep(args.seconds)
-            t3 = time.time() - started
-            server_cpu = cpu_seconds([server.pid]) - server_cpu
-            browsers_cpu = cpu_seconds(browsers) - browsers_cpu
-            records = [page.evaluate("() => [window.__progress, window.__charts]") for page in pages]
-            browser.close()
-        watched = steps_per_second(store, run_id, t2, t3)
+        if args.clients == "websocket":
+            window = watch_with_websockets(url, comparison, args, store, run_id, server)
+        else:
+            window = watch_with_browsers(url, comparison, args, store, run_id, server, home)
+        watched = steps_per_second(window["first"], window["last"])
         drop = 1 - watched / alone
 
-        def median_interval(series):
-            gaps = [(b - a) / 1000 for times in series for a, b in zip(times[1:], times[2:])]
-            return (statistics.median(gaps), sorted(gaps)[int(0.9 * len(gaps))]) if gaps else (
-                float("inf"), float("inf"))
-
-        progress, p90 = median_interval([r[0] for r in records])
-        charts_every, c90 = median_interval([r[1] for r in records])
-        print(f"viewers: {args.viewers}, window: {args.seconds:.0f} s each, browser niceness "
-              f"{args.browser_nice}")
+        print(f"viewers: {args.viewers} ({args.clients}), window: {args.seconds:.0f} s each"
+              + (f", browser niceness {args.browser_nice}" if args.clients == "browser" else ""))
         print(f"steps/s alone {alone:.2f}, with viewers {watched:.2f}: drop {drop * 100:.1f} % "
               f"(target < 10 %: {'met' if drop < 0.10 else 'NOT met'})")
         cores = os.cpu_count()
-        print(f"CPU while watched: dashboard server {server_cpu / args.seconds:.2f} cores "
-              f"({server_cpu / args.seconds / cores * 100:.1f} % of this machine's {cores}), "
-              f"browsers {browsers_cpu / args.seconds:.2f} cores")
+        print(f"CPU while watched: dashboard server {window['server_cpu'] / args.seconds:.2f} "
+              f"cores ({window['server_cpu'] / args.seconds / cores * 100:.1f} % of this "
+              f"machine's {cores}), {args.clients} clients "
+              f"{window['clients_cpu'] / args.seconds:.2f} cores")
+        progress, p90 = window["progress"]
+        charts_every, c90 = window["charts"]
         print(f"progress refresh: median {progress:.2f} s, p90 {p90:.2f} s (target about 1 s: "
               f"{'met' if progress < 1.5 else 'NOT met'}); charts: median {charts_every:.2f} s, "
               f"p90 {c90:.2f} s")
+        if "megabytes" in window:
+            print(f"sent to the viewers: {window['megabytes']:.1f} MB "
+                  f"({window['megabytes'] / args.seconds / args.viewers * 1000:.0f} kB/s each)")
     finally:
         store.cancel_comparison(comparison)
         server.terminate()

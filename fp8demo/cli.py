@@ -19,7 +19,8 @@ from fp8demo.store import ENDED, Store, StoreError
 TRAIN_FLAGS = {
     "data": "data", "subset": "subset", "epochs": "epochs", "batch_size": "batch_size",
     "vocab_size": "vocab_size", "seq_len": "seq_len", "hidden_dim": "hidden_dim",
-    "heads": "heads", "intermediate_dim": "intermediate_dim", "dropout": "dropout", "lr": "lr",
+    "heads": "heads", "intermediate_dim": "intermediate_dim", "dropout": "dropout",
+    "dropout_masks": "dropout_masks", "lr": "lr",
     "seed": "seed", "precision": "precisions", "vocab_method": "vocab_method",
     "quantize_head": "quantize_head", "ptq": "ptq", "restore_best": "restore_best",
     "early_stopping": "early_stopping", "amax_history_length": "amax_history_length",

@@ -15,6 +15,7 @@ By default the sigmoid head is quantized too, as the example's quantize() does;
 TrainConfig.quantize_head=False keeps it in bf16.
 """
 
+import contextlib
 import warnings
 
 import fp8demo.env  # noqa: F401
@@ -74,6 +75,61 @@ def quantize_fp8(model, config: TrainConfig):
             model.quantize("float8", filters=selected)
     finally:
         QuantizedFloat8DTypePolicy.default_amax_history_length = default
+
+
+# -- dropout masks ---------------------------------------------------------------------------
+#
+# Keras draws every dropout mask value from 32 random bits, one threefry hash per value. The
+# attention dropout alone masks batch × heads × seq² values (2.6 M per step in the example),
+# which makes the hashes about a quarter of a CPU training step. "fast" draws each value from
+# 8 bits, a quarter of the hashes, and drops with rate rounded to a multiple of 1/256 (0.1 →
+# 26/256 = 0.1016), rescaling by the true keep probability so the expectation is unchanged.
+
+FAST_DROPOUT_BITS = 8
+
+
+def fast_dropout(inputs, rate, noise_shape=None, seed=None):
+    """keras.src.backend.jax.random.dropout with 8-bit mask values (same signature)."""
+    import jax
+    import jax.numpy as jnp
+    from keras.src.backend.jax import random as jax_random
+
+    if rate == 1.0:
+        return jnp.zeros_like(inputs)
+    if rate == 0.0:
+        return inputs
+    levels = 2 ** FAST_DROPOUT_BITS
+    threshold = min(max(round(rate * levels), 1), levels - 1)
+    keep = 1.0 - threshold / levels
+    noise_shape = jax_random._get_concrete_noise_shape(inputs, noise_shape)
+    size = 1
+    for d in noise_shape:
+        size *= d
+    per_word = 32 // FAST_DROPOUT_BITS
+    words = jax.random.bits(jax_random.jax_draw_seed(seed), (-(-size // per_word),), jnp.uint32)
+    bits = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size]
+    mask = jnp.broadcast_to((bits >= threshold).reshape(noise_shape), inputs.shape)
+    return jax.lax.select(mask, inputs / jnp.asarray(keep, inputs.dtype), jnp.zeros_like(inputs))
+
+
+@contextlib.contextmanager
+def dropout_masks(method: str):
+    """Trace the training step with Keras' dropout masks ("keras") or 8-bit ones ("fast").
+
+    Every Dropout layer (the model's, the decoder's, the attention's) calls the backend's
+    dropout when the training step is traced, so the choice holds for what is compiled
+    inside this block.
+    """
+    if method != "fast":
+        yield
+        return
+    from keras.src.backend.jax import random as jax_random
+
+    original, jax_random.dropout = jax_random.dropout, fast_dropout
+    try:
+        yield
+    finally:
+        jax_random.dropout = original
 
 
 PTQ_MODES = ("int8", "int4")

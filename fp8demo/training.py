@@ -277,9 +277,10 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
                              probe_every=config.probe_every)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
     started = time.time()
-    model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
-              epochs=config.epochs, validation_data=(prepared.x_val, prepared.y_val),
-              shuffle=True, callbacks=[recorder], verbose=0)
+    with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
+        model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
+                  epochs=config.epochs, validation_data=(prepared.x_val, prepared.y_val),
+                  shuffle=True, callbacks=[recorder], verbose=0)
     fit_seconds = time.time() - started
     if recorder.cancelled:
         raise Cancelled()

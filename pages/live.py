@@ -121,8 +121,10 @@ def progress_view(store, cid, refreshing):
             run_card(run)
 
 
-def charts_view(store, cid, smoothing, log_y, x_axis, interval):
+def charts_view(store, cid, smoothing, log_y, x_axis, interval, viewers=1):
     """Loss and accuracy curves and the fp8 run's heatmaps, every `interval` seconds."""
+    if interval > REFRESH_SECONDS:
+        st.caption(f"{viewers} viewers: charts refresh every {interval:.0f} s.")
     runs = store.runs(cid)
     started = [r for r in runs if r["status"] not in ("queued",)]
     if not started:
@@ -192,6 +194,7 @@ viewers = common.count_viewers()
 interval = chart_seconds(viewers) if refreshing else 0.0
 st.session_state["chart_seconds"] = interval
 st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(progress_view)(store, cid, refreshing)
-if interval > REFRESH_SECONDS:
-    st.caption(f"{viewers} viewers: charts refresh every {interval:.0f} s.")
-st.fragment(run_every=interval or None)(charts_view)(store, cid, smoothing, log_y, x_axis, interval)
+# The same place on the page whatever the interval: a fragment's id follows its position, and
+# a moved fragment would leave its browsers' timers asking for the old one.
+st.fragment(run_every=interval or None)(charts_view)(store, cid, smoothing, log_y, x_axis, interval,
+                                                      viewers)

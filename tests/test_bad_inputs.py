@@ -79,6 +79,8 @@ TYPED = [
     (dict(precisions=None), "precisions must be a list of names (bf16, fp8, float32), got None."),
     (dict(vocab_method="sentencepiece"),
      "vocab_method must be one of keras, fast, got 'sentencepiece'."),
+    (dict(dropout_masks="philox"),
+     "dropout_masks must be one of keras, fast, got 'philox'."),
     (dict(quantize_head="yes"), "quantize_head must be true or false."),
     (dict(data=5), "data must be a path (text)."),
     (dict(amax_history_length=0), "amax_history_length must be between 1 and 65,536, got 0."),
@@ -155,6 +157,7 @@ OUT_OF_RANGE = [
     ({"precisions": "bf16,int3"}, "Unknown precision int3: choose from bf16, fp8, float32."),
     ({"precisions": "fp8,fp8"}, "Each precision may appear only once."),
     ({"vocab_method": "bpe"}, "vocab_method must be one of keras, fast, got 'bpe'."),
+    ({"dropout_masks": "8"}, "dropout_masks must be one of keras, fast, got '8'."),
 ]
 
 

@@ -107,14 +107,16 @@ def test_post_training_quantization_of_the_bf16_run(trained):
 
 
 def test_best_epoch_early_stopping_and_a_short_amax_history(home):
-    """restore_best keeps the best validation epoch; a 16-step history loses no step's amax."""
+    """restore_best keeps the best validation epoch; a 16-step history loses no step's amax;
+    the fast dropout masks train."""
     from fp8demo.config import TrainConfig
     from fp8demo.predict import load_run
     from fp8demo.worker import execute
 
     store = Store(home)
     config = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=3, precisions=("fp8",),
-                         restore_best=True, early_stopping=1, amax_history_length=16, ptq=False)
+                         restore_best=True, early_stopping=1, amax_history_length=16, ptq=False,
+                         dropout_masks="fast")
     _, (run_id,) = store.create_comparison(config)
     execute(store, store.claim_next_run(0))
     run = store.run(run_id)
