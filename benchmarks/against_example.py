@@ -51,6 +51,7 @@ def run_engine(store, config, log=print) -> dict:
             "data_seconds": row["summary"].get("data", {}).get("seconds", {}),
             "from_cache": row["summary"].get("data", {}).get("from_cache", {}),
             "steps_per_sec": _common.steps_per_sec(timings[-1]) if timings else None,
+            "phase_seconds": row["summary"].get("phase_seconds") or {},
         }
         log(f"  engine {row['precision']}: {seconds:.1f} s (fit {row['fit_seconds']:.1f} s), "
             f"test accuracy {row['test_accuracy']:.2%}, "
@@ -61,6 +62,9 @@ def run_engine(store, config, log=print) -> dict:
 def engine_phases(result) -> dict:
     phases = {}
     for precision, r in result["runs"].items():
+        if r.get("phase_seconds"):  # recorded by the engine itself
+            phases.update({f"{precision}: {name}": s for name, s in r["phase_seconds"].items()})
+            continue
         data_s = sum(r["data_seconds"].values())
         if data_s >= 0.05:
             for name, s in r["data_seconds"].items():
@@ -112,7 +116,8 @@ def main(argv=None):
             import example_pipeline
 
             print("== Keras example pipeline")
-            results["example"] = example_pipeline.run(archive, args.subset, args.epochs)
+            results["example"] = example_pipeline.run(archive, args.subset, args.epochs,
+                                                      cleanup=False)
             print(example_pipeline.report(results["example"]))
         store = Store(home)
         for label in ("cold", "warm"):
@@ -121,6 +126,8 @@ def main(argv=None):
     finally:
         if not args.home:
             shutil.rmtree(home, ignore_errors=True)
+        if results.get("example", {}).get("workdir"):
+            shutil.rmtree(results["example"]["workdir"], ignore_errors=True)
 
     # -- report --------------------------------------------------------------------------------
     print("\n== Phases (seconds)")

@@ -78,6 +78,14 @@ def cpu_seconds(pids) -> float:
     return total
 
 
+def rss_mb(pid) -> float:
+    """Resident memory of a process (Linux /proc), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
 def browser_pids() -> list[int]:
     pids = []
     for entry in Path("/proc").iterdir():
@@ -108,6 +116,7 @@ def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
         window["first" if edge == "start" else "last"] = step_mark(store, run_id)
         window["wall" + key] = time.time()
         window["server" + key] = cpu_seconds([server.pid])
+        window["rss" + key] = rss_mb(server.pid)
         window["clients" + key] = cpu_seconds([os.getpid()])
 
     clients = asyncio.run(ws_viewers.watch(url, "live", f"comparison={comparison}",
@@ -120,7 +129,8 @@ def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
             "clients_cpu": window["clients3"] - window["clients2"],
             "progress": median_and_p90(gaps("progress")),
             "charts": median_and_p90(gaps("plotly_chart")),
-            "megabytes": sum(c.bytes_received for c in clients) / 1e6}
+            "megabytes": sum(c.bytes_received for c in clients) / 1e6,
+            "server_rss": (window["rss2"], window["rss3"])}
 
 
 def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> dict:
@@ -218,6 +228,9 @@ def main():
         print(f"progress refresh: median {progress:.2f} s, p90 {p90:.2f} s (target about 1 s: "
               f"{'met' if progress < 1.5 else 'NOT met'}); charts: median {charts_every:.2f} s, "
               f"p90 {c90:.2f} s")
+        if "server_rss" in window:
+            print(f"server memory (RSS): {window['server_rss'][0]:.0f} MB at the window's start, "
+                  f"{window['server_rss'][1]:.0f} MB at its end")
         if "megabytes" in window:
             print(f"sent to the viewers: {window['megabytes']:.1f} MB "
                   f"({window['megabytes'] / args.seconds / args.viewers * 1000:.0f} kB/s each)")

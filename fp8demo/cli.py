@@ -228,6 +228,7 @@ def cmd_show(args, store: Store) -> int:
         **run_json(run),
         "config": run["config"].to_dict(),
         "epochs": store.epoch_metrics(run["id"]),
+        "phase_seconds": summary.get("phase_seconds") or {},
         "float8_layers": [{**layer, "scales": {role: v["scale"] for role, v in
                                                after.get(layer["name"], {}).items()}}
                           for layer in layers],
@@ -239,6 +240,9 @@ def cmd_show(args, store: Store) -> int:
         if detail[key] is not None:
             print(f"{key:>16}: {detail[key]}")
     print(f"{'config':>16}: {json.dumps(detail['config'])}")
+    if detail["phase_seconds"]:
+        print(f"{'seconds':>16}: " + ", ".join(f"{name} {seconds:.1f}" for name, seconds
+                                               in detail["phase_seconds"].items()))
     for e in detail["epochs"]:
         print(f"{'epoch ' + str(e['epoch'] + 1):>16}: loss {e['loss']:.4f} acc {e['accuracy']:.4f} "
               f"val_loss {e['val_loss'] or float('nan'):.4f} val_acc {e['val_accuracy'] or float('nan'):.4f}")

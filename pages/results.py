@@ -43,6 +43,14 @@ def run_rows(runs) -> pd.DataFrame:
             })
     return pd.DataFrame(rows)
 
+def phase_table(runs) -> pd.DataFrame:
+    """Seconds each run spent per phase (data, model, fit, evaluation, saving, PTQ)."""
+    recorded = {r["precision"]: r["summary"].get("phase_seconds") or {} for r in runs}
+    names = list(dict.fromkeys(name for seconds in recorded.values() for name in seconds))
+    return pd.DataFrame({"phase": names,
+                         **{p: [seconds.get(n) for n in names] for p, seconds in recorded.items()}})
+
+
 def accuracy_metrics(runs):
     """st.metric per run; other precisions show their difference to bf16."""
     base = next((r for r in runs if r["precision"] == BASELINE and r["test_accuracy"] is not None), None)
@@ -158,6 +166,14 @@ def detail(store, comparison):
                                 "steps/s": st.column_config.NumberColumn(format="%.1f"),
                                 "samples/s": st.column_config.NumberColumn(format="%.0f"),
                                 "weights (KB)": st.column_config.NumberColumn(format="%.0f")})
+    phases = phase_table(runs)
+    if len(phases):
+        with st.expander("Where the time went (seconds per phase)"):
+            st.dataframe(phases, hide_index=True, width="stretch",
+                         column_config={r["precision"]: st.column_config.NumberColumn(format="%.1f")
+                                        for r in runs})
+            st.caption("The data phases are near zero when the vocabulary and tokens come from "
+                       "the cache; the first training step includes XLA's compilation.")
     smoothing = st.slider("Smoothing", 0.0, 0.99, 0.8, 0.01, key="results_smoothing")
     metrics = common.run_metrics(store, runs)
     left, right = st.columns(2)

@@ -27,6 +27,9 @@ def test_train_then_predict(home):
     shown = json.loads(cli("show", str(fp8_run), "--json", env=env).stdout)
     assert len(shown["float8_layers"]) == 8
     assert all(layer["scales"]["kernel"] != 1.0 for layer in shown["float8_layers"])
+    assert shown["phase_seconds"]["fit (compiling, training, validating)"] > 0
+    text = cli("show", str(fp8_run), env=env).stdout
+    assert "seconds: loading data" in text and "saving" in text
     predicted = cli("predict", str(fp8_run), "great film", "awful film", "--json", env=env)
     assert predicted.returncode == 0, predicted.stderr
     rows = json.loads(predicted.stdout)

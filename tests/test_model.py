@@ -57,3 +57,11 @@ def test_fast_masks_inside_a_jitted_training_step_with_noise_shape():
     # One mask per (example, feature), shared along the broadcast axis.
     assert (out == out[:, :1, :]).all()
     assert 0.1 < (out == 0).mean() < 0.4
+
+
+def test_evaluation_batch_on_a_cpu_holds_about_4096_tokens():
+    from fp8demo.training import eval_batch_size
+
+    assert eval_batch_size(200) == 20  # the example: 25,000 test reviews in 1,250 batches
+    assert eval_batch_size(16) == 256  # capped
+    assert eval_batch_size(8192) == 1  # never zero

@@ -179,17 +179,20 @@ def test_train_tampered_url_warns_and_falls_back(store_home):
     assert "bogus" not in at.query_params  # the URL is rewritten from the widgets
 
 
-def test_train_preset_fills_widgets_but_keeps_precisions(store_home):
+@pytest.mark.parametrize("name", ["Quick demo", "Keras example, fast"])
+def test_train_preset_fills_widgets_but_keeps_precisions(store_home, name):
     at = page("pages/train.py").run()
     at.multiselect("precisions").set_value(["fp8", "float32"]).run()
-    at.selectbox("preset").set_value("Quick demo").run()
-    quick = preset("Quick demo")
-    for name, value in PRESETS["Quick demo"].items():
-        widget = at.selectbox(name) if name == "vocab_method" else at.number_input(name)
-        assert widget.value == value, name
-    assert at.number_input("hidden_dim").value == quick.hidden_dim
+    at.selectbox("preset").set_value(name).run()
+    chosen = preset(name)
+    for field, value in PRESETS[name].items():
+        widget = (at.selectbox(field) if field in ("vocab_method", "dropout_masks")
+                  else at.number_input(field))
+        assert widget.value == value, field
+    assert at.number_input("hidden_dim").value == chosen.hidden_dim
+    assert at.number_input("epochs").value == chosen.epochs
     assert at.multiselect("precisions").value == ["fp8", "float32"]
-    assert at.selectbox("preset").value == "Quick demo"
+    assert at.selectbox("preset").value == name
     at.number_input("seed").set_value(7).run()
     assert at.selectbox("preset").value == "Custom"
 
@@ -500,6 +503,11 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
     ptq = store.run(trained["run_ids"]["bf16"])["summary"]["ptq"]
     int8_row = runs_table[runs_table["precision"] == "int8 PTQ of bf16"].iloc[0]
     assert int8_row["test accuracy"] == ptq["int8"]["test_accuracy"]
+    phases = next(f for f in frames if "phase" in f.columns).set_index("phase")
+    for precision, run_id in trained["run_ids"].items():
+        recorded = store.run(run_id)["summary"]["phase_seconds"]
+        assert phases.loc["saving", precision] == recorded["saving"]
+    assert "evaluating int8 post-training quantization" in phases.index  # bf16 only
 
 
 def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):

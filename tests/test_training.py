@@ -1,6 +1,7 @@
 """bf16 and fp8 runs on a subset: metrics, fp8 state and saved models in the store."""
 
 import numpy as np
+import pytest
 
 from fp8demo.store import ROLES, Store
 
@@ -26,6 +27,13 @@ def test_both_runs_finish_with_metrics_in_the_store(trained):
         assert np.isclose(np.average(steps["accuracy"], weights=sizes), epochs[-1]["accuracy"], rtol=1e-4)
         assert not np.allclose(steps["loss"], steps["loss"][0])
         assert run["steps_per_sec"] > 0 and run["device"]
+        # Where the time went: every phase the run went through, the fit as recorded.
+        phases = run["summary"]["phase_seconds"]
+        assert {"loading data", "building model", "evaluating", "saving"} <= set(phases)
+        assert phases["fit (compiling, training, validating)"] == \
+            pytest.approx(run["fit_seconds"], abs=0.5)
+        assert all(seconds >= 0 for seconds in phases.values())
+        assert sum(phases.values()) <= run["finished_at"] - run["started_at"] + 0.5
 
 
 def test_fp8_run_records_amax_histories_and_moving_scales(trained):
