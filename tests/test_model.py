@@ -65,3 +65,5 @@ def test_evaluation_batch_on_a_cpu_holds_about_4096_tokens():
     assert eval_batch_size(200) == 20  # the example: 25,000 test reviews in 1,250 batches
     assert eval_batch_size(16) == 256  # capped
     assert eval_batch_size(8192) == 1  # never zero
+    assert eval_batch_size(48, multiple_of=2) == 84  # data-parallel: splits evenly (85 → 84)
+    assert eval_batch_size(8192, multiple_of=4) == 4
