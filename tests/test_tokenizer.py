@@ -62,3 +62,17 @@ def test_preview_uses_the_cached_vocabulary(home):
     shown = tokenizer.preview(config, "A great movie")
     assert shown["tokens"][0] == "a" and len(shown["ids"]) == len(shown["tokens"])
     assert shown["detokenized"].replace(" ", "") == "agreatmovie"
+
+
+def test_batched_tokenization_equals_the_tokenizer_called_directly(home):
+    """tokenize() runs the tokenizer through tf.data in parallel batches: same ids, same order."""
+    prepared = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    tok = tokenizer.make_tokenizer(prepared.vocabulary, SMALL.seq_len)
+    texts = ["", "   ", "a film <br /><br />with html", "émotions, 映画 and emoji 🎬🍿",
+             "word " * 500, "UPPER case kept (lowercase=False)"] * 3 + [f"review {i}" for i in range(40)]
+    direct = np.asarray(tok(texts), dtype=np.int32)
+    for batch_size in (1, 7, 512):
+        batched = tokenizer.tokenize(tok, texts, batch_size=batch_size)
+        assert batched.dtype == np.int32 and batched.shape == (len(texts), SMALL.seq_len)
+        np.testing.assert_array_equal(batched, direct)
+    assert tokenizer.tokenize(tok, []).shape == (0, SMALL.seq_len)
