@@ -3,9 +3,10 @@
 Each client opens `/_stcore/stream` as the browser does, asks for one page, and then does
 what the browser does for `st.fragment(run_every=...)`: when the server sends an
 `auto_rerun` message it asks for that fragment again at that interval (a full run of the
-page replaces the timers with the fragments it registered; `stop_auto_rerun` stops one). It reports, like the browser's message cache, the hashes of the
-cacheable messages it already holds, so unchanged charts come back as references. It renders
-nothing: what it costs the server is what a viewer on another machine costs.
+page replaces the timers with the fragments it registered; `stop_auto_rerun` stops one). It
+reports, like the browser's message cache, the hashes of the cacheable messages it already
+holds, so unchanged charts come back as references. It renders nothing: what it costs the
+server is what a viewer on another machine costs.
 
 It records, per fragment, when each fragment run's first message arrived and which element
 types the fragment draws: the run cards are the fragment with a progress bar, the charts the

@@ -283,7 +283,7 @@ if not problems:
     if common.device_info().get("platform") == "cpu" and not config.subset:
         st.info("Training runs on the CPU here: the full data takes a while. The “Quick demo” "
                 "preset trains on a 2,000-review subset in about a minute; “Keras example, "
-                "fast” trains the full example in about half the example's time.")
+                "fast” trains the full example in about 40 % of the example's time.")
     show_tokenizer_preview(config)
     show_model_summary(config)
 
