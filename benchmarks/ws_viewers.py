@@ -2,11 +2,11 @@
 
 Each client opens `/_stcore/stream` as the browser does, asks for one page, and then does
 what the browser does for `st.fragment(run_every=...)`: when the server sends an
-`auto_rerun` message it asks for that fragment again at that interval (a full run of the
-page replaces the timers with the fragments it registered; `stop_auto_rerun` stops one). It
-reports, like the browser's message cache, the hashes of the cacheable messages it already
-holds, so unchanged charts come back as references. It renders nothing: what it costs the
-server is what a viewer on another machine costs.
+`auto_rerun` message it asks for that fragment again at that interval (at once; when a full
+run of the page ends, timers of fragments it did not register stop; `stop_auto_rerun` stops
+one). It reports, like the browser's message cache, the hashes of the cacheable messages it
+already holds, so unchanged charts come back as references. It renders nothing: what it costs
+the server is what a viewer on another machine costs.
 
 It records, per fragment, when each fragment run's first message arrived and which element
 types the fragment draws: the run cards are the fragment with a progress bar, the charts the
@@ -62,8 +62,11 @@ class Viewer:
             self.cached_hashes.add(msg.hash)
         if kind == "new_session":
             self.page_script_hash = msg.new_session.page_script_hash
-        elif kind == "auto_rerun":
+            if not msg.metadata.run.fragment_ids:  # a full run starts
+                self._registered = {}
+        elif kind == "auto_rerun":  # applied at once, as the browser does
             self._registered[msg.auto_rerun.fragment_id] = msg.auto_rerun.interval
+            self._set_timer(msg.auto_rerun.fragment_id, msg.auto_rerun.interval)
         elif kind == "stop_auto_rerun":
             for fragment in msg.stop_auto_rerun.fragment_ids:
                 self._set_timer(fragment, None)
@@ -77,16 +80,11 @@ class Viewer:
                 self.contents.setdefault(fragment, set()).add(element)
         elif kind == "script_finished":
             self.current_fragment = None
-            registered, self._registered = self._registered, {}
             if msg.script_finished == ForwardMsg.FINISHED_SUCCESSFULLY:
-                # A full run: its fragments are the page's timers now, as in the browser.
-                for fragment in set(self.intervals) - set(registered):
+                # A full run ended: the fragments it registered are the page's timers now.
+                for fragment in set(self.intervals) - set(self._registered):
                     self._set_timer(fragment, None)
                 self.page_loaded.set()
-            if msg.script_finished in (ForwardMsg.FINISHED_SUCCESSFULLY,
-                                       ForwardMsg.FINISHED_FRAGMENT_RUN_SUCCESSFULLY):
-                for fragment, interval in registered.items():
-                    self._set_timer(fragment, interval)
 
     def _set_timer(self, fragment: str, interval):
         if self.intervals.get(fragment) == interval:
