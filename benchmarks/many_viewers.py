@@ -1,8 +1,8 @@
 """Many viewers: does watching a live run slow the training or the page?
 
 One training run, one Streamlit server. The run trains for a while with no viewer, then with
-N viewers on its Live page; steps/s in the two windows come from the run's own per-step
-timestamps (side by side in one run, so machine drift cancels out), and each viewer's refresh
+N viewers on its Live page; steps/s in the two windows come from the run's own progress
+writes (side by side in one run, so machine drift cancels out), and each viewer's refresh
 cadence from when its refreshes arrive.
 
     .venv/bin/python benchmarks/many_viewers.py [--viewers 10] [--seconds 60]
@@ -111,26 +111,25 @@ def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
 
     window = {}
 
-    def on_window(edge):
-        key = "2" if edge == "start" else "3"
-        window["first" if edge == "start" else "last"] = step_mark(store, run_id)
-        window["wall" + key] = time.time()
-        window["server" + key] = cpu_seconds([server.pid])
-        window["rss" + key] = rss_mb(server.pid)
-        window["clients" + key] = cpu_seconds([os.getpid()])
+    def on_window(edge):  # "start" or "end"
+        window[edge] = {"mark": step_mark(store, run_id), "wall": time.time(),
+                        "server": cpu_seconds([server.pid]), "rss": rss_mb(server.pid),
+                        "clients": cpu_seconds([os.getpid()])}
 
     clients = asyncio.run(ws_viewers.watch(url, "live", f"comparison={comparison}",
                                           args.viewers, args.seconds, on_window))
-    def gaps(element):
-        return ws_viewers.refresh_intervals(clients, window["wall2"], window["wall3"], element)
+    start, end = window["start"], window["end"]
 
-    return {"first": window["first"], "last": window["last"],
-            "server_cpu": window["server3"] - window["server2"],
-            "clients_cpu": window["clients3"] - window["clients2"],
+    def gaps(element):
+        return ws_viewers.refresh_intervals(clients, start["wall"], end["wall"], element)
+
+    return {"first": start["mark"], "last": end["mark"],
+            "server_cpu": end["server"] - start["server"],
+            "clients_cpu": end["clients"] - start["clients"],
             "progress": median_and_p90(gaps("progress")),
             "charts": median_and_p90(gaps("plotly_chart")),
             "megabytes": sum(c.bytes_received for c in clients) / 1e6,
-            "server_rss": (window["rss2"], window["rss3"])}
+            "server_rss": (start["rss"], end["rss"])}
 
 
 def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> dict:

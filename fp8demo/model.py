@@ -16,6 +16,7 @@ TrainConfig.quantize_head=False keeps it in bf16.
 """
 
 import contextlib
+import math
 import warnings
 
 import fp8demo.env  # noqa: F401
@@ -102,9 +103,7 @@ def fast_dropout(inputs, rate, noise_shape=None, seed=None):
     threshold = min(max(round(rate * levels), 1), levels - 1)
     keep = 1.0 - threshold / levels
     noise_shape = jax_random._get_concrete_noise_shape(inputs, noise_shape)
-    size = 1
-    for d in noise_shape:
-        size *= d
+    size = math.prod(noise_shape)
     per_word = 32 // FAST_DROPOUT_BITS
     words = jax.random.bits(jax_random.jax_draw_seed(seed), (-(-size // per_word),), jnp.uint32)
     bits = jax.lax.bitcast_convert_type(words, jnp.uint8).reshape(-1)[:size]

@@ -247,6 +247,7 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
     Raises Cancelled when a cancel was requested; other exceptions propagate (the worker
     marks the run failed with their message).
     """
+    import jax
     import keras
 
     run_id, config, precision = run["id"], run["config"], run["precision"]
@@ -303,9 +304,7 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
     # 4. Evaluate on the test split: the final weights, and the best epoch's if it was earlier.
     phase("evaluating")
 
-    import jax
-
-    eval_batch = eval_batch_size(config.seq_len, jax.device_count() if config.data_parallel else 1)
+    eval_batch = eval_batch_size(config.seq_len, len(jax.devices()) if config.data_parallel else 1)
 
     def evaluate():
         loss, accuracy = model.evaluate(prepared.x_test, prepared.y_test, batch_size=eval_batch,
@@ -368,8 +367,8 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
     seconds = {}
     for (name, began), (_, ended) in zip(timeline, timeline[1:]):
         seconds[name] = seconds.get(name, 0.0) + ended - began
-    store.merge_summary(run_id, phase_seconds=seconds, fp8_after=fp8.variables_summary(layers), ptq=ptq,
-                        weights_bytes=model_lib.weights_bytes(model),
+    store.merge_summary(run_id, phase_seconds=seconds, fp8_after=fp8.variables_summary(layers),
+                        ptq=ptq, weights_bytes=model_lib.weights_bytes(model),
                         test={"loss": results["test_loss"], "accuracy": results["test_accuracy"]})
     return results
 

@@ -43,6 +43,7 @@ def run_rows(runs) -> pd.DataFrame:
             })
     return pd.DataFrame(rows)
 
+
 def phase_table(runs) -> pd.DataFrame:
     """Seconds each run spent per phase (data, model, fit, evaluation, saving, PTQ)."""
     recorded = {r["precision"]: r["summary"].get("phase_seconds") or {} for r in runs}
