@@ -12,6 +12,7 @@ import json
 import sys
 import time
 
+from fp8demo import compiled
 from fp8demo.config import ConfigError, PRESETS, TrainConfig, preset
 from fp8demo.store import ENDED, Store, StoreError
 
@@ -229,6 +230,7 @@ def cmd_show(args, store: Store) -> int:
         "config": run["config"].to_dict(),
         "epochs": store.epoch_metrics(run["id"]),
         "phase_seconds": summary.get("phase_seconds") or {},
+        "compiled_step": summary.get("compiled_step"),
         "float8_layers": [{**layer, "scales": {role: v["scale"] for role, v in
                                                after.get(layer["name"], {}).items()}}
                           for layer in layers],
@@ -246,6 +248,8 @@ def cmd_show(args, store: Store) -> int:
     for e in detail["epochs"]:
         print(f"{'epoch ' + str(e['epoch'] + 1):>16}: loss {e['loss']:.4f} acc {e['accuracy']:.4f} "
               f"val_loss {e['val_loss'] or float('nan'):.4f} val_acc {e['val_accuracy'] or float('nan'):.4f}")
+    if detail["compiled_step"]:
+        print(f"{'compiled step':>16}: {compiled.verdict(detail['compiled_step'])}")
     if layers:
         print(f"{'float8 layers':>16}: {len(layers)}")
         for layer in detail["float8_layers"]:

@@ -18,7 +18,8 @@ def describe() -> dict:
         except ValueError:
             capability = 0.0
         fp8_capable = capability >= FP8_MIN_COMPUTE_CAPABILITY
-        text = (f"{count}{name} — fp8 tensor cores available" if fp8_capable else
+        text = (f"{count}{name} — has fp8 tensor cores (compute capability {capability}); "
+                "each fp8 run reports whether XLA used them" if fp8_capable else
                 f"{count}{name} — no fp8 tensor cores (compute capability {capability}); "
                 "fp8 is emulated")
     else:

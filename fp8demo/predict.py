@@ -10,7 +10,7 @@ import json
 
 import numpy as np
 
-import fp8demo.env  # noqa: F401
+import fp8demo.env
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store, StoreError
 
@@ -47,6 +47,7 @@ class LoadedRun:
             raise PredictError(f"Run {run['id']}'s weights file {weights} is missing.")
         from fp8demo import model as model_lib, tokenizer
 
+        fp8demo.env.use_compilation_cache(store.home)  # a restarted dashboard loads, not compiles
         self.run_id = run["id"]
         self.model = model_lib.build(self.config, self.precision)
         try:

@@ -9,8 +9,8 @@ import json
 import math
 import time
 
-import fp8demo.env  # noqa: F401
-from fp8demo import fp8, model as model_lib, probe as probe_lib, tokenizer
+import fp8demo.env
+from fp8demo import compiled, fp8, model as model_lib, probe as probe_lib, tokenizer
 from fp8demo.store import Store
 
 RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
@@ -261,6 +261,7 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
             raise Cancelled()
 
     store.update_run(run_id, device=device_description())
+    fp8demo.env.use_compilation_cache(store.home)
 
     # 1. Data and tokenizer (cached: the second precision of a comparison starts here at once).
     prepared = tokenizer.prepare(config, store.home, on_phase=phase, progress=progress)
@@ -291,20 +292,27 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
                                                    prepared.y_val[:config.batch_size]),
                              probe_every=config.probe_every)
     keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
+    # Validation and test use one evaluation batch: one compiled test step, sized for the device.
+    eval_batch = eval_batch_size(config.seq_len, len(jax.devices()) if config.data_parallel else 1)
     started = time.time()
     timeline.append(("fit (compiling, training, validating)", started))
     with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
         model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
                   epochs=config.epochs, validation_data=(prepared.x_val, prepared.y_val),
+                  validation_batch_size=eval_batch,
                   shuffle=True, callbacks=[recorder], verbose=0)
-    fit_seconds = time.time() - started
-    if recorder.cancelled:
-        raise Cancelled()
+        fit_seconds = time.time() - started
+        if recorder.cancelled:
+            raise Cancelled()
+        if layers:
+            # Does XLA run the float8 layers as FP8 GEMMs? Read the step fit just compiled.
+            phase("inspecting the compiled step")
+            batch = slice(0, config.batch_size)
+            store.merge_summary(run_id, compiled_step=compiled.inspect(
+                model, prepared.x_train[batch], prepared.y_train[batch]))
 
     # 4. Evaluate on the test split: the final weights, and the best epoch's if it was earlier.
     phase("evaluating")
-
-    eval_batch = eval_batch_size(config.seq_len, len(jax.devices()) if config.data_parallel else 1)
 
     def evaluate():
         loss, accuracy = model.evaluate(prepared.x_test, prepared.y_test, batch_size=eval_batch,

@@ -130,7 +130,7 @@ def device_text(info: dict) -> str:
     if info.get("text"):
         return info["text"]
     if info.get("platform") == "gpu":
-        return f"{info['name']} — " + ("fp8 tensor cores available" if info.get("fp8_capable")
+        return f"{info['name']} — " + ("has fp8 tensor cores" if info.get("fp8_capable")
                                       else "no fp8 tensor cores; fp8 is emulated")
     return "CPU only — fp8 is emulated and slower; use a subset for a quick demo"
 

@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from fp8demo import charts
+from fp8demo import charts, compiled
 from fp8demo.store import ROLES
 from pages import common
 
@@ -41,6 +41,9 @@ def run_card(run):
         st.warning(f"Cancelled at step {run['step']:,}; metrics so far are kept.")
     else:  # failed, interrupted
         st.error(run.get("error") or f"The run {status}.")
+    found = (run.get("summary") or {}).get("compiled_step")
+    if compiled.headline(found):
+        st.caption(compiled.headline(found), help=compiled.verdict(found))
 
 
 def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):

@@ -5,7 +5,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts
+from fp8demo import charts, compiled
 from fp8demo.config import TrainConfig
 from pages import common
 
@@ -113,6 +113,10 @@ def fp8_details(run):
     if not layers:
         st.caption("The fp8 run has not recorded its float8 layers yet.")
         return
+    found = summary.get("compiled_step")
+    if found is not None or run["status"] == "finished":
+        speedup = found and not found.get("error") and found["fp8_matmuls"]
+        (st.success if speedup else st.info)(compiled.verdict(found), icon=":material/memory:")
     st.markdown(f"**{len(layers)} float8 layers** (`model.quantize(\"float8\")` converts each "
                 "Dense and EinsumDense leaf):")
     st.dataframe(layers, hide_index=True, width="stretch")

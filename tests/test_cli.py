@@ -30,6 +30,8 @@ def test_train_then_predict(home):
     assert shown["phase_seconds"]["fit (compiling, training, validating)"] > 0
     text = cli("show", str(fp8_run), env=env).stdout
     assert "seconds: loading data" in text and "saving" in text
+    assert shown["compiled_step"]["fp8_matmuls"] == 0 and shown["compiled_step"]["matmuls"] > 0
+    assert "compiled step: None of the" in text and "not the speed" in text
     predicted = cli("predict", str(fp8_run), "great film", "awful film", "--json", env=env)
     assert predicted.returncode == 0, predicted.stderr
     rows = json.loads(predicted.stdout)

@@ -14,6 +14,7 @@ import pytest
 import streamlit as st
 from streamlit.testing.v1 import AppTest
 
+from fp8demo import compiled
 from fp8demo.config import PRESETS, TrainConfig, preset
 from fp8demo.store import Store
 
@@ -508,6 +509,13 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
         recorded = store.run(run_id)["summary"]["phase_seconds"]
         assert phases.loc["saving", precision] == recorded["saving"]
     assert "evaluating int8 post-training quantization" in phases.index  # bf16 only
+    # Whether fp8 ran as FP8 GEMMs, read from the run's compiled step (none on a CPU).
+    found = store.run(trained["run_ids"]["fp8"])["summary"]["compiled_step"]
+    assert [i.value for i in at.info if i.value.startswith("None of the")] == \
+        [compiled.verdict(found)]
+    live = page("pages/live.py").run()
+    assert not live.exception
+    assert compiled.headline(found) in [c.value for c in live.caption]
 
 
 def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):

@@ -65,6 +65,11 @@ def test_fp8_run_records_amax_histories_and_moving_scales(trained):
     assert scale_steps[-1] == run["total_steps"] and (scales[-1] != 1.0).all()
     # Delayed scaling: the first steps still use the initial scale of 1.0.
     assert scale_steps[0] <= 2 and (scales[0] == 1.0).all()
+    # The step fit compiled was read back: on this CPU, float8 rounding but no FP8 GEMM.
+    found = run["summary"]["compiled_step"]
+    assert found["backend"] == "cpu" and found["fp8_matmuls"] == 0
+    assert found["float8_values"] >= len(layers) * len(ROLES) and found["matmuls"] >= 24
+    assert "inspecting the compiled step" in run["summary"]["phase_seconds"]
 
 
 def test_bf16_run_has_no_float8_variables(trained):
@@ -73,6 +78,7 @@ def test_bf16_run_has_no_float8_variables(trained):
     store = Store(trained["home"])
     run = store.run(trained["run_ids"]["bf16"])
     assert run["summary"]["fp8_layers"] == []
+    assert "compiled_step" not in run["summary"]  # only float8 runs are inspected
     steps, amax = store.fp8_amax(run["id"])
     assert len(steps) == 0
     model = load_run(store, run["id"]).model

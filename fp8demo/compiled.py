@@ -1,0 +1,155 @@
+"""What the compiled training step really runs: FP8 GEMMs, or float8 rounding around bf16/f32 ones.
+
+Keras' float8 layers quantize and dequantize around ordinary matmuls (E4M3 inputs and kernel,
+E5M2 output gradients). Only the compiler can turn that pattern into FP8 tensor-core GEMMs
+(on Hopper/Ada GPUs, cuBLASLt's `__cublas$lt$matmul$f8`); on a CPU, or when the pattern is not
+matched, the values are rounded to float8 and multiplied in bf16/f32: the numerics change,
+the speed does not. So instead of inferring a speed-up from the device, each fp8 run reads its
+own optimized HLO and counts.
+"""
+
+import re
+import time
+
+FP8_GEMM_TARGET = "__cublas$lt$matmul$f8"
+FLOAT8_TYPES = ("f8e4m3fn", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e4m3", "f8e4m3b11fnuz")
+
+# One HLO instruction: "%name = type[dims]{layout} opcode(operands), attributes"
+# (tuple-typed results start with "(").
+_INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(?[a-z][a-z0-9]*)[\[\s(]")
+_OPCODE = re.compile(r"\]\S*\s+([a-z][a-z\-]*)\(|\)\s+([a-z][a-z\-]*)\(")
+# A computation's header ("%fused (p: f32[]) -> f32[] {", "ENTRY main {") or closing brace.
+_COMPUTATION_EDGE = re.compile(r"^(\s*ENTRY\b|\s*HloModule\b|\s*%?[\w.\-]+\s*\(.*->.*\{\s*$|\}|\s*\w+\s*\{\s*$)")
+_CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
+_GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
+
+
+def train_step_hlo(model, x_batch, y_batch) -> str:
+    """Optimized HLO text of `model`'s training step on one batch, compiled as Keras' fit does.
+
+    Called right after `fit` with a batch of the fit's shape, JAX's in-memory caches return
+    the executable fit compiled (milliseconds); otherwise this compiles it once more.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    state = ([v.value for v in model.trainable_variables],
+             [v.value for v in model.non_trainable_variables],
+             [v.value for v in model.optimizer.variables],
+             [v.value for v in model.metrics_variables])
+    lowered = jax.jit(model.train_step, donate_argnums=0).lower(
+        state, (jnp.asarray(x_batch), jnp.asarray(y_batch)))
+    return lowered.compile().as_text()
+
+
+def _instructions(hlo: str):
+    """(name, result element type, full text) per HLO instruction; attributes printed on
+    continuation lines are joined to their instruction."""
+    current = None
+    for line in hlo.splitlines():
+        match = _INSTRUCTION.match(line)
+        if match:
+            if current:
+                yield current
+            current = [match.group(1), match.group(2).lstrip("("), line]
+        elif current and line.strip() and not _COMPUTATION_EDGE.match(line):
+            current[2] += " " + line.strip()
+        elif current:
+            yield current
+            current = None
+    if current:
+        yield current
+
+
+def count_matmuls(hlo: str) -> dict:
+    """Matmuls in an optimized HLO module, by how they run.
+
+    fp8_matmuls: cuBLASLt FP8 GEMM calls plus `dot`s whose operands are float8 (e.g. Triton
+    GEMM fusions); other matmuls are grouped by operand types (`dot`) or GEMM library call.
+    float8_values: instructions that produce a float8 tensor (the quantize steps).
+    """
+    instructions = list(_instructions(hlo))
+    types = {name: dtype for name, dtype, _ in instructions}
+    fp8_matmuls, others, float8_values = 0, {}, 0
+    for name, dtype, text in instructions:
+        if dtype in FLOAT8_TYPES:
+            float8_values += 1
+        opcode = _OPCODE.search(text)
+        opcode = (opcode.group(1) or opcode.group(2)) if opcode else ""
+        if opcode == "custom-call":
+            target = _CALL_TARGET.search(text)
+            target = target.group(1) if target else ""
+            if target == FP8_GEMM_TARGET:
+                fp8_matmuls += 1
+            elif target in _GEMM_TARGETS:
+                others[target] = others.get(target, 0) + 1
+        elif opcode == "dot":
+            operands = text[text.index(" dot(") + 5:].split(")")[0]
+            names = (re.findall(r"%([\w.\-]+)", operands) if "%" in operands
+                     else [operand.strip() for operand in operands.split(",")])
+            operand_types = sorted({types.get(operand, "?") for operand in names})
+            if any(t in FLOAT8_TYPES for t in operand_types):
+                fp8_matmuls += 1
+            else:
+                key = "/".join(operand_types)
+                others[key] = others.get(key, 0) + 1
+    return {"matmuls": fp8_matmuls + sum(others.values()), "fp8_matmuls": fp8_matmuls,
+            "other_matmuls": others, "float8_values": float8_values}
+
+
+def inspect(model, x_batch, y_batch) -> dict:
+    """count_matmuls of the model's compiled training step, with the backend and the time taken;
+    {"error": ...} instead of raising (an inspection must never end a training run)."""
+    import jax
+
+    started = time.perf_counter()
+    try:
+        found = count_matmuls(train_step_hlo(model, x_batch, y_batch))
+    except Exception as e:
+        return {"error": f"{type(e).__name__}: {e}"[:500]}
+    return {**found, "backend": jax.devices()[0].platform,
+            "seconds": round(time.perf_counter() - started, 3)}
+
+
+_LIBRARY_CALLS = {"__cublas$gemm": "cuBLAS", "__cublas$lt$matmul": "cuBLASLt"}
+
+
+def _describe_others(others: dict) -> str:
+    """{"f32": 29, "__cublas$gemm": 2} → "29 in f32, 2 cuBLAS GEMMs"."""
+    parts = []
+    for kind, n in sorted(others.items(), key=lambda item: -item[1]):
+        if kind in _LIBRARY_CALLS:
+            parts.append(f"{n} {_LIBRARY_CALLS[kind]} GEMM{'s' if n > 1 else ''}")
+        else:
+            parts.append(f"{n} in {kind.replace('/', ' × ')}")
+    return ", ".join(parts)
+
+
+def headline(found: dict | None) -> str | None:
+    """A few words for a run card: "FP8 GEMMs: 0 of 29 matmuls (fp8 simulated)"."""
+    if not found or "error" in found:
+        return None
+    fp8, total = found["fp8_matmuls"], found["matmuls"]
+    return (f"FP8 GEMMs: {fp8} of {total} matmuls"
+            + (" on tensor cores" if fp8 else " (fp8 simulated: numerics, not speed)"))
+
+
+def verdict(found: dict | None) -> str:
+    """One plain sentence: does this run's fp8 use FP8 GEMMs, and what does that mean for speed?"""
+    if not found:
+        return "The compiled training step has not been inspected yet (it is, after the fit)."
+    if "error" in found:
+        return f"The compiled training step could not be inspected: {found['error']}"
+    total, fp8 = found["matmuls"], found["fp8_matmuls"]
+    others = _describe_others(found["other_matmuls"])
+    if fp8:
+        return (f"{fp8} of the {total} matmuls in the compiled training step run as FP8 GEMMs "
+                f"(float8 operands on tensor cores); the rest ({others or 'none'}) run in higher "
+                "precision — Keras quantizes the Dense and EinsumDense layers, not the attention's "
+                "score and value products.")
+    where = ("this CPU has no FP8 matmul" if found.get("backend") == "cpu" else
+             "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device")
+    return (f"None of the {total} matmuls in the compiled training step runs in FP8: {where}. "
+            f"The values are rounded to E4M3/E5M2 ({found['float8_values']} float8 conversions) "
+            f"and multiplied in higher precision ({others}), so fp8 here changes the numerics, "
+            "not the speed.")

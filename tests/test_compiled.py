@@ -1,0 +1,89 @@
+"""What the compiled training step runs: counted from real optimized HLO on this CPU, and from a
+GPU-shaped module (no GPU here) for the FP8 GEMM paths the parser must recognise."""
+
+import numpy as np
+
+from fp8demo import compiled
+from fp8demo.config import TrainConfig
+from tests.conftest import TINY
+
+# The shapes XLA's GPU compiler prints: a cuBLASLt FP8 GEMM with its attributes on continuation
+# lines, an ordinary cuBLAS GEMM, a bf16 dot, and a Triton GEMM fusion whose dot reads float8.
+GPU_STYLE_HLO = """HloModule jit_train_step, entry_computation_layout={(bf16[16,32]{1,0})->f32[16,16]{1,0}}
+
+%gemm_fusion (p0: f8e4m3fn[8,16], p1: f8e5m2[16,8]) -> bf16[8,8] {
+  %p0 = f8e4m3fn[8,16]{1,0} parameter(0)
+  %p1 = f8e5m2[16,8]{1,0} parameter(1)
+  ROOT %dot.3 = bf16[8,8]{1,0} dot(%p0, %p1), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+}
+
+ENTRY %main (x: bf16[16,32], w: bf16[32,16], s: f32[]) -> f32[16,16] {
+  %x = bf16[16,32]{1,0} parameter(0)
+  %w = bf16[32,16]{1,0} parameter(1)
+  %s = f32[] parameter(2)
+  %xq = f8e4m3fn[16,32]{1,0} convert(%x)
+  %wq = f8e4m3fn[16,32]{1,0} transpose(%w), dimensions={1,0}
+  %cublas-gemm.1 = (f32[16,16]{1,0}, s8[33554432]{0}) custom-call(%xq, %wq, %s, %s),
+    custom_call_target="__cublas$lt$matmul$f8",
+    backend_config={
+      "gemm_backend_config":{"alpha_real":1}
+    }
+  %gemm.2 = (bf16[16,16]{1,0}, s8[1024]{0}) custom-call(%x, %w), custom_call_target="__cublas$gemm"
+  %dot.9 = bf16[16,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={0}
+  %fusion.1 = bf16[8,8]{1,0} fusion(%xq, %wq), kind=kCustom, calls=%gemm_fusion
+  ROOT %gte = f32[16,16]{1,0} get-tuple-element(%cublas-gemm.1), index=0
+}
+"""
+
+
+def test_counts_fp8_gemms_in_a_gpu_style_module():
+    found = compiled.count_matmuls(GPU_STYLE_HLO)
+    assert found == {"matmuls": 4, "fp8_matmuls": 2, "float8_values": 4,
+                     "other_matmuls": {"__cublas$gemm": 1, "bf16": 1}}
+    text = compiled.verdict({**found, "backend": "gpu"})
+    assert text.startswith("2 of the 4 matmuls in the compiled training step run as FP8 GEMMs")
+    assert "1 cuBLAS GEMM, 1 in bf16" in text
+    assert compiled.headline(found) == "FP8 GEMMs: 2 of 4 matmuls on tensor cores"
+    # Without the FP8 call and with the fusion reading bf16, the same module has none.
+    plain = (GPU_STYLE_HLO.replace("$lt$matmul$f8", "$lt$matmul")
+             .replace("f8e4m3fn[8,16]", "bf16[8,16]").replace("f8e5m2[16,8]", "bf16[16,8]"))
+    found = compiled.count_matmuls(plain)
+    assert (found["matmuls"], found["fp8_matmuls"]) == (4, 0)
+    gpu_text = compiled.verdict({**found, "backend": "gpu"})
+    assert "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs" in gpu_text
+    assert "not the speed" in gpu_text
+
+
+def _fitted(precision):
+    from fp8demo import model as model_lib
+
+    config = TrainConfig(**TINY).validate()
+    model = model_lib.compile(model_lib.build(config, precision), config)
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, config.vocab_size, size=(2 * config.batch_size, config.seq_len), dtype=np.int32)
+    y = rng.integers(0, 2, size=(2 * config.batch_size, 1)).astype(np.float32)
+    model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)
+    return model, x[:config.batch_size], y[:config.batch_size]
+
+
+def test_real_fp8_step_on_the_cpu_rounds_to_float8_but_multiplies_in_f32():
+    model, x, y = _fitted("fp8")
+    found = compiled.inspect(model, x, y)
+    assert found["backend"] == "cpu" and "error" not in found
+    # 8 float8 layers: each quantizes inputs and kernel forward, the output gradient backward.
+    assert found["float8_values"] >= 8 * 3
+    assert found["fp8_matmuls"] == 0 and found["matmuls"] >= 8 * 3
+    assert set(found["other_matmuls"]) <= {"f32", "bf16", "bf16/f32"}
+    text = compiled.verdict(found)
+    assert text.startswith(f"None of the {found['matmuls']} matmuls") and "this CPU" in text
+    bf16_model, x, y = _fitted("bf16")
+    bf16 = compiled.inspect(bf16_model, x, y)
+    assert bf16["float8_values"] == 0 and bf16["matmuls"] == found["matmuls"]
+
+
+def test_inspection_failure_is_reported_not_raised():
+    found = compiled.inspect(object(), np.zeros((2, 4), np.int32), np.zeros((2, 1), np.float32))
+    assert found["error"].startswith("AttributeError")
+    assert compiled.headline(found) is None
+    assert compiled.verdict(found).startswith("The compiled training step could not be inspected")
+    assert "not been inspected" in compiled.verdict(None)
