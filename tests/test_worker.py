@@ -105,6 +105,8 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
         assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
     fp8_parallel = next(r for r in store.runs(parallel) if r["precision"] == "fp8")
     assert len(store.fp8_probe(fp8_parallel["id"])[0]) == 2  # before the first and after the last step
+    found = fp8_parallel["summary"]["compiled_step"]  # the sharded step is read back too
+    assert "error" not in found and found["matmuls"] > 0 and found["float8_values"] > 0
     # Same data, seed and initial weights: accuracy within noise of single-device training.
     for a, b in zip(store.runs(single), store.runs(parallel)):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
