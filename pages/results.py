@@ -67,6 +67,13 @@ def accuracy_metrics(runs):
                       delta=f"{loss - base['test_loss']:+.4f} vs bf16"
                       if compare and loss is not None and base["test_loss"] is not None else None,
                       delta_color="inverse", border=True)
+            # The speed fp8 is for: on a GPU with FP8 GEMMs it should beat bf16, elsewhere not.
+            rate, base_rate = r["steps_per_sec"], base and base["steps_per_sec"]
+            st.metric(f"{r['precision']} training speed", common.fmt_number(rate, ".1f") + " steps/s"
+                      if rate else "–", border=True,
+                      delta=f"{(rate / base_rate - 1) * 100:+.0f}% vs bf16"
+                      if compare and rate and base_rate else None,
+                      help="Training steps per second, compilation and validation excluded.")
             if r["status"] != "finished":
                 st.caption(f"{common.STATUS_ICONS.get(r['status'], '')} {r['status']}"
                            + (f": {r['error']}" if r.get("error") else ""))

@@ -127,6 +127,9 @@ def model_summary(config: TrainConfig, precision: str) -> list[dict]:
     return model.summarize(config, precision)
 
 
+LARGE_HIDDEN = 1024  # the "Large" preset and up: where FP8 GEMMs can beat bf16 on a GPU
+
+
 # -- layout -------------------------------------------------------------------------------
 
 
@@ -284,6 +287,14 @@ if not problems:
         st.info("Training runs on the CPU here: the full data takes a while. The “Quick demo” "
                 "preset trains on a 2,000-review subset in about a minute; “Keras example, "
                 "fast” trains the full example in about 40 % of the example's time.")
+    if config.hidden_dim >= LARGE_HIDDEN and "fp8" in config.precisions:
+        on_cpu = common.device_info().get("platform") != "gpu"
+        st.info("Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
+                "if XLA runs the float8 layers as FP8 GEMMs. After its fit, the fp8 run says how "
+                "many of its matmuls did (Live card, Results), and Results compares the training "
+                "speed of fp8 with bf16."
+                + (" On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
+                   if on_cpu else ""), icon=":material/speed:")
     show_tokenizer_preview(config)
     show_model_summary(config)
 

@@ -180,6 +180,17 @@ def test_train_tampered_url_warns_and_falls_back(store_home):
     assert "bogus" not in at.query_params  # the URL is rewritten from the widgets
 
 
+def test_large_presets_say_where_fp8_can_be_faster(store_home):
+    at = page("pages/train.py").run()
+    assert not any("FP8 GEMMs" in i.value for i in at.info)  # the example's size: no promise
+    at.selectbox("preset").set_value("Large (hidden 1024)").run()
+    hint = next(i.value for i in at.info if "FP8 GEMMs" in i.value)
+    assert "compares the training speed of fp8 with bf16" in hint
+    assert "On this CPU fp8 is simulated" in hint  # this machine has no GPU
+    at.multiselect("precisions").set_value(["bf16"]).run()
+    assert not any("FP8 GEMMs" in i.value for i in at.info)
+
+
 @pytest.mark.parametrize("name", ["Quick demo", "Keras example, fast"])
 def test_train_preset_fills_widgets_but_keeps_precisions(store_home, name):
     at = page("pages/train.py").run()
@@ -494,6 +505,10 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
     for precision, run_id in trained["run_ids"].items():
         run = store.run(run_id)
         assert metrics[f"{precision} test accuracy"] == f"{run['test_accuracy'] * 100:.2f}%"
+        assert metrics[f"{precision} training speed"] == f"{run['steps_per_sec']:.1f} steps/s"
+    bf16, fp8_run = (store.run(trained["run_ids"][p]) for p in ("bf16", "fp8"))
+    speed = next(m for m in at.metric if m.label == "fp8 training speed")
+    assert speed.delta == f"{(fp8_run['steps_per_sec'] / bf16['steps_per_sec'] - 1) * 100:+.0f}% vs bf16"
     labels = [b.proto.label for b in at.get("download_button")]
     assert "bf16 weights" in labels and "fp8 weights" in labels
     frames = [df.value for df in at.dataframe]
