@@ -86,4 +86,4 @@ def test_inspection_failure_is_reported_not_raised():
     assert found["error"].startswith("AttributeError")
     assert compiled.headline(found) is None
     assert compiled.verdict(found).startswith("The compiled training step could not be inspected")
-    assert "not been inspected" in compiled.verdict(None)
+    assert "not been inspected: it is read after the fit" in compiled.verdict(None)
