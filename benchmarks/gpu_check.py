@@ -25,8 +25,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
+from fp8demo import compiled  # noqa: E402  (no jax at import: fp8demo.env still goes first)
 
-CUBLAS_F8 = "__cublas$lt$matmul$f8"
+CUBLAS_F8 = compiled.FP8_GEMM_TARGET
 CONFIGS = {  # name → (preset, overrides)
     "example (hidden 32)": ("Keras example", {}),
     "Large (hidden 1024)": ("Large (hidden 1024)", {}),
@@ -64,8 +65,6 @@ def random_batch(config, n, seed=0):
 
 def train_step_hlo(config, precision="fp8") -> str:
     """Optimized HLO of one training step, compiled as Keras' fit compiles it."""
-    from fp8demo import compiled
-
     model = build(config, precision)
     x, y = random_batch(config, config.batch_size)
     model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)  # builds optimizer, metrics
@@ -74,8 +73,6 @@ def train_step_hlo(config, precision="fp8") -> str:
 
 def hlo_summary(text: str) -> dict:
     """The engine's matmul count (what each fp8 run records) plus raw mentions."""
-    from fp8demo import compiled
-
     return {
         **compiled.count_matmuls(text),
         "cublas_f8_gemms": text.count(CUBLAS_F8),
@@ -142,7 +139,6 @@ def main(argv=None) -> int:
         print(f"NOTE: compute capability {cc} < 8.9 has no FP8 tensor cores: expect no "
               f"{CUBLAS_F8} and no fp8 speed-up.")
 
-    from fp8demo import compiled
     from fp8demo.config import preset
 
     names = [n.strip() for n in args.configs.split(",") if n.strip()]

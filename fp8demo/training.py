@@ -305,7 +305,8 @@ def _train_run(store: Store, run: dict, record: bool = True, progress=print,
         if recorder.cancelled:
             raise Cancelled()
         if layers:
-            # Does XLA run the float8 layers as FP8 GEMMs? Read the step fit just compiled.
+            # Does XLA run the float8 layers as FP8 GEMMs? Read the step fit just compiled
+            # (inside the dropout-mask block, so a cache miss traces the same step).
             phase("inspecting the compiled step")
             batch = slice(0, config.batch_size)
             store.merge_summary(run_id, compiled_step=compiled.inspect(

@@ -42,8 +42,9 @@ def run_card(run):
     else:  # failed, interrupted
         st.error(run.get("error") or f"The run {status}.")
     found = (run.get("summary") or {}).get("compiled_step")
-    if compiled.headline(found):
-        st.caption(compiled.headline(found), help=compiled.verdict(found))
+    headline = compiled.headline(found)
+    if headline:
+        st.caption(headline, help=compiled.verdict(found))
 
 
 def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):

@@ -283,18 +283,18 @@ if not problems:
 for problem in problems:
     st.error(problem)
 if not problems:
-    if common.device_info().get("platform") == "cpu" and not config.subset:
+    platform = common.device_info().get("platform")
+    if platform == "cpu" and not config.subset:
         st.info("Training runs on the CPU here: the full data takes a while. The “Quick demo” "
                 "preset trains on a 2,000-review subset in about a minute; “Keras example, "
                 "fast” trains the full example in about 40 % of the example's time.")
     if config.hidden_dim >= LARGE_HIDDEN and "fp8" in config.precisions:
-        on_cpu = common.device_info().get("platform") != "gpu"
         st.info("Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
                 "if XLA runs the float8 layers as FP8 GEMMs. After its fit, the fp8 run says how "
                 "many of its matmuls did (Live card, Results), and Results compares the training "
                 "speed of fp8 with bf16."
                 + (" On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
-                   if on_cpu else ""), icon=":material/speed:")
+                   if platform != "gpu" else ""), icon=":material/speed:")
     show_tokenizer_preview(config)
     show_model_summary(config)
 
