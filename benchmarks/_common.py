@@ -100,7 +100,8 @@ def write_json(path, payload):
 
 
 class StepTimer:
-    """Keras callback: wall time of each training step, validation excluded.
+    """Keras callback: wall time of each training step, validation excluded. Pass it to
+    model.fit, or to the engine as train_run(..., callbacks=[timer]).
 
     Rate = steps / time between consecutive batch ends inside an epoch, so the first
     step of each epoch (compilation, epoch setup, the previous validation) is left out.
@@ -133,47 +134,6 @@ class StepTimer:
         return _StepTimer()
 
 
-def instrument_recorder():
-    """Wrap fp8demo.training.make_recorder so each Recorder also times its training steps
-    (the same rule as StepTimer). Returns a list that receives one dict per recorder:
-    {"intervals": [...]}; steps_per_sec(entry) turns it into a rate."""
-    from fp8demo import training
-
-    original = getattr(training.make_recorder, "__wrapped__", training.make_recorder)
-    made = []
-
-    def make_recorder(*args, **kwargs):
-        recorder = original(*args, **kwargs)
-        timing = {"intervals": [], "last": None}
-        made.append(timing)
-        batch_end, epoch_begin, test_begin = (recorder.on_train_batch_end, recorder.on_epoch_begin,
-                                              recorder.on_test_begin)
-
-        def on_train_batch_end(batch, logs=None):
-            now = time.perf_counter()
-            if timing["last"] is not None:
-                timing["intervals"].append(now - timing["last"])
-            timing["last"] = now
-            batch_end(batch, logs)
-
-        def on_epoch_begin(epoch, logs=None):
-            timing["last"] = None
-            epoch_begin(epoch, logs)
-
-        def on_test_begin(logs=None):
-            timing["last"] = None
-            test_begin(logs)
-
-        recorder.on_train_batch_end = on_train_batch_end
-        recorder.on_epoch_begin = on_epoch_begin
-        recorder.on_test_begin = on_test_begin
-        return recorder
-
-    make_recorder.__wrapped__ = original
-    training.make_recorder = make_recorder
-    return made
-
-
 def rate(intervals) -> float | None:
     """Steps per second from step intervals; intervals over 5× the median (a recompilation,
     e.g. for a smaller last batch) are left out."""
@@ -184,15 +144,22 @@ def rate(intervals) -> float | None:
     return len(kept) / sum(kept)
 
 
-def steps_per_sec(timing) -> float | None:
-    return rate(timing["intervals"])
-
-
 def preload():
-    """Import every fp8demo module now: other people edit the tree while a long benchmark
-    runs, and a module first imported an hour later could disagree with one imported now."""
+    """Import every fp8demo module up front: the tree may change while a long benchmark
+    runs, and a module first imported an hour later could disagree with one imported at start."""
     import importlib
 
-    for name in ("config", "store", "data", "tokenizer", "model", "fp8", "training", "worker",
-                 "predict", "charts", "device"):
+    for name in (
+        "config",
+        "store",
+        "data",
+        "tokenizer",
+        "model",
+        "fp8",
+        "training",
+        "worker",
+        "predict",
+        "charts",
+        "device",
+    ):
         importlib.import_module(f"fp8demo.{name}")

@@ -38,10 +38,9 @@ def philox_dropout(inputs, rate, noise_shape=None, seed=None):
 
 def measure(mode, precision, steps) -> float:
     import numpy as np
-
-    import fp8demo.env  # noqa: F401
     from keras.src.backend.jax import random as jax_random
 
+    import fp8demo.env  # noqa: F401
     from fp8demo import model as model_lib
     from fp8demo.config import TrainConfig
 
@@ -54,7 +53,7 @@ def measure(mode, precision, steps) -> float:
     rng = np.random.default_rng(0)
     x = rng.integers(2, config.vocab_size, size=(32 * steps, config.seq_len), dtype=np.int32)
     y = rng.integers(0, 2, size=(32 * steps, 1)).astype(np.float32)
-    model.fit(x[:32 * 5], y[:32 * 5], batch_size=32, epochs=1, verbose=0)  # compile
+    model.fit(x[: 32 * 5], y[: 32 * 5], batch_size=32, epochs=1, verbose=0)  # compile
     started = time.perf_counter()
     model.fit(x, y, batch_size=32, epochs=1, verbose=0)
     return (time.perf_counter() - started) / steps * 1000
@@ -70,10 +69,22 @@ def main():
         print(f"RESULT {measure(args.child, args.precision, args.steps):.2f}")
         return
     for mode in MODES:
-        done = subprocess.run([sys.executable, __file__, "--child", mode, "--precision",
-                               args.precision, "--steps", str(args.steps)], capture_output=True,
-                              text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
-        result = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                mode,
+                "--precision",
+                args.precision,
+                "--steps",
+                str(args.steps),
+            ],
+            capture_output=True,
+            text=True,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        )
+        result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
         print(f"{mode:9} {result[-1].split()[1] + ' ms/step' if result else 'FAILED'}", flush=True)
 
 

@@ -56,8 +56,12 @@ def _datasets(root: Path, subset: int, batch_size: int, seed: int = 42):
 
     if not subset:
         kw = dict(batch_size=batch_size, validation_split=0.2, seed=seed)
-        train_ds = keras.utils.text_dataset_from_directory(str(root / "train"), subset="training", **kw)
-        val_ds = keras.utils.text_dataset_from_directory(str(root / "train"), subset="validation", **kw)
+        train_ds = keras.utils.text_dataset_from_directory(
+            str(root / "train"), subset="training", **kw
+        )
+        val_ds = keras.utils.text_dataset_from_directory(
+            str(root / "train"), subset="validation", **kw
+        )
         test_ds = keras.utils.text_dataset_from_directory(str(root / "test"), batch_size=batch_size)
         return train_ds, val_ds, test_ds
     # The same files fp8demo's --subset picks, through text_dataset_from_directory's own helper.
@@ -70,26 +74,41 @@ def _datasets(root: Path, subset: int, batch_size: int, seed: int = 42):
         paths, labels = data.list_split(root, split)
         keep = data.balanced_subset(labels, subset)
         ds = paths_and_labels_to_dataset(
-            [paths[i] for i in keep], labels[keep], label_mode="int", num_classes=2,
-            max_length=None, shuffle=split != "validation", shuffle_buffer_size=batch_size * 8,
-            seed=seed)
+            [paths[i] for i in keep],
+            labels[keep],
+            label_mode="int",
+            num_classes=2,
+            max_length=None,
+            shuffle=split != "validation",
+            shuffle_buffer_size=batch_size * 8,
+            seed=seed,
+        )
         out.append(ds.batch(batch_size).prefetch(tf.data.AUTOTUNE))
     return tuple(out)
 
 
-def build_model(vocabulary_size=20000, max_sequence_length=200, hidden_dim=32, num_heads=2,
-                intermediate_dim=32, dropout=0.1):
+def build_model(
+    vocabulary_size=20000,
+    max_sequence_length=200,
+    hidden_dim=32,
+    num_heads=2,
+    intermediate_dim=32,
+    dropout=0.1,
+):
     """The example's build_model, verbatim (unnamed layers)."""
     import keras
     import keras_hub
 
     token_id_input = keras.layers.Input(shape=(None,), dtype="int32", name="input_ids")
     x = keras_hub.layers.TokenAndPositionEmbedding(
-        vocabulary_size=vocabulary_size, sequence_length=max_sequence_length,
-        embedding_dim=hidden_dim)(token_id_input)
+        vocabulary_size=vocabulary_size,
+        sequence_length=max_sequence_length,
+        embedding_dim=hidden_dim,
+    )(token_id_input)
     x = keras.layers.Dropout(rate=dropout)(x)
     x = keras_hub.layers.TransformerDecoder(
-        intermediate_dim=intermediate_dim, num_heads=num_heads, dropout=dropout)(x)
+        intermediate_dim=intermediate_dim, num_heads=num_heads, dropout=dropout
+    )(x)
     x = keras.layers.GlobalAveragePooling1D()(x)
     x = keras.layers.Dropout(dropout)(x)
     x = keras.layers.Dense(intermediate_dim, activation="relu")(x)
@@ -102,8 +121,8 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
     """The whole example, timed by phase. Returns phases, accuracies, steps/s, wall time.
 
     cleanup=False leaves the extracted reviews (result["workdir"]) for the caller to delete
-    later: deleting 50,000 files makes the next extraction on this disk (ext4 with discard)
-    5× slower, which would be charged to whatever runs next."""
+    later: deleting 50,000 files slows the next extraction on a disk with online discard
+    (ext4 with discard), which would be charged to whatever runs next."""
     archive = Path(archive or _common.archive())
     phases = _common.Phases(log)
     started = time.perf_counter()
@@ -135,13 +154,16 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
                 train_sentences = [element[0] for element in train_ds]  # noqa: F841 (as the example)
                 word_piece_ds = train_ds.unbatch().map(lambda x, y: x)
                 vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(
-                    word_piece_ds.batch(1000).prefetch(2), vocabulary_size=VOCABULARY_SIZE,
-                    reserved_tokens=reserved_tokens)
+                    word_piece_ds.batch(1000).prefetch(2),
+                    vocabulary_size=VOCABULARY_SIZE,
+                    reserved_tokens=reserved_tokens,
+                )
             result["vocabulary"] = len(vocab)
 
             with phases("tokenizer + dataset pipeline"):
                 tokenizer = keras_hub.tokenizers.WordPieceTokenizer(
-                    vocabulary=vocab, lowercase=False, sequence_length=MAX_SEQUENCE_LENGTH)
+                    vocabulary=vocab, lowercase=False, sequence_length=MAX_SEQUENCE_LENGTH
+                )
 
                 def format_dataset(sentence, label):
                     return ({"input_ids": tokenizer(sentence)}, label)
@@ -152,8 +174,11 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
 
                 train_ds, val_ds, test_ds = map(make_dataset, (train_ds, val_ds, test_ds))
 
-            kwargs = dict(vocabulary_size=VOCABULARY_SIZE, max_sequence_length=MAX_SEQUENCE_LENGTH,
-                          **MODEL_KWARGS)
+            kwargs = dict(
+                vocabulary_size=VOCABULARY_SIZE,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                **MODEL_KWARGS,
+            )
             for precision in ("bf16", "fp8"):
                 with phases(f"{precision}: build + compile"):
                     model = build_model(**kwargs)
@@ -161,24 +186,39 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
                         with warnings.catch_warnings():
                             warnings.simplefilter("ignore", UserWarning)
                             model.quantize("float8")
-                    model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
+                    model.compile(
+                        optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"]
+                    )
                 timer = _common.StepTimer()
                 with phases(f"{precision}: fit ({epochs} epochs + validation)"):
-                    model.fit(train_ds, epochs=epochs, validation_data=val_ds, callbacks=[timer],
-                              verbose=0)
+                    model.fit(
+                        train_ds,
+                        epochs=epochs,
+                        validation_data=val_ds,
+                        callbacks=[timer],
+                        verbose=0,
+                    )
                 with phases(f"{precision}: evaluate"):
                     loss, accuracy = model.evaluate(test_ds, verbose=0)
-                result[precision] = {"test_accuracy": float(accuracy), "test_loss": float(loss),
-                                     "steps_per_sec": timer.steps_per_sec()}
+                result[precision] = {
+                    "test_accuracy": float(accuracy),
+                    "test_loss": float(loss),
+                    "steps_per_sec": timer.steps_per_sec(),
+                }
                 if precision == "fp8":
                     result["fp8"]["float8_layers"] = sum(
-                        1 for layer in model._flatten_layers(recursive=True)
-                        if "float8" in str(layer.dtype_policy))
+                        1
+                        for layer in model._flatten_layers(recursive=True)
+                        if "float8" in str(layer.dtype_policy)
+                    )
                     pattern = r"(scale|amax_history)$"
                     result["fp8"]["fp8_variables"] = sum(
-                        1 for v in model.trainable_variables if re.search(pattern, v.path))
-                log(f"  {precision}: test accuracy {accuracy:.2%}, "
-                    f"{_common.fmt(timer.steps_per_sec(), '.1f')} steps/s")
+                        1 for v in model.trainable_variables if re.search(pattern, v.path)
+                    )
+                log(
+                    f"  {precision}: test accuracy {accuracy:.2%}, "
+                    f"{_common.fmt(timer.steps_per_sec(), '.1f')} steps/s"
+                )
                 del model
         finally:
             keras.config.set_dtype_policy(previous_policy)
@@ -198,15 +238,18 @@ def report(result) -> str:
     lines = [_common.table(["phase", "seconds"], rows)]
     for precision in ("bf16", "fp8"):
         r = result[precision]
-        lines.append(f"{precision}: test accuracy {r['test_accuracy']:.2%}, "
-                     f"{_common.fmt(r['steps_per_sec'], '.1f')} steps/s (training steps only)")
+        lines.append(
+            f"{precision}: test accuracy {r['test_accuracy']:.2%}, "
+            f"{_common.fmt(r['steps_per_sec'], '.1f')} steps/s (training steps only)"
+        )
     return "\n".join(lines)
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--data", default="", help="aclImdb_v1.tar.gz (default: FP8DEMO_IMDB or "
-                        "../shared/data)")
+    parser.add_argument(
+        "--data", default="", help="aclImdb_v1.tar.gz (default: FP8DEMO_IMDB or ../shared/data)"
+    )
     parser.add_argument("--subset", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=EPOCHS)
     parser.add_argument("--json", default="")

@@ -14,7 +14,7 @@ render nothing), as viewers on other machines would load this server. --clients 
 headless chromium pages on this machine, which also pay for rendering on the cores that
 train; --browser-nice runs them at that CPU niceness.
 
-Targets (issue): refresh about once a second; training throughput drops < 10 %.
+Targets: refresh about once a second; training throughput drops < 10 %.
 """
 
 import argparse
@@ -100,8 +100,11 @@ def browser_pids() -> list[int]:
 
 def median_and_p90(gaps):
     gaps = sorted(gaps)
-    return (statistics.median(gaps), gaps[int(0.9 * len(gaps))]) if gaps else (
-        float("inf"), float("inf"))
+    return (
+        (statistics.median(gaps), gaps[int(0.9 * len(gaps))])
+        if gaps
+        else (float("inf"), float("inf"))
+    )
 
 
 def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
@@ -112,24 +115,34 @@ def watch_with_websockets(url, comparison, args, store, run_id, server) -> dict:
     window = {}
 
     def on_window(edge):  # "start" or "end"
-        window[edge] = {"mark": step_mark(store, run_id), "wall": time.time(),
-                        "server": cpu_seconds([server.pid]), "rss": rss_mb(server.pid),
-                        "clients": cpu_seconds([os.getpid()])}
+        window[edge] = {
+            "mark": step_mark(store, run_id),
+            "wall": time.time(),
+            "server": cpu_seconds([server.pid]),
+            "rss": rss_mb(server.pid),
+            "clients": cpu_seconds([os.getpid()]),
+        }
 
-    clients = asyncio.run(ws_viewers.watch(url, "live", f"comparison={comparison}",
-                                          args.viewers, args.seconds, on_window))
+    clients = asyncio.run(
+        ws_viewers.watch(
+            url, "live", f"comparison={comparison}", args.viewers, args.seconds, on_window
+        )
+    )
     start, end = window["start"], window["end"]
 
     def gaps(element):
         return ws_viewers.refresh_intervals(clients, start["wall"], end["wall"], element)
 
-    return {"first": start["mark"], "last": end["mark"],
-            "server_cpu": end["server"] - start["server"],
-            "clients_cpu": end["clients"] - start["clients"],
-            "progress": median_and_p90(gaps("progress")),
-            "charts": median_and_p90(gaps("plotly_chart")),
-            "megabytes": sum(c.bytes_received for c in clients) / 1e6,
-            "server_rss": (start["rss"], end["rss"])}
+    return {
+        "first": start["mark"],
+        "last": end["mark"],
+        "server_cpu": end["server"] - start["server"],
+        "clients_cpu": end["clients"] - start["clients"],
+        "progress": median_and_p90(gaps("progress")),
+        "charts": median_and_p90(gaps("plotly_chart")),
+        "megabytes": sum(c.bytes_received for c in clients) / 1e6,
+        "server_rss": (start["rss"], end["rss"]),
+    }
 
 
 def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> dict:
@@ -139,12 +152,22 @@ def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> d
     executable = CHROMIUM
     if args.browser_nice:
         executable = str(home / "chromium-niced")
-        Path(executable).write_text(f'#!/bin/sh\nexec nice -n {args.browser_nice} {CHROMIUM} "$@"\n')
+        Path(executable).write_text(
+            f'#!/bin/sh\nexec nice -n {args.browser_nice} {CHROMIUM} "$@"\n'
+        )
         os.chmod(executable, 0o755)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=executable, args=[
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
+        browser = playwright.chromium.launch(
+            executable_path=executable,
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+            ],
+        )
         pages = []
         for _ in range(args.viewers):
             page = browser.new_context().new_page()
@@ -169,9 +192,14 @@ def watch_with_browsers(url, comparison, args, store, run_id, server, home) -> d
     def gaps(series):  # the first change is the recorder's own start
         return [(b - a) / 1000 for times in series for a, b in zip(times[1:], times[2:])]
 
-    return {"first": first, "last": last, "server_cpu": server_cpu, "clients_cpu": browsers_cpu,
-            "progress": median_and_p90(gaps([r[0] for r in records])),
-            "charts": median_and_p90(gaps([r[1] for r in records]))}
+    return {
+        "first": first,
+        "last": last,
+        "server_cpu": server_cpu,
+        "clients_cpu": browsers_cpu,
+        "progress": median_and_p90(gaps([r[0] for r in records])),
+        "charts": median_and_p90(gaps([r[1] for r in records])),
+    }
 
 
 def main():
@@ -179,10 +207,18 @@ def main():
     parser.add_argument("--viewers", type=int, default=10)
     parser.add_argument("--seconds", type=float, default=60)
     parser.add_argument("--clients", choices=["websocket", "browser"], default="websocket")
-    parser.add_argument("--browser-nice", type=int, default=0,
-                        help="niceness of the browsers (19 ≈ viewers on other machines)")
-    parser.add_argument("--imdb", default=os.environ.get(
-        "FP8DEMO_IMDB", str(ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz")))
+    parser.add_argument(
+        "--browser-nice",
+        type=int,
+        default=0,
+        help="niceness of the browsers (19 ≈ viewers on other machines)",
+    )
+    parser.add_argument(
+        "--imdb",
+        default=os.environ.get(
+            "FP8DEMO_IMDB", str(ROOT.parent / "shared" / "data" / "aclImdb_v1.tar.gz")
+        ),
+    )
     args = parser.parse_args()
 
     from test_browser import start_server
@@ -191,8 +227,15 @@ def main():
     os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), args.imdb
     store = Store(home)
     # Far longer than both windows (it is cancelled at the end): 250 steps an epoch.
-    config = TrainConfig(subset=8000, vocab_size=5000, vocab_method="fast", seq_len=128, epochs=1000,
-                         precisions=("fp8",), ptq=False)
+    config = TrainConfig(
+        subset=8000,
+        vocab_size=5000,
+        vocab_method="fast",
+        seq_len=128,
+        epochs=1000,
+        precisions=("fp8",),
+        ptq=False,
+    )
     comparison = worker.launch(config, store)
     run_id = store.runs(comparison)[0]["id"]
     server, url = start_server(home, args.imdb)
@@ -213,26 +256,38 @@ def main():
         watched = steps_per_second(window["first"], window["last"])
         drop = 1 - watched / alone
 
-        print(f"viewers: {args.viewers} ({args.clients}), window: {args.seconds:.0f} s each"
-              + (f", browser niceness {args.browser_nice}" if args.clients == "browser" else ""))
-        print(f"steps/s alone {alone:.2f}, with viewers {watched:.2f}: drop {drop * 100:.1f} % "
-              f"(target < 10 %: {'met' if drop < 0.10 else 'NOT met'})")
+        print(
+            f"viewers: {args.viewers} ({args.clients}), window: {args.seconds:.0f} s each"
+            + (f", browser niceness {args.browser_nice}" if args.clients == "browser" else "")
+        )
+        print(
+            f"steps/s alone {alone:.2f}, with viewers {watched:.2f}: drop {drop * 100:.1f} % "
+            f"(target < 10 %: {'met' if drop < 0.10 else 'NOT met'})"
+        )
         cores = os.cpu_count()
-        print(f"CPU while watched: dashboard server {window['server_cpu'] / args.seconds:.2f} "
-              f"cores ({window['server_cpu'] / args.seconds / cores * 100:.1f} % of this "
-              f"machine's {cores}), {args.clients} clients "
-              f"{window['clients_cpu'] / args.seconds:.2f} cores")
+        print(
+            f"CPU while watched: dashboard server {window['server_cpu'] / args.seconds:.2f} "
+            f"cores ({window['server_cpu'] / args.seconds / cores * 100:.1f} % of this "
+            f"machine's {cores}), {args.clients} clients "
+            f"{window['clients_cpu'] / args.seconds:.2f} cores"
+        )
         progress, p90 = window["progress"]
         charts_every, c90 = window["charts"]
-        print(f"progress refresh: median {progress:.2f} s, p90 {p90:.2f} s (target about 1 s: "
-              f"{'met' if progress < 1.5 else 'NOT met'}); charts: median {charts_every:.2f} s, "
-              f"p90 {c90:.2f} s")
+        print(
+            f"progress refresh: median {progress:.2f} s, p90 {p90:.2f} s (target about 1 s: "
+            f"{'met' if progress < 1.5 else 'NOT met'}); charts: median {charts_every:.2f} s, "
+            f"p90 {c90:.2f} s"
+        )
         if "server_rss" in window:
-            print(f"server memory (RSS): {window['server_rss'][0]:.0f} MB at the window's start, "
-                  f"{window['server_rss'][1]:.0f} MB at its end")
+            print(
+                f"server memory (RSS): {window['server_rss'][0]:.0f} MB at the window's start, "
+                f"{window['server_rss'][1]:.0f} MB at its end"
+            )
         if "megabytes" in window:
-            print(f"sent to the viewers: {window['megabytes']:.1f} MB "
-                  f"({window['megabytes'] / args.seconds / args.viewers * 1000:.0f} kB/s each)")
+            print(
+                f"sent to the viewers: {window['megabytes']:.1f} MB "
+                f"({window['megabytes'] / args.seconds / args.viewers * 1000:.0f} kB/s each)"
+            )
     finally:
         store.cancel_comparison(comparison)
         server.terminate()

@@ -36,8 +36,18 @@ REVIEW = "I expected little, but the acting is superb and the ending moved me. R
 def train_store(home: Path, subset: int, epochs: int):
     """One finished bf16 + fp8 comparison, trained by the CLI in its own process."""
     env = dict(os.environ, FP8DEMO_HOME=str(home), PYTHONPATH=str(_common.ROOT))
-    command = [sys.executable, "-m", "fp8demo", "train", "--subset", str(subset), "--epochs",
-               str(epochs), "--vocab-method", "fast"]
+    command = [
+        sys.executable,
+        "-m",
+        "fp8demo",
+        "train",
+        "--subset",
+        str(subset),
+        "--epochs",
+        str(epochs),
+        "--vocab-method",
+        "fast",
+    ]
     print("training the store:", " ".join(command[1:]), flush=True)
     started = time.perf_counter()
     subprocess.run(command, env=env, cwd=_common.ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -61,8 +71,11 @@ def page_paints(home: Path) -> list[dict]:
             seconds = time.perf_counter() - started
             errors = [e.value for e in at.exception] if at.exception else []
             rows.append({"page": page, "visit": visit, "seconds": seconds, "errors": errors})
-            print(f"  {page:18} {visit:6} {seconds * 1000:8.0f} ms"
-                  + (f"  EXCEPTION: {errors[0][:120]}" if errors else ""), flush=True)
+            print(
+                f"  {page:18} {visit:6} {seconds * 1000:8.0f} ms"
+                + (f"  EXCEPTION: {errors[0][:120]}" if errors else ""),
+                flush=True,
+            )
     return rows
 
 
@@ -82,11 +95,17 @@ def predict_latency(home: Path, n: int = 50) -> dict:
             t = time.perf_counter()
             loaded.predict([REVIEW])
             times.append(time.perf_counter() - t)
-        out[run["precision"]] = {"load_seconds": load_s, "median_ms": statistics.median(times) * 1000,
-                                 "p90_ms": sorted(times)[int(0.9 * n) - 1] * 1000}
-        print(f"  {run['precision']}: load {load_s:.1f} s, predict median "
-              f"{out[run['precision']]['median_ms']:.1f} ms, p90 {out[run['precision']]['p90_ms']:.1f} ms",
-              flush=True)
+        out[run["precision"]] = {
+            "load_seconds": load_s,
+            "median_ms": statistics.median(times) * 1000,
+            "p90_ms": sorted(times)[int(0.9 * n) - 1] * 1000,
+        }
+        print(
+            f"  {run['precision']}: load {load_s:.1f} s, predict median "
+            f"{out[run['precision']]['median_ms']:.1f} ms, "
+            f"p90 {out[run['precision']]['p90_ms']:.1f} ms",
+            flush=True,
+        )
     return out
 
 
@@ -103,17 +122,33 @@ def fill_live_store(home: Path, steps: int = 1024, n_layers: int = 8, seed: int 
     layers = [f"decoder/layer_{i}" for i in range(n_layers)]
     for run_id in run_ids:
         run = store.run(run_id)
-        store.update_run(run_id, status="running", phase="training", steps_per_epoch=steps // 2,
-                         total_steps=steps, step=steps, epoch=2)
+        store.update_run(
+            run_id,
+            status="running",
+            phase="training",
+            steps_per_epoch=steps // 2,
+            total_steps=steps,
+            step=steps,
+            epoch=2,
+        )
         loss = np.linspace(0.7, 0.3, steps) + rng.normal(0, 0.05, steps)
-        store.add_steps(run_id, [(s + 1, s // (steps // 2), 0.06 * (s + 1), loss[s], 1 - loss[s])
-                                 for s in range(steps)])
+        store.add_steps(
+            run_id,
+            [
+                (s + 1, s // (steps // 2), 0.06 * (s + 1), loss[s], 1 - loss[s])
+                for s in range(steps)
+            ],
+        )
         store.add_epoch(run_id, 0, steps // 2, 0.5, 0.75, 0.45, 0.78)
         store.add_epoch(run_id, 1, steps, 0.35, 0.85, 0.33, 0.86)
         if run["precision"] == "fp8":
-            store.merge_summary(run_id, fp8_layers=[{"name": n, "class": "Dense",
-                                                     "policy": "float8_from_mixed_bfloat16"}
-                                                    for n in layers])
+            store.merge_summary(
+                run_id,
+                fp8_layers=[
+                    {"name": n, "class": "Dense", "policy": "float8_from_mixed_bfloat16"}
+                    for n in layers
+                ],
+            )
             amax = np.exp(rng.normal(0, 2, (steps, n_layers, 3))).astype(np.float32)
             store.add_fp8_amax(run_id, 1, amax)
             for s in range(8, steps + 1, 8):  # a snapshot every ~0.5 s ≈ every 8 steps
@@ -123,10 +158,14 @@ def fill_live_store(home: Path, steps: int = 1024, n_layers: int = 8, seed: int 
     return store, cid
 
 
+def visit_seconds(pages: list[dict], page: str, visit: str) -> float:
+    return next(r["seconds"] for r in pages if r["page"] == page and r["visit"] == visit)
+
+
 def live_figures(home: Path, repeats: int = 10) -> dict:
     """Time what one refresh of pages/live.py computes (store reads + charts + JSON)."""
     from fp8demo import charts
-    from fp8demo.store import ROLES
+    from fp8demo.fp8 import ROLES
 
     store, cid = fill_live_store(home)
 
@@ -135,11 +174,19 @@ def live_figures(home: Path, repeats: int = 10) -> dict:
         comparison = store.comparison(cid)
         runs = comparison["runs"]
         for metric in ("loss", "accuracy"):  # live.metric_curves
-            curves = [charts.curve_from_store(r["precision"], r["precision"],
-                                              store.step_metrics(r["id"]),
-                                              store.epoch_metrics(r["id"]), metric) for r in runs]
-            figures.append(charts.metric_figure(curves, metric, smoothing=0.6,
-                                                log_y=False, x_axis="step"))
+            curves = [
+                charts.curve_from_store(
+                    r["precision"],
+                    r["precision"],
+                    store.step_metrics(r["id"]),
+                    store.epoch_metrics(r["id"]),
+                    metric,
+                )
+                for r in runs
+            ]
+            figures.append(
+                charts.metric_figure(curves, metric, smoothing=0.6, log_y=False, x_axis="step")
+            )
         fp8_run = next(r for r in runs if r["precision"] == "fp8")  # live.fp8_panel
         layers = [layer["name"] for layer in fp8_run["summary"]["fp8_layers"]]
         steps, amax = store.fp8_amax(fp8_run["id"])
@@ -162,16 +209,21 @@ def live_figures(home: Path, repeats: int = 10) -> dict:
             times.append(time.perf_counter() - t)
         key = "build_and_json" if serialize else "build"
         out[key] = statistics.median(times)
-        print(f"  live refresh ({n} steps × 8 layers × 3 roles, 7 figures), "
-              f"{'figures + JSON' if serialize else 'figures only'}: median {out[key] * 1000:.0f} ms",
-              flush=True)
+        print(
+            f"  live refresh ({n} steps × 8 layers × 3 roles, 7 figures), "
+            f"{'figures + JSON' if serialize else 'figures only'}: median {out[key] * 1000:.0f} ms",
+            flush=True,
+        )
     return out
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", default="", help="a home with a finished comparison (default: "
-                        "train one into a temp folder)")
+    parser.add_argument(
+        "--store",
+        default="",
+        help="a home with a finished comparison (default: train one into a temp folder)",
+    )
     parser.add_argument("--subset", type=int, default=500)
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=50, help="predictions to time")
@@ -198,18 +250,32 @@ def main(argv=None):
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print("\n" + _common.table(
-        ["page", "fresh caches ms", "repeat visit ms"],
-        [(p, f"{next(r['seconds'] for r in pages if r['page'] == p and r['visit'] == 'fresh') * 1000:.0f}",
-          f"{next(r['seconds'] for r in pages if r['page'] == p and r['visit'] == 'repeat') * 1000:.0f}")
-         for p in PAGES]))
+    print(
+        "\n"
+        + _common.table(
+            ["page", "fresh caches ms", "repeat visit ms"],
+            [
+                (
+                    p,
+                    f"{visit_seconds(pages, p, 'fresh') * 1000:.0f}",
+                    f"{visit_seconds(pages, p, 'repeat') * 1000:.0f}",
+                )
+                for p in PAGES
+            ],
+        )
+    )
     worst = max(v["median_ms"] for v in latency.values())
-    print(f"\nprediction, one review: " + ", ".join(f"{k} {v['median_ms']:.1f} ms"
-                                                 for k, v in latency.items())
-          + f" (target ≤ {PREDICT_TARGET_MS} ms): {_common.met(worst <= PREDICT_TARGET_MS)}")
-    print(f"live page figures: {figures['build'] * 1000:.0f} ms to build, "
-          f"{figures['build_and_json'] * 1000:.0f} ms with JSON (target well under "
-          f"{FIGURES_TARGET_S:.0f} s): {_common.met(figures['build_and_json'] <= FIGURES_TARGET_S / 2)}")
+    print(
+        "\nprediction, one review: "
+        + ", ".join(f"{k} {v['median_ms']:.1f} ms" for k, v in latency.items())
+        + f" (target ≤ {PREDICT_TARGET_MS} ms): {_common.met(worst <= PREDICT_TARGET_MS)}"
+    )
+    print(
+        f"live page figures: {figures['build'] * 1000:.0f} ms to build, "
+        f"{figures['build_and_json'] * 1000:.0f} ms with JSON (target well under "
+        f"{FIGURES_TARGET_S:.0f} s): "
+        f"{_common.met(figures['build_and_json'] <= FIGURES_TARGET_S / 2)}"
+    )
     if any(r["errors"] for r in pages):
         print("page exceptions:", [(r["page"], r["errors"][0][:200]) for r in pages if r["errors"]])
     _common.write_json(args.json, {"pages": pages, "predict": latency, "live_figures": figures})

@@ -26,15 +26,20 @@ AXES = {"seq_len": (64, 128, 200, 400), "hidden_dim": (32, 128, 512), "batch_siz
 
 def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup, dropout=0.1) -> dict:
     """In the child process: steps/s and peak memory of one configuration."""
-    import numpy as np
-
     import keras
+    import numpy as np
 
     from fp8demo import model as model_lib
     from fp8demo.config import TrainConfig
 
-    config = TrainConfig(seq_len=seq_len, hidden_dim=hidden_dim, intermediate_dim=hidden_dim,
-                         heads=2, batch_size=batch_size, dropout=dropout).validate()
+    config = TrainConfig(
+        seq_len=seq_len,
+        hidden_dim=hidden_dim,
+        intermediate_dim=hidden_dim,
+        heads=2,
+        batch_size=batch_size,
+        dropout=dropout,
+    ).validate()
     rss_before = _common.peak_rss_mb()
     model = model_lib.compile(model_lib.build(config, precision), config)
     rng = np.random.default_rng(0)
@@ -42,19 +47,41 @@ def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup, dropout=0
     x = rng.integers(2, config.vocab_size, size=(n, seq_len), dtype=np.int32)
     y = rng.integers(0, 2, size=(n, 1)).astype(np.float32)
     started = time.perf_counter()
-    model.fit(x[: batch_size * warmup], y[: batch_size * warmup], batch_size=batch_size,
-              epochs=1, verbose=0, shuffle=False)
+    model.fit(
+        x[: batch_size * warmup],
+        y[: batch_size * warmup],
+        batch_size=batch_size,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+    )
     compile_s = time.perf_counter() - started
     timer = _common.StepTimer()
-    model.fit(x[: batch_size * (steps + 1)], y[: batch_size * (steps + 1)], batch_size=batch_size,
-              epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    model.fit(
+        x[: batch_size * (steps + 1)],
+        y[: batch_size * (steps + 1)],
+        batch_size=batch_size,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=[timer],
+    )
     rate = timer.steps_per_sec()
-    return {"precision": precision, "seq_len": seq_len, "hidden_dim": hidden_dim,
-            "batch_size": batch_size, "dropout": dropout, "params": model_lib.count_params(model),
-            "steps_per_sec": rate, "ms_per_step": 1000 / rate if rate else None,
-            "samples_per_sec": rate * batch_size if rate else None,
-            "warmup_seconds": compile_s, "peak_rss_mb": _common.peak_rss_mb(),
-            "rss_after_imports_mb": rss_before, "keras": keras.__version__}
+    return {
+        "precision": precision,
+        "seq_len": seq_len,
+        "hidden_dim": hidden_dim,
+        "batch_size": batch_size,
+        "dropout": dropout,
+        "params": model_lib.count_params(model),
+        "steps_per_sec": rate,
+        "ms_per_step": 1000 / rate if rate else None,
+        "samples_per_sec": rate * batch_size if rate else None,
+        "warmup_seconds": compile_s,
+        "peak_rss_mb": _common.peak_rss_mb(),
+        "rss_after_imports_mb": rss_before,
+        "keras": keras.__version__,
+    }
 
 
 def points():
@@ -69,14 +96,27 @@ def points():
 
 def run_point(point, precision, steps, warmup, dropout=0.1, timeout=900) -> dict:
     spec = dict(point, precision=precision, dropout=dropout)
-    command = [sys.executable, __file__, "--child", json.dumps(spec),
-               "--steps", str(steps), "--warmup", str(warmup)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ, PYTHONPATH=str(_common.ROOT)))
-    lines = [l for l in done.stdout.splitlines() if l.startswith("RESULT ")]
+    command = [
+        sys.executable,
+        __file__,
+        "--child",
+        json.dumps(spec),
+        "--steps",
+        str(steps),
+        "--warmup",
+        str(warmup),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(_common.ROOT)),
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
         return dict(point, precision=precision, error=(done.stderr or done.stdout)[-300:])
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv=None):
@@ -85,8 +125,12 @@ def main(argv=None):
     parser.add_argument("--warmup", type=int, default=3, help="steps before timing (compiles)")
     parser.add_argument("--quick", action="store_true", help="one point only (a smoke test)")
     parser.add_argument("--base-only", action="store_true", help="only the example's point")
-    parser.add_argument("--dropout", type=float, default=0.1,
-                        help="dropout rate (0 shows what dropout's random numbers cost)")
+    parser.add_argument(
+        "--dropout",
+        type=float,
+        default=0.1,
+        help="dropout rate (0 shows what dropout's random numbers cost)",
+    )
     parser.add_argument("--precisions", default="bf16,fp8")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     parser.add_argument("--json", default="")
@@ -109,26 +153,50 @@ def main(argv=None):
             if "error" in r:
                 print(f"{point} {precision}: FAILED {r['error']}", flush=True)
                 continue
-            print(f"seq {r['seq_len']:4} hidden {r['hidden_dim']:4} batch {r['batch_size']:4} "
-                  f"{precision:5} {r['steps_per_sec']:7.2f} steps/s {r['ms_per_step']:7.1f} ms/step "
-                  f"peak RSS {r['peak_rss_mb']:6.0f} MiB", flush=True)
-    by = {(r["seq_len"], r["hidden_dim"], r["batch_size"], r["precision"]): r
-          for r in results if "error" not in r}
+            print(
+                f"seq {r['seq_len']:4} hidden {r['hidden_dim']:4} batch {r['batch_size']:4} "
+                f"{precision:5} {r['steps_per_sec']:7.2f} steps/s {r['ms_per_step']:7.1f} ms/step "
+                f"peak RSS {r['peak_rss_mb']:6.0f} MiB",
+                flush=True,
+            )
+    by = {
+        (r["seq_len"], r["hidden_dim"], r["batch_size"], r["precision"]): r
+        for r in results
+        if "error" not in r
+    }
     for point in chosen:
         key = (point["seq_len"], point["hidden_dim"], point["batch_size"])
         cells = []
         for precision in ("bf16", "fp8"):
             r = by.get(key + (precision,))
-            cells += [_common.fmt(r and r["steps_per_sec"], ".1f"),
-                      _common.fmt(r and r["peak_rss_mb"], ".0f")]
+            cells += [
+                _common.fmt(r and r["steps_per_sec"], ".1f"),
+                _common.fmt(r and r["peak_rss_mb"], ".0f"),
+            ]
         b, f = by.get(key + ("bf16",)), by.get(key + ("fp8",))
         ratio = f["steps_per_sec"] / b["steps_per_sec"] if b and f else None
         params = (b or f or {}).get("params")
         rows.append((*key, _common.fmt(params, ",d"), *cells, _common.fmt(ratio, ".2f")))
-    print(f"\n{os.cpu_count()} CPUs, dropout {args.dropout}, {args.steps} timed steps per point "
-          f"after {args.warmup} warm-up steps\n")
-    print(_common.table(["seq len", "hidden", "batch", "params", "bf16 steps/s", "bf16 peak RSS MiB",
-                         "fp8 steps/s", "fp8 peak RSS MiB", "fp8/bf16 speed"], rows))
+    print(
+        f"\n{os.cpu_count()} CPUs, dropout {args.dropout}, {args.steps} timed steps per point "
+        f"after {args.warmup} warm-up steps\n"
+    )
+    print(
+        _common.table(
+            [
+                "seq len",
+                "hidden",
+                "batch",
+                "params",
+                "bf16 steps/s",
+                "bf16 peak RSS MiB",
+                "fp8 steps/s",
+                "fp8 peak RSS MiB",
+                "fp8/bf16 speed",
+            ],
+            rows,
+        )
+    )
     _common.write_json(args.json, results)
 
 

@@ -44,11 +44,15 @@ class Viewer:
         self._ws = None
 
     def _rerun(self, fragment_id: str = "") -> bytes:
-        state = ClientState(query_string=self.query, widget_states=WidgetStates(),
-                            page_script_hash=self.page_script_hash,
-                            page_name="" if self.page_script_hash else self.page,
-                            fragment_id=fragment_id, is_auto_rerun=bool(fragment_id),
-                            cached_message_hashes=sorted(self.cached_hashes))
+        state = ClientState(
+            query_string=self.query,
+            widget_states=WidgetStates(),
+            page_script_hash=self.page_script_hash,
+            page_name="" if self.page_script_hash else self.page,
+            fragment_id=fragment_id,
+            is_auto_rerun=bool(fragment_id),
+            cached_message_hashes=sorted(self.cached_hashes),
+        )
         return BackMsg(rerun_script=state).SerializeToString()
 
     async def _auto_rerun(self, ws, fragment_id: str, interval: float):
@@ -95,13 +99,15 @@ class Viewer:
         if interval:
             self.intervals[fragment] = interval
             self._timers[fragment] = asyncio.ensure_future(
-                self._auto_rerun(self._ws, fragment, interval))
+                self._auto_rerun(self._ws, fragment, interval)
+            )
 
     async def watch(self, until: asyncio.Event):
         import websockets
 
-        async with websockets.connect(self.ws_url, subprotocols=["streamlit"],
-                                      origin=self.origin, max_size=None) as ws:
+        async with websockets.connect(
+            self.ws_url, subprotocols=["streamlit"], origin=self.origin, max_size=None
+        ) as ws:
             self._ws = ws
             await ws.send(self._rerun())
             receiver = asyncio.ensure_future(self._receive(ws))

@@ -14,7 +14,7 @@ import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fp8demo.store import ROLES
+from fp8demo.fp8 import ROLES
 
 COLORS = {"bf16": "#1f77b4", "fp8": "#ff7f0e", "float32": "#7f7f7f"}
 FALLBACK_COLOR = "#2ca02c"
@@ -27,8 +27,15 @@ AMAX_LOG2_RANGE = (-16.0, 16.0)
 # below (clipped; barely tinted within rounding, -0.1), blue above (spare range; deep blue =
 # small values underflow). 0 sits at 4/20 of the range, -1 at 3/20.
 HEADROOM_RANGE = (-4.0, 16.0)
-HEADROOM_COLORS = [[0.0, "#b2182b"], [0.15, "#ef8a62"], [0.195, "#fbe3d6"], [0.2, "#f7f7f7"],
-                   [0.3, "#e4eef6"], [0.6, "#4393c3"], [1.0, "#053061"]]
+HEADROOM_COLORS = [
+    [0.0, "#b2182b"],
+    [0.15, "#ef8a62"],
+    [0.195, "#fbe3d6"],
+    [0.2, "#f7f7f7"],
+    [0.3, "#e4eef6"],
+    [0.6, "#4393c3"],
+    [1.0, "#053061"],
+]
 # Points per plotted series after downsampling (TensorBoard samples 1,000 per scalar): enough
 # for a chart's pixel width, and what every viewer's browser receives each second on Live.
 MAX_POINTS = 1000
@@ -117,34 +124,64 @@ def bucket_max(steps, values, max_columns: int = MAX_COLUMNS):
 # -- training curves ----------------------------------------------------------------------
 
 
-def curve(label, precision, steps, times, values, val_steps=(), val_values=(), dash="solid",
-          best=None):
+def curve(
+    label, precision, steps, times, values, val_steps=(), val_values=(), dash="solid", best=None
+):
     """One run's series for `metric_figure` (step metrics plus per-epoch validation points).
 
     best: index of the best epoch (highest validation accuracy) among the validation points.
     """
-    return dict(label=label, precision=precision, steps=np.asarray(steps, dtype=np.float64),
-                times=np.asarray(times, dtype=np.float64), values=np.asarray(values, dtype=np.float64),
-                val_steps=np.asarray(val_steps, dtype=np.float64),
-                val_values=np.asarray(val_values, dtype=np.float64), dash=dash, best=best)
+    return dict(
+        label=label,
+        precision=precision,
+        steps=np.asarray(steps, dtype=np.float64),
+        times=np.asarray(times, dtype=np.float64),
+        values=np.asarray(values, dtype=np.float64),
+        val_steps=np.asarray(val_steps, dtype=np.float64),
+        val_values=np.asarray(val_values, dtype=np.float64),
+        dash=dash,
+        best=best,
+    )
 
 
-def curve_from_store(label, precision, step_metrics: dict, epoch_metrics: list, metric: str,
-                     dash="solid"):
+def curve_from_store(
+    label, precision, step_metrics: dict, epoch_metrics: list, metric: str, dash="solid"
+):
     """Build a curve from `Store.step_metrics` / `Store.epoch_metrics` output."""
     val = [e for e in epoch_metrics if e.get(f"val_{metric}") is not None]
     accuracies = [e.get("val_accuracy") for e in val]
-    best = (int(np.nanargmax(np.array(accuracies, dtype=float)))
-            if accuracies and None not in accuracies and len(val) > 1 else None)
-    return curve(label, precision, step_metrics["step"], step_metrics["time"], step_metrics[metric],
-                 [e["step"] for e in val], [e[f"val_{metric}"] for e in val], dash=dash, best=best)
+    best = (
+        int(np.nanargmax(np.array(accuracies, dtype=float)))
+        if accuracies and None not in accuracies and len(val) > 1
+        else None
+    )
+    return curve(
+        label,
+        precision,
+        step_metrics["step"],
+        step_metrics["time"],
+        step_metrics[metric],
+        [e["step"] for e in val],
+        [e[f"val_{metric}"] for e in val],
+        dash=dash,
+        best=best,
+    )
 
 
 METRIC_TITLES = {"loss": "Loss (binary cross-entropy)", "accuracy": "Accuracy"}
 
 
-def metric_figure(curves, metric="loss", *, smoothing=0.6, log_y=False, x_axis="step",
-                  max_points=MAX_POINTS, title=None, height=360) -> go.Figure:
+def metric_figure(
+    curves,
+    metric="loss",
+    *,
+    smoothing=0.6,
+    log_y=False,
+    x_axis="step",
+    max_points=MAX_POINTS,
+    title=None,
+    height=360,
+) -> go.Figure:
     """Per-step training curves overlaid: raw (faint), EMA-smoothed, validation markers.
 
     x_axis: "step" (training step) or "time" (seconds since the run's training started).
@@ -157,38 +194,74 @@ def metric_figure(curves, metric="loss", *, smoothing=0.6, log_y=False, x_axis="
         x_all = c["steps"] if x_axis == "step" else c["times"]
         if len(c["values"]):
             keep = minmax_indices(c["values"], max_points)
-            fig.add_trace(go.Scattergl(
-                x=_f32(x_all[keep]), y=_f32(c["values"][keep]), mode="lines",
-                line=dict(color=col, width=1, dash=c["dash"]), opacity=0.25,
-                name=f"{c['label']} (raw)", legendgroup=c["label"], showlegend=False,
-                hovertemplate=f"{c['label']} raw<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+            fig.add_trace(
+                go.Scattergl(
+                    x=_f32(x_all[keep]),
+                    y=_f32(c["values"][keep]),
+                    mode="lines",
+                    line=dict(color=col, width=1, dash=c["dash"]),
+                    opacity=0.25,
+                    name=f"{c['label']} (raw)",
+                    legendgroup=c["label"],
+                    showlegend=False,
+                    hovertemplate=f"{c['label']} raw<br>%{{x}}: %{{y:.4f}}<extra></extra>",
+                )
+            )
             smooth = ema(c["values"], smoothing)
             keep = minmax_indices(smooth, max_points)
-            fig.add_trace(go.Scattergl(
-                x=_f32(x_all[keep]), y=_f32(smooth[keep]), mode="lines",
-                line=dict(color=col, width=2, dash=c["dash"]), name=c["label"],
-                legendgroup=c["label"],
-                hovertemplate=f"{c['label']}<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+            fig.add_trace(
+                go.Scattergl(
+                    x=_f32(x_all[keep]),
+                    y=_f32(smooth[keep]),
+                    mode="lines",
+                    line=dict(color=col, width=2, dash=c["dash"]),
+                    name=c["label"],
+                    legendgroup=c["label"],
+                    hovertemplate=f"{c['label']}<br>%{{x}}: %{{y:.4f}}<extra></extra>",
+                )
+            )
         if len(c["val_values"]):
             vx = c["val_steps"]
             if x_axis == "time":
                 # Epoch rows carry wall-clock times; place them on the run's own time axis.
                 vx = np.interp(vx, c["steps"], c["times"]) if len(c["steps"]) else vx * np.nan
-            fig.add_trace(go.Scatter(
-                x=_f32(vx), y=_f32(c["val_values"]), mode="markers",
-                marker=dict(color=col, size=10, symbol="diamond", line=dict(color="white", width=1)),
-                name=f"{c['label']} validation", legendgroup=c["label"],
-                hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
+            fig.add_trace(
+                go.Scatter(
+                    x=_f32(vx),
+                    y=_f32(c["val_values"]),
+                    mode="markers",
+                    marker=dict(
+                        color=col, size=10, symbol="diamond", line=dict(color="white", width=1)
+                    ),
+                    name=f"{c['label']} validation",
+                    legendgroup=c["label"],
+                    hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>",
+                )
+            )
             if c.get("best") is not None:  # the epoch with the best validation accuracy
                 b = c["best"]
-                fig.add_trace(go.Scatter(
-                    x=_f32(vx[b:b + 1]), y=_f32(c["val_values"][b:b + 1]), mode="markers",
-                    marker=dict(color=col, size=18, symbol="star", line=dict(color="black", width=1)),
-                    name=f"{c['label']} best epoch", legendgroup=c["label"],
-                    hovertemplate=f"{c['label']} best epoch ({b + 1})<br>%{{x}}: %{{y:.4f}}<extra></extra>"))
-    _layout(fig, title or METRIC_TITLES.get(metric, metric),
-            "step" if x_axis == "step" else "seconds since training started",
-            metric, uirevision=f"{metric}-{x_axis}", height=height)
+                fig.add_trace(
+                    go.Scatter(
+                        x=_f32(vx[b : b + 1]),
+                        y=_f32(c["val_values"][b : b + 1]),
+                        mode="markers",
+                        marker=dict(
+                            color=col, size=18, symbol="star", line=dict(color="black", width=1)
+                        ),
+                        name=f"{c['label']} best epoch",
+                        legendgroup=c["label"],
+                        hovertemplate=f"{c['label']} best epoch ({b + 1})<br>%{{x}}: %{{y:.4f}}"
+                        "<extra></extra>",
+                    )
+                )
+    _layout(
+        fig,
+        title or METRIC_TITLES.get(metric, metric),
+        "step" if x_axis == "step" else "seconds since training started",
+        metric,
+        uirevision=f"{metric}-{x_axis}",
+        height=height,
+    )
     if log_y:
         fig.update_yaxes(type="log")
     elif metric == "accuracy":
@@ -208,8 +281,9 @@ def amax_log2(amax) -> np.ndarray:
     return out
 
 
-def amax_heatmap(steps, amax_role, layer_names, role="inputs", *, max_columns=MAX_COLUMNS,
-                 height=None) -> go.Figure:
+def amax_heatmap(
+    steps, amax_role, layer_names, role="inputs", *, max_columns=MAX_COLUMNS, height=None
+) -> go.Figure:
     """Heatmap of one role's amax: rows = float8 layers, columns = steps (oldest left).
 
     steps: (T,), amax_role: (T, layers). Colour is log2(amax) on a fixed range; zero amax
@@ -218,49 +292,113 @@ def amax_heatmap(steps, amax_role, layer_names, role="inputs", *, max_columns=MA
     steps, amax_role = bucket_max(steps, np.asarray(amax_role, dtype=np.float32), max_columns)
     z = amax_log2(amax_role).T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
     zmin, zmax = AMAX_LOG2_RANGE
-    return _layer_heatmap(steps, z, layer_names, f"amax per step — {ROLE_TITLES.get(role, role)}",
-                          AMAX_LOG2_RANGE, "Viridis", "log2 amax", uirevision=f"amax-{role}",
-                          height=height, tickvals=list(range(int(zmin), int(zmax) + 1, 4)))
+    return _layer_heatmap(
+        steps,
+        z,
+        layer_names,
+        f"amax per step — {ROLE_TITLES.get(role, role)}",
+        AMAX_LOG2_RANGE,
+        "Viridis",
+        "log2 amax",
+        uirevision=f"amax-{role}",
+        height=height,
+        tickvals=list(range(int(zmin), int(zmax) + 1, 4)),
+    )
 
 
-def _layer_heatmap(steps, z, layer_names, title, z_range, colorscale, z_title, *, uirevision,
-                   height=None, tickvals=None) -> go.Figure:
+def _layer_heatmap(
+    steps,
+    z,
+    layer_names,
+    title,
+    z_range,
+    colorscale,
+    z_title,
+    *,
+    uirevision,
+    height=None,
+    tickvals=None,
+) -> go.Figure:
     """Rows = float8 layers (the model's order, top down), columns = steps; fixed colour range."""
-    fig = go.Figure(go.Heatmap(
-        x=_f32(steps), y=list(layer_names), z=z, zmin=z_range[0], zmax=z_range[1],
-        colorscale=colorscale, colorbar=dict(title=dict(text=z_title), tickvals=tickvals),
-        hoverongaps=False,
-        hovertemplate=f"%{{y}}<br>step %{{x}}<br>{z_title} %{{z:.2f}}<extra></extra>"))
-    _layout(fig, title, "step", "float8 layer", uirevision=uirevision,
-            height=height or max(260, 60 + 28 * len(layer_names)))
+    fig = go.Figure(
+        go.Heatmap(
+            x=_f32(steps),
+            y=list(layer_names),
+            z=z,
+            zmin=z_range[0],
+            zmax=z_range[1],
+            colorscale=colorscale,
+            colorbar=dict(title=dict(text=z_title), tickvals=tickvals),
+            hoverongaps=False,
+            hovertemplate=f"%{{y}}<br>step %{{x}}<br>{z_title} %{{z:.2f}}<extra></extra>",
+        )
+    )
+    _layout(
+        fig,
+        title,
+        "step",
+        "float8 layer",
+        uirevision=uirevision,
+        height=height or max(260, 60 + 28 * len(layer_names)),
+    )
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
 
 
-def scales_figure(steps, scales, layer_names, roles=ROLES, *, max_points=MAX_POINTS // 2,
-                  height=360) -> go.Figure:
+def scales_figure(
+    steps, scales, layer_names, roles=ROLES, *, max_points=MAX_POINTS // 2, height=360
+) -> go.Figure:
     """Scale of every float8 layer over training, one panel per role, log y.
 
     steps: (T,), scales: (T, layers, roles). scale = amax / fmax, so it follows the amax
     history with a delay; a scale of 1.0 is the untouched initial value.
     """
     scales = np.asarray(scales, dtype=np.float32)
-    fig = make_subplots(rows=1, cols=len(roles), subplot_titles=[ROLE_TITLES.get(r, r) for r in roles],
-                        shared_yaxes=False)
-    palette = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692",
-               "#b6e880", "#ff97ff", "#fecb52")
+    fig = make_subplots(
+        rows=1,
+        cols=len(roles),
+        subplot_titles=[ROLE_TITLES.get(r, r) for r in roles],
+        shared_yaxes=False,
+    )
+    palette = (
+        "#636efa",
+        "#ef553b",
+        "#00cc96",
+        "#ab63fa",
+        "#ffa15a",
+        "#19d3f3",
+        "#ff6692",
+        "#b6e880",
+        "#ff97ff",
+        "#fecb52",
+    )
     steps = np.asarray(steps)
     for j in range(len(roles)):
         for i, name in enumerate(layer_names):
             y = scales[:, i, j] if len(steps) else np.zeros(0, np.float32)
             keep = minmax_indices(y, max_points)
-            fig.add_trace(go.Scattergl(
-                x=_f32(steps[keep]), y=_f32(y[keep]), mode="lines", name=name, legendgroup=name,
-                showlegend=(j == 0), line=dict(color=palette[i % len(palette)], width=1.5),
-                hovertemplate=f"{name}<br>step %{{x}}<br>scale %{{y:.3g}}<extra></extra>"),
-                row=1, col=j + 1)
-    _layout(fig, "float8 scales over training (scale = amax / fmax)", None, None,
-            uirevision="scales", height=height)
+            fig.add_trace(
+                go.Scattergl(
+                    x=_f32(steps[keep]),
+                    y=_f32(y[keep]),
+                    mode="lines",
+                    name=name,
+                    legendgroup=name,
+                    showlegend=(j == 0),
+                    line=dict(color=palette[i % len(palette)], width=1.5),
+                    hovertemplate=f"{name}<br>step %{{x}}<br>scale %{{y:.3g}}<extra></extra>",
+                ),
+                row=1,
+                col=j + 1,
+            )
+    _layout(
+        fig,
+        "float8 scales over training (scale = amax / fmax)",
+        None,
+        None,
+        uirevision="scales",
+        height=height,
+    )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(type="log", exponentformat="power")
     fig.update_yaxes(title_text="scale", row=1, col=1)
@@ -276,28 +414,54 @@ def fp8_state_rows(before: dict, after: dict) -> list[dict]:
             a = after.get(layer, {}).get(role, {})
             if not a and not b:
                 continue
-            rows.append({
-                "layer": layer, "role": ROLE_TITLES[role],
-                "scale before": b.get("scale"), "scale after": a.get("scale"),
-                "amax max before": b.get("amax_max"), "amax max after": a.get("amax_max"),
-                "amax history filled": a.get("amax_nonzero"),
-                "amax history (newest first)": ", ".join(f"{v:.3g}" for v in a.get("history_head", [])),
-            })
+            rows.append(
+                {
+                    "layer": layer,
+                    "role": ROLE_TITLES[role],
+                    "scale before": b.get("scale"),
+                    "scale after": a.get("scale"),
+                    "amax max before": b.get("amax_max"),
+                    "amax max after": a.get("amax_max"),
+                    "amax history filled": a.get("amax_nonzero"),
+                    "amax history (newest first)": ", ".join(
+                        f"{v:.3g}" for v in a.get("history_head", [])
+                    ),
+                }
+            )
     return rows
 
 
 def scale_change_figure(before: dict, after: dict, role="inputs", height=320) -> go.Figure:
     """Bars of each float8 layer's scale before vs after training, for one role (log y)."""
     layers = _layer_order(before, after)
-    get = lambda state, layer: state.get(layer, {}).get(role, {}).get("scale")
-    fig = go.Figure([
-        go.Bar(x=layers, y=_f32([get(before, l) or np.nan for l in layers]), name="before training",
-               marker_color="#c7c7c7"),
-        go.Bar(x=layers, y=_f32([get(after, l) or np.nan for l in layers]), name="after training",
-               marker_color=COLORS["fp8"]),
-    ])
-    _layout(fig, f"{ROLE_TITLES.get(role, role)} scale before vs after training", "float8 layer",
-            "scale", uirevision=f"scale-change-{role}", height=height)
+
+    def get(state, layer):
+        return state.get(layer, {}).get(role, {}).get("scale")
+
+    fig = go.Figure(
+        [
+            go.Bar(
+                x=layers,
+                y=_f32([get(before, name) or np.nan for name in layers]),
+                name="before training",
+                marker_color="#c7c7c7",
+            ),
+            go.Bar(
+                x=layers,
+                y=_f32([get(after, name) or np.nan for name in layers]),
+                name="after training",
+                marker_color=COLORS["fp8"],
+            ),
+        ]
+    )
+    _layout(
+        fig,
+        f"{ROLE_TITLES.get(role, role)} scale before vs after training",
+        "float8 layer",
+        "scale",
+        uirevision=f"scale-change-{role}",
+        height=height,
+    )
     fig.update_layout(barmode="group")
     fig.update_yaxes(type="log", exponentformat="power")
     return fig
@@ -310,10 +474,13 @@ def _layer_order(before: dict, after: dict) -> list:
 
 def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
     fig.update_layout(
-        title=dict(text=title), uirevision=uirevision, height=height,
+        title=dict(text=title),
+        uirevision=uirevision,
+        height=height,
         margin=dict(l=10, r=10, t=50, b=10),
         legend=dict(orientation="h", yanchor="bottom", y=1.0, xanchor="right", x=1.0),
-        hovermode="closest")
+        hovermode="closest",
+    )
     if x_title is not None:
         fig.update_xaxes(title_text=x_title)
     if y_title is not None:
@@ -324,26 +491,41 @@ def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
 # -- fp8 numerics health ------------------------------------------------------------------
 
 
-def headroom_figure(steps, headroom_role, layer_names, role="inputs", *, max_points=MAX_POINTS,
-                    height=360) -> go.Figure:
+def headroom_figure(
+    steps, headroom_role, layer_names, role="inputs", *, max_points=MAX_POINTS, height=360
+) -> go.Figure:
     """log2 headroom per layer over time for one role; below 0 the tensor was clipped."""
     fig = go.Figure()
     steps = np.asarray(steps, dtype=np.float64)
     for i, name in enumerate(layer_names):
         values = np.asarray(headroom_role[:, i], dtype=np.float64)
         keep = minmax_indices(np.nan_to_num(values, nan=0.0), max_points)
-        fig.add_trace(go.Scattergl(x=_f32(steps[keep]), y=_f32(values[keep]), mode="lines",
-                                   name=name, line=dict(width=1.5)))
+        fig.add_trace(
+            go.Scattergl(
+                x=_f32(steps[keep]),
+                y=_f32(values[keep]),
+                mode="lines",
+                name=name,
+                line=dict(width=1.5),
+            )
+        )
     fig.add_hline(y=0, line=dict(color="red", dash="dash"), annotation_text="clipping")
-    _layout(fig, f"Headroom of {ROLE_TITLES.get(role, role)} (log2 of representable max / amax)",
-            "step", "log2 headroom", uirevision=f"headroom-{role}", height=height)
+    _layout(
+        fig,
+        f"Headroom of {ROLE_TITLES.get(role, role)} (log2 of representable max / amax)",
+        "step",
+        "log2 headroom",
+        uirevision=f"headroom-{role}",
+        height=height,
+    )
     return _legend_below(fig)
 
 
 def _legend_below(fig: go.Figure) -> go.Figure:
     """One entry per float8 layer is too many for the top right: put the legend underneath."""
-    fig.update_layout(legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0),
-                      margin=dict(b=90))
+    fig.update_layout(
+        legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0), margin=dict(b=90)
+    )
     return fig
 
 
@@ -351,10 +533,16 @@ def mark_overflows(fig: go.Figure, steps, overflow_role, layer_names) -> go.Figu
     """Overlay ✕ markers on an amax heatmap where a step overflowed its delayed scale."""
     rows, cols = np.nonzero(np.asarray(overflow_role).T)  # (layer, step index)
     if len(rows):
-        fig.add_trace(go.Scatter(
-            x=_f32(np.asarray(steps)[cols]), y=[layer_names[r] for r in rows], mode="markers",
-            marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white")),
-            name="overflow", hovertemplate="overflow at step %{x}<br>%{y}<extra></extra>"))
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(np.asarray(steps)[cols]),
+                y=[layer_names[r] for r in rows],
+                mode="markers",
+                marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white")),
+                name="overflow",
+                hovertemplate="overflow at step %{x}<br>%{y}<extra></extra>",
+            )
+        )
     return fig
 
 
@@ -363,29 +551,48 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
 
     stats_role: [probes, layers, (saturation, underflow)] fractions, as the store holds them.
     """
-    fig = make_subplots(rows=1, cols=2, subplot_titles=("saturation: % clipped",
-                                                        "underflow: % of nonzero flushed to 0"))
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        subplot_titles=("saturation: % clipped", "underflow: % of nonzero flushed to 0"),
+    )
     steps = _f32(steps)
     palette = plotly.colors.qualitative.D3  # one colour per layer in both panels
     for i, name in enumerate(layer_names):
         line = dict(width=1.5, color=palette[i % len(palette)])
         for k in range(2):
-            fig.add_trace(go.Scatter(
-                x=steps, y=_f32(np.asarray(stats_role)[:, i, k] * 100), mode="lines+markers",
-                marker=dict(size=4), line=line, name=name, legendgroup=name, showlegend=k == 0,
-                hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}} %<extra></extra>"),
-                row=1, col=k + 1)
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_f32(np.asarray(stats_role)[:, i, k] * 100),
+                    mode="lines+markers",
+                    marker=dict(size=4),
+                    line=line,
+                    name=name,
+                    legendgroup=name,
+                    showlegend=k == 0,
+                    hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}} %<extra></extra>",
+                ),
+                row=1,
+                col=k + 1,
+            )
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="% of values", rangemode="tozero")
-    _layout(fig, f"Probe batch: {ROLE_TITLES.get(role, role)} under the scale in use",
-            None, None, uirevision=f"probe-{role}", height=height)
+    _layout(
+        fig,
+        f"Probe batch: {ROLE_TITLES.get(role, role)} under the scale in use",
+        None,
+        None,
+        uirevision=f"probe-{role}",
+        height=height,
+    )
     fig.update_layout(margin=dict(t=80))
     return _legend_below(fig)
 
 
-
-def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
-                     max_columns=MAX_COLUMNS, height=None) -> go.Figure:
+def headroom_heatmap(
+    steps, headroom_role, layer_names, title, *, uirevision, max_columns=MAX_COLUMNS, height=None
+) -> go.Figure:
     """Heatmap of log2 headroom: rows = float8 layers, columns = steps; red cells clipped.
 
     Bucketed by the minimum (the worst step in each column stays visible).
@@ -394,5 +601,14 @@ def headroom_heatmap(steps, headroom_role, layer_names, title, *, uirevision,
     steps, lowest = bucket_max(steps, -values, max_columns)
     z = -lowest.T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
     z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
-    return _layer_heatmap(steps, z, layer_names, title, HEADROOM_RANGE, HEADROOM_COLORS,
-                          "log2 headroom", uirevision=uirevision, height=height)
+    return _layer_heatmap(
+        steps,
+        z,
+        layer_names,
+        title,
+        HEADROOM_RANGE,
+        HEADROOM_COLORS,
+        "log2 headroom",
+        uirevision=uirevision,
+        height=height,
+    )

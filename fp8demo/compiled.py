@@ -19,7 +19,9 @@ FLOAT8_TYPES = ("f8e4m3fn", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e4m3", "f8e
 _INSTRUCTION = re.compile(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(\(?[a-z][a-z0-9]*)[\[\s(]")
 _OPCODE = re.compile(r"\]\S*\s+([a-z][a-z\-]*)\(|\)\s+([a-z][a-z\-]*)\(")
 # A computation's header ("%fused (p: f32[]) -> f32[] {", "ENTRY main {") or closing brace.
-_COMPUTATION_EDGE = re.compile(r"^(\s*ENTRY\b|\s*HloModule\b|\s*%?[\w.\-]+\s*\(.*->.*\{\s*$|\}|\s*\w+\s*\{\s*$)")
+_COMPUTATION_EDGE = re.compile(
+    r"^(\s*ENTRY\b|\s*HloModule\b|\s*%?[\w.\-]+\s*\(.*->.*\{\s*$|\}|\s*\w+\s*\{\s*$)"
+)
 _CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
 
@@ -33,12 +35,15 @@ def train_step_hlo(model, x_batch, y_batch) -> str:
     import jax
     import jax.numpy as jnp
 
-    state = ([v.value for v in model.trainable_variables],
-             [v.value for v in model.non_trainable_variables],
-             [v.value for v in model.optimizer.variables],
-             [v.value for v in model.metrics_variables])
+    state = (
+        [v.value for v in model.trainable_variables],
+        [v.value for v in model.non_trainable_variables],
+        [v.value for v in model.optimizer.variables],
+        [v.value for v in model.metrics_variables],
+    )
     lowered = jax.jit(model.train_step, donate_argnums=0).lower(
-        state, (jnp.asarray(x_batch), jnp.asarray(y_batch)))
+        state, (jnp.asarray(x_batch), jnp.asarray(y_batch))
+    )
     return lowered.compile().as_text()
 
 
@@ -71,7 +76,7 @@ def count_matmuls(hlo: str) -> dict:
     instructions = list(_instructions(hlo))
     types = {name: dtype for name, dtype, _ in instructions}
     fp8_matmuls, others, float8_values = 0, {}, 0
-    for name, dtype, text in instructions:
+    for _name, dtype, text in instructions:
         if dtype in FLOAT8_TYPES:
             float8_values += 1
         opcode = _OPCODE.search(text)
@@ -84,17 +89,24 @@ def count_matmuls(hlo: str) -> dict:
             elif target in _GEMM_TARGETS:
                 others[target] = others.get(target, 0) + 1
         elif opcode == "dot":
-            operands = text[text.index(" dot(") + 5:].split(")")[0]
-            names = (re.findall(r"%([\w.\-]+)", operands) if "%" in operands
-                     else [operand.strip() for operand in operands.split(",")])
+            operands = text[text.index(" dot(") + 5 :].split(")")[0]
+            names = (
+                re.findall(r"%([\w.\-]+)", operands)
+                if "%" in operands
+                else [operand.strip() for operand in operands.split(",")]
+            )
             operand_types = sorted({types.get(operand, "?") for operand in names})
             if any(t in FLOAT8_TYPES for t in operand_types):
                 fp8_matmuls += 1
             else:
                 key = "/".join(operand_types)
                 others[key] = others.get(key, 0) + 1
-    return {"matmuls": fp8_matmuls + sum(others.values()), "fp8_matmuls": fp8_matmuls,
-            "other_matmuls": others, "float8_values": float8_values}
+    return {
+        "matmuls": fp8_matmuls + sum(others.values()),
+        "fp8_matmuls": fp8_matmuls,
+        "other_matmuls": others,
+        "float8_values": float8_values,
+    }
 
 
 def inspect(model, x_batch, y_batch) -> dict:
@@ -107,8 +119,11 @@ def inspect(model, x_batch, y_batch) -> dict:
         found = count_matmuls(train_step_hlo(model, x_batch, y_batch))
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"[:500]}
-    return {**found, "backend": jax.devices()[0].platform,
-            "seconds": round(time.perf_counter() - started, 3)}
+    return {
+        **found,
+        "backend": jax.devices()[0].platform,
+        "seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 _LIBRARY_CALLS = {"__cublas$gemm": "cuBLAS", "__cublas$lt$matmul": "cuBLASLt"}
@@ -130,27 +145,37 @@ def headline(found: dict | None) -> str | None:
     if not found or "error" in found:
         return None
     fp8, total = found["fp8_matmuls"], found["matmuls"]
-    return (f"FP8 GEMMs: {fp8} of {total} matmuls"
-            + (" on tensor cores" if fp8 else " (fp8 simulated: numerics, not speed)"))
+    return f"FP8 GEMMs: {fp8} of {total} matmuls" + (
+        " on tensor cores" if fp8 else " (fp8 simulated: numerics, not speed)"
+    )
 
 
 def verdict(found: dict | None) -> str:
     """One plain sentence: does this run's fp8 use FP8 GEMMs, and what does that mean for speed?"""
     if not found:
-        return ("The compiled training step has not been inspected: it is read after the fit, "
-                "and runs trained by fp8demo before 2026-11-29 were not.")
+        return (
+            "The compiled training step has not been inspected: it is read once the fit "
+            "ends, and this run holds no record of it."
+        )
     if "error" in found:
         return f"The compiled training step could not be inspected: {found['error']}"
     total, fp8 = found["matmuls"], found["fp8_matmuls"]
     others = _describe_others(found["other_matmuls"])
     if fp8:
-        return (f"{fp8} of the {total} matmuls in the compiled training step run as FP8 GEMMs "
-                f"(float8 operands on tensor cores); the rest ({others or 'none'}) run in higher "
-                "precision — Keras quantizes the Dense and EinsumDense layers, not the attention's "
-                "score and value products.")
-    where = ("this CPU has no FP8 matmul" if found.get("backend") == "cpu" else
-             "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device")
-    return (f"None of the {total} matmuls in the compiled training step runs in FP8: {where}. "
-            f"The values are rounded to E4M3/E5M2 ({found['float8_values']} float8 conversions) "
-            f"and multiplied in higher precision ({others}), so fp8 here changes the numerics, "
-            "not the speed.")
+        return (
+            f"{fp8} of the {total} matmuls in the compiled training step run as FP8 GEMMs "
+            f"(float8 operands on tensor cores); the rest ({others or 'none'}) run in higher "
+            "precision — Keras quantizes the Dense and EinsumDense layers, not the attention's "
+            "score and value products."
+        )
+    where = (
+        "this CPU has no FP8 matmul"
+        if found.get("backend") == "cpu"
+        else "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device"
+    )
+    return (
+        f"None of the {total} matmuls in the compiled training step runs in FP8: {where}. "
+        f"The values are rounded to E4M3/E5M2 ({found['float8_values']} float8 conversions) "
+        f"and multiplied in higher precision ({others}), so fp8 here changes the numerics, "
+        "not the speed."
+    )

@@ -1,11 +1,12 @@
 """One training configuration: the Keras example's hyperparameters, validated in one place.
 
-The same dataclass is serialised into the run store, the dashboard's URL and the CLI flags.
+The dataclass is the one description of every setting. Its fields (with the help text and
+choices in their metadata) give the run store its JSON, the dashboard its URL query parameters
+and the CLI its flags; `from_strings` parses the text of both.
 """
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
 
 PRECISIONS = ("bf16", "fp8", "float32")
@@ -18,49 +19,82 @@ class ConfigError(ValueError):
     """A configuration that cannot be trained; the message says what to change."""
 
 
+def setting(default, help: str, choices: tuple = (), flag: str = ""):
+    """A TrainConfig field with its help text, its allowed values (if a fixed few) and, where
+    it differs from the field's name, the name of its CLI flag."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "choices": choices, "flag": flag}
+    )
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     # Training, as the example: adam, binary cross-entropy, batch 32, 3 epochs.
-    epochs: int = 3
-    batch_size: int = 32
-    lr: float = 1e-3  # adam's default, which the example uses
-    seed: int = 42
+    epochs: int = setting(3, "passes over the training data")
+    batch_size: int = setting(32, "reviews per training step")
+    lr: float = setting(1e-3, "Adam's learning rate; the example uses Adam's default")
+    seed: int = setting(42, "seeds the weights, dropout and the shuffling order")
     # Tokenizer.
-    vocab_size: int = 20000
-    seq_len: int = 200
-    # "keras": compute_word_piece_vocabulary as the example (about 100 s on the full data);
-    # "fast": the Hugging Face WordPiece trainer (seconds).
-    vocab_method: str = "keras"
+    vocab_size: int = setting(20000, "WordPiece vocabulary size, reserved tokens included")
+    seq_len: int = setting(200, "tokens per review: longer reviews are cut, shorter padded")
+    vocab_method: str = setting(
+        "keras",
+        "keras: compute_word_piece_vocabulary, as the example; fast: the Hugging Face "
+        "WordPiece trainer",
+        choices=VOCAB_METHODS,
+    )
     # Model.
-    hidden_dim: int = 32
-    heads: int = 2
-    intermediate_dim: int = 32
-    dropout: float = 0.1
-    # "keras": dropout masks from 32 random bits per value, as the example; "fast": from 8 bits
-    # (a quarter of the random-number work, ~20 % of a CPU step; see model.fast_dropout).
-    dropout_masks: str = "keras"
-    # The example quantizes every Dense, the sigmoid head included.
-    quantize_head: bool = True
-    # After the bf16 run: evaluate its post-training int8 and int4 (weight-only) quantization.
-    ptq: bool = True
-    # Keep the weights of the epoch with the best validation accuracy (the example overfits
-    # after epoch 1) for evaluation and prediction; the final weights are evaluated too.
-    restore_best: bool = False
-    # Stop after this many epochs without a better validation accuracy (0 = never).
-    early_stopping: int = 0
-    # The delayed-scaling window of every float8 tensor (Keras' default is 1024 steps).
-    amax_history_length: int = 1024
-    # Every this many steps, measure saturation and underflow of every float8 tensor on a
-    # fixed validation batch (0 = never; see probe.py).
-    probe_every: int = 250
-    # Train data-parallel over every device JAX sees (keras.distribution.DataParallel).
-    data_parallel: bool = False
-    # Which precisions one launch trains, in order.
-    precisions: tuple = ("bf16", "fp8")
-    # Data: "" = the cached or downloaded archive; otherwise a local archive or folder.
-    data: str = ""
-    # Reviews per split (train, validation, test), half positive and half negative; 0 = all.
-    subset: int = 0
+    hidden_dim: int = setting(32, "embedding and attention width")
+    heads: int = setting(2, "attention heads; each gets hidden_dim / heads dimensions")
+    intermediate_dim: int = setting(32, "width of the feed-forward layer")
+    dropout: float = setting(0.1, "dropout rate, in [0, 1)")
+    dropout_masks: str = setting(
+        "keras",
+        "keras: dropout masks from 32 random bits per value, as the example; fast: "
+        "from 8 bits, a quarter of the random-number work (see model.fast_dropout)",
+        choices=DROPOUT_MASKS,
+    )
+    quantize_head: bool = setting(
+        True, "compute the sigmoid head in float8 too, as the example quantizes every Dense"
+    )
+    ptq: bool = setting(
+        True,
+        "after the bf16 run, evaluate its post-training int8 and int4 (weight-only) quantization",
+    )
+    # The example overfits after epoch 1, hence the option to keep its best epoch.
+    restore_best: bool = setting(
+        False,
+        "evaluate and predict with the weights of the epoch with the best validation "
+        "accuracy; the final weights are evaluated too",
+    )
+    early_stopping: int = setting(
+        0, "stop after this many epochs without a better validation accuracy; 0 = never"
+    )
+    amax_history_length: int = setting(
+        1024, "the delayed-scaling window of every float8 tensor, in steps; Keras' default"
+    )
+    probe_every: int = setting(
+        250,
+        "every this many steps (0 = never), measure saturation and underflow of every "
+        "float8 tensor on a fixed validation batch (see probe.py)",
+    )
+    data_parallel: bool = setting(
+        False, "train data-parallel over every device JAX sees (keras.distribution.DataParallel)"
+    )
+    precisions: tuple = setting(
+        ("bf16", "fp8"),
+        "the precisions one launch trains, in order, comma-separated: "
+        f"any of {', '.join(PRECISIONS)}",
+        flag="precision",
+    )
+    data: str = setting(
+        "",
+        "a local aclImdb_v1.tar.gz or the folder it was extracted to; "
+        "empty: the cached or downloaded archive",
+    )
+    subset: int = setting(
+        0, "reviews per split (train, validation, test), half positive and half negative; 0 = all"
+    )
 
     def errors(self) -> list[str]:
         """Every problem with this configuration, as sentences a user can act on."""
@@ -80,9 +114,15 @@ class TrainConfig:
         check_int("epochs", 1, 1000)
         check_int("batch_size", 1, 65536)
         check_int("seed", 0, 2**31 - 1)
-        check_int("vocab_size", 64, 1_000_000, why_low=(
-            f": the vocabulary holds the reserved tokens {' and '.join(RESERVED_TOKENS)} plus "
-            "the single letters, digits and punctuation that WordPiece starts from"))
+        check_int(
+            "vocab_size",
+            64,
+            1_000_000,
+            why_low=(
+                f": the vocabulary holds the reserved tokens {' and '.join(RESERVED_TOKENS)} plus "
+                "the single letters, digits and punctuation that WordPiece starts from"
+            ),
+        )
         check_int("seq_len", 4, 32768)
         hidden_ok = check_int("hidden_dim", 1, 65536)
         heads_ok = check_int("heads", 1, 256)
@@ -109,21 +149,26 @@ class TrainConfig:
             problems.append(f"lr must be greater than 0 (and at most 10), got {self.lr}.")
         if self.vocab_method not in VOCAB_METHODS:
             problems.append(
-                f"vocab_method must be one of {', '.join(VOCAB_METHODS)}, got {self.vocab_method!r}."
+                f"vocab_method must be one of {', '.join(VOCAB_METHODS)}, "
+                f"got {self.vocab_method!r}."
             )
         if self.dropout_masks not in DROPOUT_MASKS:
-            problems.append(f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, "
-                            f"got {self.dropout_masks!r}.")
+            problems.append(
+                f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, "
+                f"got {self.dropout_masks!r}."
+            )
         # A bare string would be read letter by letter ("bf16" → b, f, 1, 6).
         listed = isinstance(self.precisions, (tuple, list))
         precisions = tuple(self.precisions) if listed else ()
         unknown = [p for p in precisions if p not in PRECISIONS]
         if not listed:
-            problems.append(f"precisions must be a list of names (bf16, fp8, float32), "
-                            f"got {self.precisions!r}.")
+            problems.append(
+                f"precisions must be a list of names (bf16, fp8, float32), got {self.precisions!r}."
+            )
         elif unknown:
             problems.append(
-                f"Unknown precision {', '.join(map(str, unknown))}: choose from {', '.join(PRECISIONS)}."
+                f"Unknown precision {', '.join(map(str, unknown))}: "
+                f"choose from {', '.join(PRECISIONS)}."
             )
         elif not precisions:
             problems.append("Choose at least one precision (bf16, fp8 or float32).")
@@ -164,10 +209,11 @@ class TrainConfig:
         return cls(**values)
 
     @classmethod
-    def from_strings(cls, values: dict) -> "TrainConfig":
+    def from_strings(cls, values: dict, base: "TrainConfig | None" = None) -> "TrainConfig":
         """Build from text values (URL query parameters, CLI flags), with clear messages.
 
-        Values that do not parse are reported all at once, as ConfigError.
+        Settings not given keep `base`'s values (default: the example's). Values that do not
+        parse are reported all at once, as ConfigError.
         """
         typed, problems = {}, []
         fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -204,7 +250,7 @@ class TrainConfig:
                 problems.append(f"{name} must be {kind}, got {text[:40]!r}.")
         if problems:
             raise ConfigError(" ".join(problems))
-        return cls(**typed)
+        return dataclasses.replace(base or cls(), **typed)
 
     def differences(self, other: "TrainConfig | None" = None) -> dict:
         """Settings that differ from `other` (default: the example's)."""
@@ -218,8 +264,7 @@ EXAMPLE = TrainConfig()
 PRESETS = {
     "Keras example": {},
     # The example's model, data and training, with the vocabulary trained by Hugging Face's
-    # WordPiece trainer and 8-bit dropout masks: accuracy within noise over seeds, about 0.4×
-    # the example's time on a CPU (README: Performance).
+    # WordPiece trainer and 8-bit dropout masks (README: Performance compares the two).
     "Keras example, fast": dict(vocab_method="fast", dropout_masks="fast"),
     "Quick demo": dict(subset=2000, vocab_size=5000, seq_len=128, epochs=1, vocab_method="keras"),
     "Wider (hidden 256)": dict(hidden_dim=256, heads=4, intermediate_dim=1024),
@@ -234,87 +279,90 @@ def preset(name: str, **overrides) -> TrainConfig:
     return dataclasses.replace(EXAMPLE, **{**PRESETS[name], **overrides})
 
 
-# -- will it fit? ---------------------------------------------------------------------------
+# -- settings as text: URL query parameters and CLI flags ------------------------------------
+#
+# Both come from the fields: a URL parameter is named as its field, a CLI flag is the field's
+# name (or its metadata's "flag") with dashes, and from_strings parses the text of either.
 
 
-def _params(config: TrainConfig) -> int:
-    """About how many weights the model has (embeddings, attention, feed-forward, head)."""
-    h, i, v, s = config.hidden_dim, config.intermediate_dim, config.vocab_size, config.seq_len
-    return v * h + s * h + 4 * h * h + 2 * h * i + h * i + i + 10 * h
+def to_text(value) -> str:
+    """A setting's value as text that from_strings reads back."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return ",".join(value)
+    return str(value)
 
 
-def estimate_memory_bytes(config: TrainConfig) -> int:
-    """A rough upper estimate of one run's memory: weights + Adam state, activations, data."""
-    h, i, s, b = config.hidden_dim, config.intermediate_dim, config.seq_len, config.batch_size
-    weights = _params(config) * 16  # float32 weights, gradients and Adam's two moments
-    # Per example: ~24 hidden-sized and 4 intermediate-sized float32 tensors per position kept
-    # for the backward pass, plus the attention scores (heads × seq × seq, a few copies).
-    activations = b * s * (24 * h + 4 * i) * 4 + b * config.heads * s * s * 4 * 3
-    data = 50_000 * s * 4  # the tokenized splits
-    return int(weights + activations + data)
+def to_query(config: TrainConfig) -> dict[str, str]:
+    """URL query parameters for the settings that differ from the example's (its link is bare)."""
+    return {name: to_text(value) for name, value in config.differences().items()}
 
 
-def memory_limit_bytes() -> int:
-    """FP8DEMO_MAX_MEMORY_GB, else 80 % of this machine's RAM."""
-    import os
-
-    if os.environ.get("FP8DEMO_MAX_MEMORY_GB"):
-        return int(float(os.environ["FP8DEMO_MAX_MEMORY_GB"]) * 2**30)
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") * 0.8)
-    except (ValueError, OSError, AttributeError):
-        return 2**62
-
-
-def resource_problems(config: TrainConfig) -> list[str]:
-    """A launch that clearly would not fit, with the estimate (empty when it fits)."""
-    needed, limit = estimate_memory_bytes(config), memory_limit_bytes()
-    if needed <= limit:
-        return []
-    return [f"This configuration needs about {needed / 2**30:,.1f} GiB of memory (weights, Adam "
-            f"state and activations of one batch), more than the {limit / 2**30:,.1f} GiB "
-            "allowed here. Use a smaller vocabulary, hidden size, sequence length or batch size "
-            "(the limit is FP8DEMO_MAX_MEMORY_GB)."]
+def _problems_alone(name: str, value) -> list[str]:
+    """Problems of one setting on its own (with the example's other values)."""
+    probe = {name: value}
+    # Judge hidden_dim and heads each on its own: divisibility is a cross-field rule, explained
+    # next to the settings rather than by dropping one of the two from a link.
+    if name == "heads" and isinstance(value, int) and 1 <= value <= 65536:
+        probe["hidden_dim"] = value
+    if name == "hidden_dim":
+        probe["heads"] = 1
+    return dataclasses.replace(EXAMPLE, **probe).errors()
 
 
-# -- disk -------------------------------------------------------------------------------------
-
-MIN_FREE_MB = 100  # FP8DEMO_MIN_FREE_MB: disk space a launch must leave free (default)
-
-
-def estimate_disk_bytes(config: TrainConfig) -> int:
-    """A rough upper estimate of what one comparison writes: weights, metrics, caches."""
-    s = config.seq_len
-    weights = _params(config) * 4 * 4  # float32 weights; save_weights keeps the optimizer's too
-    examples = config.subset * 3 if config.subset else 75_000
-    steps = math.ceil((config.subset or 20_000) / config.batch_size) * config.epochs
-    metrics = steps * (64 + 8 * 3 * 4 * 2)  # step rows + per-step amax of 8 layers (+ index)
-    caches = examples * s * 4 + 300 * 2**20 * (not config.data)  # tokens; IMDB extraction
-    return int(weights * len(config.precisions) + metrics * len(config.precisions) + caches)
-
-
-def min_free_bytes() -> int:
-    import os
-
-    try:
-        return int(float(os.environ.get("FP8DEMO_MIN_FREE_MB") or MIN_FREE_MB) * 2**20)
-    except ValueError:
-        return MIN_FREE_MB * 2**20
+def from_query(params: dict, ignore=()) -> tuple[dict, list[str]]:
+    """The settings in URL query parameters (typed values), plus a warning for each one dropped:
+    an unknown name, or a value that does not parse or is out of range. The parameters named
+    in `ignore` belong to other pages and are skipped silently."""
+    values, warnings = {}, []
+    for name, raw in params.items():
+        if name in ignore:
+            continue
+        try:
+            value = getattr(TrainConfig.from_strings({name: raw}), name)
+        except ConfigError as e:
+            warnings.append(str(e))
+            continue
+        problems = _problems_alone(name, value)
+        if problems:
+            warnings.extend(problems)
+        else:
+            values[name] = value
+    return values, warnings
 
 
-def disk_problems(config: TrainConfig, home, repeats: int = 1) -> list[str]:
-    """A launch that would fill the disk holding the run store (empty when it fits)."""
-    import shutil
+# What a flag's value looks like in --help, when it is not one of a few choices.
+METAVARS = {bool: "{true,false}", int: "N", float: "X", tuple: "A,B", str: "TEXT"}
 
-    try:
-        free = shutil.disk_usage(home).free
-    except OSError:
-        return []  # the store reports an unusable home itself
-    needed, keep = estimate_disk_bytes(config) * repeats, min_free_bytes()
-    if needed + keep <= free:
-        return []
-    return [f"Not enough disk space in {home}: this launch writes up to about "
-            f"{needed / 2**20:,.0f} MB (weights, metrics, data caches) and {free / 2**20:,.0f} MB "
-            f"are free, of which {keep / 2**20:,.0f} MB must stay free (FP8DEMO_MIN_FREE_MB). "
-            "Delete old comparisons on Results, free some space, or set FP8DEMO_HOME to "
-            "another disk."]
+
+def cli_flags() -> list[tuple[str, dict]]:
+    """(flag, argparse.add_argument options) for every setting: --batch-size for batch_size.
+
+    Values stay text (None when a flag is not given) so that from_flags parses them with the
+    same one-line messages as a URL's; the choices are shown, and checked by validate().
+    """
+    flags = []
+    for field in dataclasses.fields(TrainConfig):
+        choices = field.metadata["choices"]
+        metavar = "{" + ",".join(choices) + "}" if choices else METAVARS[type(field.default)]
+        default = to_text(field.default)
+        text = field.metadata["help"] + (f" (default: {default})" if default else "")
+        name = "--" + (field.metadata["flag"] or field.name).replace("_", "-")
+        flags.append(
+            (
+                name,
+                dict(dest=field.name, default=None, metavar=metavar, help=text.replace("%", "%%")),
+            )
+        )  # argparse formats help
+    return flags
+
+
+def from_flags(args, base: TrainConfig | None = None) -> TrainConfig:
+    """The configuration given by the cli_flags of parsed arguments; the rest is `base`'s."""
+    given = {
+        field.name: getattr(args, field.name)
+        for field in dataclasses.fields(TrainConfig)
+        if getattr(args, field.name, None) is not None
+    }
+    return TrainConfig.from_strings(given, base)

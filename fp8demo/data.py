@@ -9,6 +9,7 @@ the same file listing, the same seeded shuffle, the last 20 % of `train` for val
 We read the files ourselves so the texts can be cached and tokenized once.
 """
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -57,10 +58,9 @@ def resolve_source(data: str = "", home: Path | None = None, progress=print) -> 
     home = Path(home) if home else default_home()
     named = data or os.environ.get("FP8DEMO_IMDB", "")
     if named:
+        if missing_path(named):
+            raise DataError(missing_path(named))
         path = Path(named).expanduser()
-        if not path.exists():
-            raise DataError(f"The IMDB path {path} does not exist. Name the aclImdb_v1.tar.gz "
-                            "archive or the folder it was extracted to.")
         if path.is_dir():
             root = _find_root(path)
             check_layout(root)
@@ -75,14 +75,32 @@ def resolve_source(data: str = "", home: Path | None = None, progress=print) -> 
     return extract_archive(archive, home / "data", progress=progress)
 
 
+def missing_path(named: str) -> str:
+    """Why a named data source cannot be used because it is not there ("" when it is).
+
+    Launches check this up front, so a mistyped path is refused before anything is queued.
+    """
+    path = Path(named).expanduser()
+    if path.exists():
+        return ""
+    return (
+        f"The IMDB path {path} does not exist. Name the aclImdb_v1.tar.gz archive or the "
+        "folder it was extracted to."
+    )
+
+
 def download(folder: Path, progress=print) -> Path:
     import keras
 
     progress(f"Downloading the IMDB reviews from {URL} (84 MB) …")
     try:
         path = keras.utils.get_file(
-            fname="aclImdb_v1.tar.gz", origin=URL, file_hash=SHA256, hash_algorithm="sha256",
-            cache_dir=str(folder.parent), cache_subdir=folder.name,
+            fname="aclImdb_v1.tar.gz",
+            origin=URL,
+            file_hash=SHA256,
+            hash_algorithm="sha256",
+            cache_dir=str(folder.parent),
+            cache_subdir=folder.name,
         )
     except Exception as e:  # keras wraps network and hash errors in several types
         raise DataError(
@@ -102,37 +120,74 @@ def sha256_of(path: Path) -> str:
 
 
 def extract_archive(archive: Path, folder: Path, progress=print) -> tuple[Path, str]:
-    """Extract the labeled part of an aclImdb archive once (train/unsup is skipped)."""
+    """Extract the labeled part of an aclImdb archive once (train/unsup is skipped).
+
+    The archive is unpacked into a scratch folder and moved into place only once its layout
+    checks out, so a failure leaves nothing behind and never touches a good extraction.
+    """
     if not tarfile.is_tarfile(archive):
-        raise DataError(f"{archive} is not a tar archive (a corrupted or truncated download?). "
-                        "Download aclImdb_v1.tar.gz again or name the extracted folder.")
+        raise DataError(
+            f"{archive} is not a tar archive (a corrupted or truncated download?). "
+            "Download aclImdb_v1.tar.gz again or name the extracted folder."
+        )
     fingerprint = sha256_of(archive)[:16]
     target = folder / fingerprint
-    root = target / "aclImdb"
-    if (root / ".complete").exists():
-        return root, fingerprint
+    if (target / "aclImdb" / ".complete").exists():
+        return target / "aclImdb", fingerprint
     progress(f"Extracting {archive.name} …")
-    shutil.rmtree(target, ignore_errors=True)
-    target.mkdir(parents=True, exist_ok=True)
+    # Outside the `*/aclImdb/.complete` pattern the cache is found by; one per process.
+    scratch = folder / ".extracting" / f"{fingerprint}-{os.getpid()}"
+    _remove_abandoned_extractions(scratch.parent, fingerprint)
+    try:
+        _extract_checked(archive, scratch)
+        shutil.rmtree(target, ignore_errors=True)  # an unfinished extraction, never a good one
+        try:
+            scratch.rename(target)
+        except OSError:
+            if not (target / "aclImdb" / ".complete").exists():
+                raise
+            # Another process finished the same extraction first: use theirs.
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            scratch.parent.rmdir()  # only when no other extraction is under way
+    return target / "aclImdb", fingerprint
+
+
+def _remove_abandoned_extractions(scratch_folder: Path, fingerprint: str):
+    """Scratch folders of this archive whose process was killed mid-extraction."""
+    from fp8demo.store import pid_alive
+
+    for scratch in scratch_folder.glob(f"{fingerprint}-*"):
+        pid = scratch.name.rsplit("-", 1)[1]
+        if not (pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid()):
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _extract_checked(archive: Path, scratch: Path):
+    """Extract into `scratch` and check the aclImdb layout; DataError says what is wrong."""
+    scratch.mkdir(parents=True)
+    root = scratch / "aclImdb"
     try:
         with tarfile.open(archive, "r:*") as tar:
             for member in tar:
                 # The 50,000 unlabeled reviews would become a third class.
                 if "/train/unsup/" in f"/{member.name}/" or member.name.endswith((".feat",)):
                     continue
-                tar.extract(member, target, filter="data")
+                tar.extract(member, scratch, filter="data")
     except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
-        shutil.rmtree(target, ignore_errors=True)
-        raise DataError(f"{archive} could not be read completely ({e}): the archive is corrupted "
-                        "or truncated. Download aclImdb_v1.tar.gz again.") from e
+        raise DataError(
+            f"{archive} could not be read completely ({e}): the archive is corrupted "
+            "or truncated. Download aclImdb_v1.tar.gz again."
+        ) from e
     if not root.is_dir():
-        found = sorted(p.name for p in target.iterdir())
-        shutil.rmtree(target, ignore_errors=True)
-        raise DataError(f"{archive} does not contain an aclImdb/ folder (it has: "
-                        f"{', '.join(found[:5]) or 'nothing'}). Is it the IMDB reviews archive?")
-    check_layout(root)
+        found = sorted(p.name for p in scratch.iterdir())
+        raise DataError(
+            f"{archive} does not contain an aclImdb/ folder (it has: "
+            f"{', '.join(found[:5]) or 'nothing'}). Is it the IMDB reviews archive?"
+        )
+    check_layout(root, archive)
     (root / ".complete").write_text(str(archive))
-    return root, fingerprint
 
 
 def zlib_error():
@@ -148,18 +203,28 @@ def _find_root(path: Path) -> Path:
     return path
 
 
-def check_layout(root: Path):
+def check_layout(root: Path, archive: Path | None = None):
+    """DataError unless `root` has the aclImdb layout; `archive`: the one it came from.
+
+    An archive's problems are named inside the archive: its scratch extraction is removed.
+    """
+    shown = f"The aclImdb folder in {archive}" if archive else str(root)
     for split in ("train", "test"):
         if not (root / split).is_dir():
-            raise DataError(f"{root} has no {split}/ folder: expected the aclImdb layout "
-                            "(train/pos, train/neg, test/pos, test/neg).")
+            raise DataError(
+                f"{shown} has no {split}/ folder: expected the aclImdb layout "
+                "(train/pos, train/neg, test/pos, test/neg)."
+            )
         for cls in CLASSES:
             folder = root / split / cls
             if not folder.is_dir():
-                raise DataError(f"{root} has no {split}/{cls}/ folder: expected the aclImdb "
-                                "layout (train/pos, train/neg, test/pos, test/neg).")
+                raise DataError(
+                    f"{shown} has no {split}/{cls}/ folder: expected the aclImdb "
+                    "layout (train/pos, train/neg, test/pos, test/neg)."
+                )
             if not any(name.endswith(".txt") for name in os.listdir(folder)):
-                raise DataError(f"The class folder {folder} holds no .txt reviews.")
+                where = f"aclImdb/{split}/{cls} in {archive}" if archive else folder
+                raise DataError(f"The class folder {where} holds no .txt reviews.")
 
 
 def _listing_hash(root: Path) -> str:
@@ -183,13 +248,19 @@ def list_split(root: Path, split: str) -> tuple[list, np.ndarray]:
 
     directory = root / ("test" if split == "test" else "train")
     paths, labels, _ = dataset_utils.index_directory(
-        str(directory), "inferred", formats=(".txt",), class_names=list(CLASSES),
-        shuffle=True, seed=SPLIT_SEED, verbose=False,
+        str(directory),
+        "inferred",
+        formats=(".txt",),
+        class_names=list(CLASSES),
+        shuffle=True,
+        seed=SPLIT_SEED,
+        verbose=False,
     )
     if split != "test":
         subset = "training" if split == "train" else "validation"
         paths, labels = dataset_utils.get_training_or_validation_split(
-            paths, labels, VALIDATION_SPLIT, subset)
+            paths, labels, VALIDATION_SPLIT, subset
+        )
     return list(paths), np.asarray(labels, dtype=np.int32)
 
 
@@ -227,11 +298,80 @@ def read_texts(paths) -> list:
 def load(data: str = "", subset: int = 0, home=None, progress=print) -> Imdb:
     """The three splits (train 20,000 / validation 5,000 / test 25,000 unless `subset`)."""
     root, fingerprint = resolve_source(data, home, progress=progress)
+    splits = read_splits(root, fingerprint, subset, home)
+    return Imdb(root, fingerprint, splits["train"], splits["validation"], splits["test"])
+
+
+# -- the review cache ----------------------------------------------------------------------
+
+SPLITS = ("train", "validation", "test")
+# Part of the cache file's name: change it whenever reading or splitting changes the result.
+REVIEWS_CACHE_VERSION = 1
+
+
+def read_splits(root: Path, fingerprint: str, subset: int = 0, home=None) -> dict:
+    """{split name: Split} from the review cache of this data and subset, else from the
+    review files (then cached): one array file instead of listing, reading and lowercasing
+    thousands of files."""
+    from fp8demo.store import default_home
+
+    path = (
+        (Path(home) if home else default_home())
+        / "cache"
+        / (f"reviews-{fingerprint}-{subset or 'all'}-v{REVIEWS_CACHE_VERSION}.npz")
+    )
+    if path.exists():
+        try:
+            return read_reviews_cache(path)
+        except Exception:  # a damaged cache file (truncated, foreign) is rebuilt below
+            pass
     splits = {}
-    for split in ("train", "validation", "test"):
-        paths, labels = list_split(root, split)
+    for name in SPLITS:
+        paths, labels = list_split(root, name)
         keep = balanced_subset(labels, subset)
         paths = [paths[i] for i in keep]
-        splits[split] = Split(read_texts(paths), labels[keep],
-                              [os.path.relpath(p, root) for p in paths])
-    return Imdb(root, fingerprint, splits["train"], splits["validation"], splits["test"])
+        splits[name] = Split(
+            read_texts(paths), labels[keep], [os.path.relpath(p, root) for p in paths]
+        )
+    try:
+        write_reviews_cache(path, splits)
+    except OSError:  # a full disk or read-only home costs speed next time, nothing else
+        pass
+    return splits
+
+
+def write_reviews_cache(path: Path, splits: dict):
+    """Each split as three arrays: its texts as one UTF-8 blob with the texts' end offsets
+    (in characters), its labels, and its paths joined by NUL (which no file name holds)."""
+    arrays = {}
+    for name, split in splits.items():
+        arrays[f"{name}_text"] = np.frombuffer("".join(split.texts).encode("utf-8"), np.uint8)
+        arrays[f"{name}_ends"] = np.cumsum([len(t) for t in split.texts], dtype=np.int64)
+        arrays[f"{name}_labels"] = np.asarray(split.labels, np.int32)
+        paths = "\0".join(split.paths).encode("utf-8", "surrogateescape")  # any file name
+        arrays[f"{name}_paths"] = np.frombuffer(paths, np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Written under another name and renamed, so a killed process never leaves half a file.
+    scratch = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(scratch, "wb") as f:
+            np.savez(f, **arrays)
+        os.replace(scratch, path)
+    finally:
+        scratch.unlink(missing_ok=True)
+
+
+def read_reviews_cache(path: Path) -> dict:
+    splits = {}
+    with np.load(path) as arrays:
+        for name in SPLITS:
+            text = arrays[f"{name}_text"].tobytes().decode("utf-8")
+            ends = arrays[f"{name}_ends"].tolist()
+            texts = [text[start:end] for start, end in zip([0] + ends[:-1], ends, strict=True)]
+            labels = arrays[f"{name}_labels"].astype(np.int32)
+            paths = arrays[f"{name}_paths"].tobytes().decode("utf-8", "surrogateescape")
+            paths = paths.split("\0") if paths else []
+            if not len(texts) == len(labels) == len(paths) or (ends and ends[-1] != len(text)):
+                raise ValueError(f"{path} is inconsistent")
+            splits[name] = Split(texts, labels, paths)
+    return splits

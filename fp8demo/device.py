@@ -18,13 +18,21 @@ def describe() -> dict:
         except ValueError:
             capability = 0.0
         fp8_capable = capability >= FP8_MIN_COMPUTE_CAPABILITY
-        text = (f"{count}{name} — has fp8 tensor cores (compute capability {capability}); "
-                "each fp8 run reports whether XLA used them" if fp8_capable else
-                f"{count}{name} — no fp8 tensor cores (compute capability {capability}); "
-                "fp8 is emulated")
+        text = (
+            f"{count}{name} — has fp8 tensor cores (compute capability {capability}); "
+            "each fp8 run reports whether XLA used them"
+            if fp8_capable
+            else f"{count}{name} — no fp8 tensor cores (compute capability {capability}); "
+            "fp8 is emulated"
+        )
     else:
         name = "CPU"
         fp8_capable = False
         text = f"{count}CPU only — fp8 is emulated and slower; use a subset for a quick demo"
-    return {"platform": first.platform, "name": name, "fp8_capable": fp8_capable,
-            "devices": [str(d) for d in devices], "text": text}
+    return {
+        "platform": first.platform,
+        "name": name,
+        "fp8_capable": fp8_capable,
+        "devices": [str(d) for d in devices],
+        "text": text,
+    }

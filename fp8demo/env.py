@@ -29,7 +29,7 @@ configure()
 
 # XLA executables kept on disk, per fp8demo home: a warm comparison, the second precision of a
 # comparison in a new worker, and the Predict page after a restart load them instead of
-# compiling again (2–5 s for the example's bf16 model, 6–7 s for fp8, on a 2-core CPU).
+# compiling again.
 # Bounded, least recently used first; the size bound also makes JAX lock the folder, which
 # the worker and the dashboard share.
 COMPILATION_CACHE_BYTES = 1 << 30

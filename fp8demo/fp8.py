@@ -2,9 +2,9 @@
 
 After model.quantize("float8") each Dense/EinsumDense layer holds, per tensor role
 (inputs, kernel, outputs_grad), a scalar `<role>_scale` and a `<role>_amax_history`
-(length 1024; index 0 newest, then h[-1], h[-2], ... back in time; unfilled slots 0). Keras updates them through the optimizer
-("gradient" = new value). scale = amax / fmax, with fmax 448 (E4M3, forward) and
-57344 (E5M2, gradients).
+(length 1024; index 0 newest, then h[-1], h[-2], ... back in time; unfilled slots 0).
+Keras updates them through the optimizer ("gradient" = new value). scale = amax / fmax,
+with fmax 448 (E4M3, forward) and 57344 (E5M2, gradients).
 
 Reading during `fit` on JAX: call this with the callback's `self.model` (the property
 writes the training state back into the variables) and copy to numpy at once; device
@@ -13,8 +13,11 @@ arrays are donated to the next step.
 
 import numpy as np
 
-from fp8demo.store import ROLES
-
+# The three tensors each float8 layer scales, in the order of every fp8 array here and in
+# the store: [..., role, ...].
+ROLES = ("inputs", "kernel", "outputs_grad")
+# Each role's float8 format: E4M3 (more precision) forward, E5M2 (more range) for gradients.
+FORMATS = {"inputs": "E4M3", "kernel": "E4M3", "outputs_grad": "E5M2"}
 E4M3_MAX = 448.0
 E5M2_MAX = 57344.0
 FORMAT_MAX = {"inputs": E4M3_MAX, "kernel": E4M3_MAX, "outputs_grad": E5M2_MAX}
@@ -43,18 +46,36 @@ def float8_layers(model) -> list:
 
 
 def describe_layers(model) -> list[dict]:
-    return [{"name": layer.path, "class": type(layer).__name__,
-             "policy": layer.dtype_policy.name} for layer in float8_layers(model)]
+    return [
+        {"name": layer.path, "class": type(layer).__name__, "policy": layer.dtype_policy.name}
+        for layer in float8_layers(model)
+    ]
 
 
 def read_state(layers) -> tuple[np.ndarray, np.ndarray]:
     """(amax histories [layers, roles, history] oldest → newest, scales [layers, roles])."""
-    histories = np.stack([
-        np.stack([np.asarray(getattr(layer, f"{role}_amax_history").value, dtype=np.float32)
-                  for role in ROLES]) for layer in layers
-    ]) if layers else np.zeros((0, len(ROLES), 0), np.float32)
-    scales = np.array([[float(np.asarray(getattr(layer, f"{role}_scale").value)) for role in ROLES]
-                       for layer in layers], dtype=np.float32).reshape(len(layers), len(ROLES))
+    histories = (
+        np.stack(
+            [
+                np.stack(
+                    [
+                        np.asarray(getattr(layer, f"{role}_amax_history").value, dtype=np.float32)
+                        for role in ROLES
+                    ]
+                )
+                for layer in layers
+            ]
+        )
+        if layers
+        else np.zeros((0, len(ROLES), 0), np.float32)
+    )
+    scales = np.array(
+        [
+            [float(np.asarray(getattr(layer, f"{role}_scale").value)) for role in ROLES]
+            for layer in layers
+        ],
+        dtype=np.float32,
+    ).reshape(len(layers), len(ROLES))
     # Keras rolls the history left and writes the newest amax at index 0, so the order
     # oldest → newest is h[1], ..., h[-1], h[0].
     return np.roll(histories, -1, axis=-1), scales
@@ -146,27 +167,32 @@ def health(amax: np.ndarray, roles=ROLES, history_length: int = 1024) -> dict:
     # no more than rounding does, so only larger excursions count as overflows.
     tolerance = np.array([ROUNDING_TOLERANCE[r] for r in roles], np.float32)
     overflow = amax > representable * (1 + tolerance)
-    return {"scales": scales, "representable": representable, "headroom": headroom,
-            "overflow": overflow, "overflow_count": overflow.sum(axis=0)}
+    return {
+        "scales": scales,
+        "representable": representable,
+        "headroom": headroom,
+        "overflow": overflow,
+        "overflow_count": overflow.sum(axis=0),
+    }
 
 
 # What each statistic means, in one line (shown by the dashboard and the CLI).
 HEALTH_HELP = {
     "overflows": "steps whose amax exceeded what the delayed scale could represent "
-                 "(fmax × scale from amaxes up to two steps earlier) by more than half a "
-                 "floating-point step: those values were clipped",
+    "(fmax × scale from amaxes up to two steps earlier) by more than half a "
+    "floating-point step: those values were clipped",
     "min headroom": "smallest log2(fmax × scale / amax) over the run: binary orders of "
-                    "magnitude to spare before clipping (negative = clipped)",
+    "magnitude to spare before clipping (negative = clipped)",
     "median headroom": "typical headroom; large values mean small values may underflow to zero",
     "saturation %": "share of the tensor's values clipped to ±fmax (beyond fmax × scale by "
-                    "more than half a floating-point step) on the fixed probe batch at the "
-                    "latest probe (peak: largest after the first two steps, which use scale 1.0)",
+    "more than half a floating-point step) on the fixed probe batch at the "
+    "latest probe (peak: largest after the first two steps, which use scale 1.0)",
     "underflow %": "share of the tensor's nonzero values that quantize to zero (below half "
-                   "the smallest subnormal × scale) on the probe batch at the latest probe",
+    "the smallest subnormal × scale) on the probe batch at the latest probe",
     "at risk": f"overflowed in more than 1 % of the steps, a median headroom above "
-               f"{UNDERFLOW_HEADROOM:g} binary orders, or at the latest probe at least "
-               f"{SATURATION_AT_RISK:g} % of the values saturated or {UNDERFLOW_AT_RISK:g} % "
-               f"underflowed",
+    f"{UNDERFLOW_HEADROOM:g} binary orders, or at the latest probe at least "
+    f"{SATURATION_AT_RISK:g} % of the values saturated or {UNDERFLOW_AT_RISK:g} % "
+    f"underflowed",
 }
 
 
@@ -175,12 +201,17 @@ def _headroom_stats(headroom: np.ndarray) -> dict:
     valid = headroom[np.isfinite(headroom)]
     if not valid.size:
         return {"min": None, "median": None, "max": None}
-    return {"min": float(valid.min()), "median": float(np.median(valid)),
-            "max": float(valid.max())}
+    return {"min": float(valid.min()), "median": float(np.median(valid)), "max": float(valid.max())}
 
 
-def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
-                   probe_steps=(), probe_stats=None, result=None) -> list[dict]:
+def health_summary(
+    amax: np.ndarray,
+    layer_names,
+    history_length: int = 1024,
+    probe_steps=(),
+    probe_stats=None,
+    result=None,
+) -> list[dict]:
     """One row per float8 layer and role, flagging the tensors at risk.
 
     probe_steps/probe_stats: the store's probe series (stats [probes, layers, roles, 2]).
@@ -191,8 +222,11 @@ def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
     if probed:
         latest = np.asarray(probe_stats[-1]) * 100
         settled = np.asarray(probe_steps) >= 2
-        peak = (np.asarray(probe_stats)[settled].max(axis=0) * 100 if settled.any()
-                else np.full_like(latest, np.nan))
+        peak = (
+            np.asarray(probe_stats)[settled].max(axis=0) * 100
+            if settled.any()
+            else np.full_like(latest, np.nan)
+        )
     rows = []
     for i, name in enumerate(layer_names):
         for j, role in enumerate(ROLES):
@@ -202,20 +236,28 @@ def health_summary(amax: np.ndarray, layer_names, history_length: int = 1024,
             if probed:
                 saturation, underflow = (float(v) for v in latest[i, j])
                 probe_columns = {
-                    "saturation %": saturation, "peak saturation %": _finite(peak[i, j, 0]),
-                    "underflow %": underflow, "peak underflow %": _finite(peak[i, j, 1])}
-            rows.append({
-                "layer": name, "role": role, "format": "E5M2" if role == "outputs_grad" else "E4M3",
-                "overflows": overflows,
-                "min headroom": headroom["min"],
-                "median headroom": headroom["median"],
-                **probe_columns,
-                "at risk": bool(
-                    overflows > 0.01 * len(amax)
-                    or (headroom["median"] or 0) > UNDERFLOW_HEADROOM
-                    or probe_columns.get("saturation %", 0) >= SATURATION_AT_RISK
-                    or probe_columns.get("underflow %", 0) >= UNDERFLOW_AT_RISK),
-            })
+                    "saturation %": saturation,
+                    "peak saturation %": _finite(peak[i, j, 0]),
+                    "underflow %": underflow,
+                    "peak underflow %": _finite(peak[i, j, 1]),
+                }
+            rows.append(
+                {
+                    "layer": name,
+                    "role": role,
+                    "format": FORMATS[role],
+                    "overflows": overflows,
+                    "min headroom": headroom["min"],
+                    "median headroom": headroom["median"],
+                    **probe_columns,
+                    "at risk": bool(
+                        overflows > 0.01 * len(amax)
+                        or (headroom["median"] or 0) > UNDERFLOW_HEADROOM
+                        or probe_columns.get("saturation %", 0) >= SATURATION_AT_RISK
+                        or probe_columns.get("underflow %", 0) >= UNDERFLOW_AT_RISK
+                    ),
+                }
+            )
     return rows
 
 
@@ -243,10 +285,14 @@ def history_length_effect(amax: np.ndarray, lengths=HISTORY_LENGTHS, roles=ROLES
         for j, role in enumerate(roles):
             headroom = _headroom_stats(result["headroom"][..., j])
             overflow = result["overflow"][..., j]
-            rows.append({
-                "history length": int(length), "role": role,
-                "overflows": int(overflow.sum()),
-                "overflow %": float(overflow.mean() * 100) if overflow.size else 0.0,
-                "median headroom": headroom["median"], "max headroom": headroom["max"],
-            })
+            rows.append(
+                {
+                    "history length": int(length),
+                    "role": role,
+                    "overflows": int(overflow.sum()),
+                    "overflow %": float(overflow.mean() * 100) if overflow.size else 0.0,
+                    "median headroom": headroom["median"],
+                    "max headroom": headroom["max"],
+                }
+            )
     return rows

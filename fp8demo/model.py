@@ -37,12 +37,18 @@ def build(config: TrainConfig, precision: str):
         keras.utils.set_random_seed(config.seed)
         token_ids = keras.layers.Input(shape=(None,), dtype="int32", name="input_ids")
         x = keras_hub.layers.TokenAndPositionEmbedding(
-            vocabulary_size=config.vocab_size, sequence_length=config.seq_len,
-            embedding_dim=config.hidden_dim, name="embedding")(token_ids)
+            vocabulary_size=config.vocab_size,
+            sequence_length=config.seq_len,
+            embedding_dim=config.hidden_dim,
+            name="embedding",
+        )(token_ids)
         x = keras.layers.Dropout(config.dropout, name="embedding_dropout")(x)
         x = keras_hub.layers.TransformerDecoder(
-            intermediate_dim=config.intermediate_dim, num_heads=config.heads,
-            dropout=config.dropout, name="decoder")(x)
+            intermediate_dim=config.intermediate_dim,
+            num_heads=config.heads,
+            dropout=config.dropout,
+            name="decoder",
+        )(x)
         x = keras.layers.GlobalAveragePooling1D(name="pooling")(x)
         x = keras.layers.Dropout(config.dropout, name="pooling_dropout")(x)
         x = keras.layers.Dense(config.intermediate_dim, activation="relu", name="dense")(x)
@@ -99,7 +105,7 @@ def fast_dropout(inputs, rate, noise_shape=None, seed=None):
         return jnp.zeros_like(inputs)
     if rate == 0.0:
         return inputs
-    levels = 2 ** FAST_DROPOUT_BITS
+    levels = 2**FAST_DROPOUT_BITS
     threshold = min(max(round(rate * levels), 1), levels - 1)
     keep = 1.0 - threshold / levels
     noise_shape = jax_random._get_concrete_noise_shape(inputs, noise_shape)
@@ -147,16 +153,26 @@ def weights_bytes(model) -> int:
     """Bytes of the model's weights as stored (fp8 bookkeeping variables excluded)."""
     import numpy as np
 
-    return int(sum(_size(w.shape) * np.dtype(w.dtype).itemsize for w in model.weights
-                   if not w.path.endswith(("_scale", "_amax_history"))))
+    return int(
+        sum(
+            _size(w.shape) * np.dtype(w.dtype).itemsize
+            for w in model.weights
+            if not w.path.endswith(("_scale", "_amax_history"))
+        )
+    )
 
 
 def compile(model, config: TrainConfig, steps_per_execution: int = 1):
     import keras
 
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=config.lr),
-                  loss="binary_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
+    # Weighted, so that the zero-weight padding of a data-parallel evaluation set does not
+    # count (training.EvaluationSet); without sample weights it is the plain accuracy.
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=config.lr),
+        loss="binary_crossentropy",
+        weighted_metrics=["accuracy"],
+        steps_per_execution=steps_per_execution,
+    )
     return model
 
 
@@ -169,13 +185,20 @@ def summarize(config: TrainConfig, precision: str) -> list[dict]:
     def walk(layer, prefix):
         for child in getattr(layer, "_layers", []) or []:
             name = f"{prefix}{child.name}"
-            rows.append({
-                "name": name,
-                "class": type(child).__name__,
-                "params": int(sum(_size(w.shape) for w in child.weights
-                                  if not w.path.endswith(("_scale", "_amax_history")))),
-                "float8": getattr(child, "quantization_mode", None) == "float8",
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "class": type(child).__name__,
+                    "params": int(
+                        sum(
+                            _size(w.shape)
+                            for w in child.weights
+                            if not w.path.endswith(("_scale", "_amax_history"))
+                        )
+                    ),
+                    "float8": getattr(child, "quantization_mode", None) == "float8",
+                }
+            )
             walk(child, name + "/")
 
     walk(model, "")
@@ -191,5 +214,10 @@ def _size(shape):
 
 def count_params(model) -> int:
     """Trainable model weights, without the fp8 bookkeeping variables."""
-    return int(sum(_size(w.shape) for w in model.trainable_weights
-                   if not w.path.endswith(("_scale", "_amax_history"))))
+    return int(
+        sum(
+            _size(w.shape)
+            for w in model.trainable_weights
+            if not w.path.endswith(("_scale", "_amax_history"))
+        )
+    )

@@ -16,6 +16,9 @@ from fp8demo.store import Store, StoreError
 
 MAX_REVIEW_CHARS = 100_000  # longer text is cut: the model sees seq_len tokens anyway
 MAX_REVIEWS = 1000
+# The model's sigmoid output is P(positive); from this probability on a review counts as positive
+# (the threshold of the accuracy the model is trained and evaluated with).
+POSITIVE_THRESHOLD = 0.5
 
 
 class PredictError(ValueError):
@@ -31,8 +34,10 @@ class LoadedRun:
         except StoreError as e:
             raise PredictError(str(e)) from e
         if run["status"] != "finished":
-            raise PredictError(f"Run {run['id']} is {run['status']}, not finished: it has no model "
-                               "to predict with.")
+            raise PredictError(
+                f"Run {run['id']} is {run['status']}, not finished: it has no model "
+                "to predict with."
+            )
         folder = store.run_dir(run["id"])
         weights = folder / "model.weights.h5"
         try:
@@ -41,11 +46,14 @@ class LoadedRun:
             self.config = TrainConfig.from_dict(saved["config"]).validate()
             self.precision = saved["precision"]
         except (OSError, ValueError, KeyError, TypeError) as e:
-            raise PredictError(f"Run {run['id']}'s saved config or vocabulary in {folder} is "
-                               f"missing or unreadable ({type(e).__name__}).") from e
+            raise PredictError(
+                f"Run {run['id']}'s saved config or vocabulary in {folder} is "
+                f"missing or unreadable ({type(e).__name__})."
+            ) from e
         if not weights.is_file():
             raise PredictError(f"Run {run['id']}'s weights file {weights} is missing.")
-        from fp8demo import model as model_lib, tokenizer
+        from fp8demo import model as model_lib
+        from fp8demo import tokenizer
 
         fp8demo.env.use_compilation_cache(store.home)  # a restarted dashboard loads, not compiles
         self.run_id = run["id"]
@@ -53,12 +61,16 @@ class LoadedRun:
         try:
             self.model.load_weights(weights)
         except Exception as e:  # h5py and keras raise several types for a bad file
-            raise PredictError(f"Run {run['id']}'s weights file {weights} is corrupt or does not "
-                               f"match its config ({type(e).__name__}: {str(e)[:200]}).") from e
+            raise PredictError(
+                f"Run {run['id']}'s weights file {weights} is corrupt or does not "
+                f"match its config ({type(e).__name__}: {str(e)[:200]})."
+            ) from e
         if post_training:
             if self.precision != "bf16" or post_training not in model_lib.PTQ_MODES:
-                raise PredictError(f"Post-training {post_training} applies to a bf16 run, not to "
-                                   f"run {run['id']} ({self.precision}).")
+                raise PredictError(
+                    f"Post-training {post_training} applies to a bf16 run, not to "
+                    f"run {run['id']} ({self.precision})."
+                )
             model_lib.quantize_post_training(self.model, post_training)
         self.label = f"{post_training} (post-training)" if post_training else self.precision
         self.vocabulary = vocabulary
@@ -85,6 +97,11 @@ class LoadedRun:
     def tokens(self, text: str) -> list[str]:
         ids = self.token_ids(check_texts([text]))[0]
         return [self.vocabulary[i] for i in ids if i != 0]
+
+
+def sentiment(probability: float) -> str:
+    """The label a positive-review probability stands for: "positive" or "negative"."""
+    return "positive" if probability >= POSITIVE_THRESHOLD else "negative"
 
 
 def check_texts(texts) -> list[str]:

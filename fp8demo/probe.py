@@ -22,7 +22,7 @@ import contextlib
 import numpy as np
 
 from fp8demo import fp8
-from fp8demo.store import ROLES
+from fp8demo.fp8 import ROLES
 
 STATISTICS = ("saturation", "underflow")
 
@@ -36,7 +36,7 @@ def tensor_stats(values, scale, role):
     import jax.numpy as jnp
 
     fmax = fp8.FORMAT_MAX[role]
-    float8 = jnp.float8_e5m2 if role == "outputs_grad" else jnp.float8_e4m3fn
+    float8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}[fp8.FORMATS[role]]
     x = jnp.asarray(values, jnp.float32)
     scaled = x / jnp.asarray(scale, jnp.float32)
     # Clipping within half a step of the top value costs no more than rounding does.
@@ -107,8 +107,11 @@ class Probe:
             row = []
             for role in ROLES:
                 variable = getattr(layer, f"{role}_scale")
-                row.append((True, trainable[id(variable)]) if id(variable) in trainable
-                           else (False, non_trainable[id(variable)]))
+                row.append(
+                    (True, trainable[id(variable)])
+                    if id(variable) in trainable
+                    else (False, non_trainable[id(variable)])
+                )
             positions.append(row)
         return positions
 
@@ -129,13 +132,17 @@ class Probe:
 
         def probe(trainable, non_trainable, x, y):
             shapes = jax.eval_shape(lambda: loss(None, trainable, non_trainable, x, y)[1])
-            taps = [jnp.zeros(shapes[f"z{i}"].shape, shapes[f"z{i}"].dtype)
-                    for i in range(len(layers))]
+            taps = [
+                jnp.zeros(shapes[f"z{i}"].shape, shapes[f"z{i}"].dtype) for i in range(len(layers))
+            ]
             grads, captured = jax.grad(loss, has_aux=True)(taps, trainable, non_trainable, x, y)
             rows = []
             for i in range(len(layers)):
-                tensors = {"inputs": captured[f"inputs{i}"], "kernel": captured[f"kernel{i}"],
-                           "outputs_grad": grads[i]}
+                tensors = {
+                    "inputs": captured[f"inputs{i}"],
+                    "kernel": captured[f"kernel{i}"],
+                    "outputs_grad": grads[i],
+                }
                 row = []
                 for j, role in enumerate(ROLES):
                     is_trainable, k = positions[i][j]

@@ -10,7 +10,10 @@ Layout under the home folder (FP8DEMO_HOME, default ~/.fp8demo):
     data/, cache/          IMDB extraction and tokenizer caches (see data.py, tokenizer.py)
 """
 
+import contextlib
 import json
+import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -19,9 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from fp8demo.config import TrainConfig, min_free_bytes
+from fp8demo.config import TrainConfig
+from fp8demo.fp8 import ROLES
+from fp8demo.resources import min_free_bytes
 
 SCHEMA_VERSION = 3
+# PRAGMA application_id of every store ("fp8d" in ASCII): tells a run store apart from another
+# program's SQLite database that happens to sit at the same path.
+APPLICATION_ID = 0x66703864
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every (non-empty) SQLite file
+MOVE_IT = "Move it away or set FP8DEMO_HOME to another folder."
 # Statements that bring a store from schema N to N + 1.
 MIGRATIONS = {
     1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
@@ -29,8 +39,6 @@ MIGRATIONS = {
 }
 ACTIVE = ("queued", "running")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
-# The three tensors each float8 layer scales; column order of every fp8 array in the store.
-ROLES = ("inputs", "kernel", "outputs_grad")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -143,8 +151,10 @@ class Store:
                     if not path.is_dir():
                         reason = f"{path} is a file, not a folder"
                     break
-            raise StoreError(f"Cannot create the fp8demo home folder {self.home}: {reason}. "
-                             "Set FP8DEMO_HOME to a writable folder.") from e
+            raise StoreError(
+                f"Cannot create the fp8demo home folder {self.home}: {reason}. "
+                "Set FP8DEMO_HOME to a writable folder."
+            ) from e
         self.path = self.home / "runs.sqlite"
         self._local = threading.local()
         self._init_schema()
@@ -166,6 +176,20 @@ class Store:
     def _execute(self, sql, params=()):
         return self._conn().execute(sql, params)
 
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction around the with-block: COMMIT when it ends (by a return too),
+        ROLLBACK when it raises. BEGIN IMMEDIATE takes the write lock up front, so two
+        processes never both read and then fail to upgrade to writing."""
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield conn
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+
     def _write(self, sql, params=()):
         try:
             return self._execute(sql, params)
@@ -173,70 +197,113 @@ class Store:
             raise StoreError(f"Cannot write to the run store {self.path}: {e}") from e
 
     def _init_schema(self):
+        """Create, migrate or accept the store; refuse (writing nothing) anything else."""
+        self._refuse_a_file_that_is_not_sqlite()
         conn = self._conn()
         try:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("BEGIN IMMEDIATE")
-            try:
+            # Every check runs inside the write lock, before the first write: a refused file
+            # keeps its bytes, and two processes opening a new store create it once.
+            with self._transaction():
+                self._refuse_another_programs_database(conn)
+                version = self._schema_version(conn)
+                if version > SCHEMA_VERSION:
+                    raise StoreError(
+                        f"The run store {self.path} was written by a newer fp8demo (schema "
+                        f"{version}); this version reads schema {SCHEMA_VERSION}. Upgrade "
+                        "fp8demo or set FP8DEMO_HOME to another folder."
+                    )
                 for statement in SCHEMA.split(";"):
                     if statement.strip():
                         conn.execute(statement)
-                row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-                if row is None:
-                    conn.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-                    version = SCHEMA_VERSION
-                else:
-                    try:
-                        version = int(row[0])
-                    except ValueError:
-                        raise StoreError(
-                            f"The run store {self.path} has an unreadable schema version "
-                            f"({row[0]!r}). Move it away or set FP8DEMO_HOME to another folder."
-                        ) from None
-                if version < SCHEMA_VERSION:
-                    for step in range(version, SCHEMA_VERSION):
-                        for statement in MIGRATIONS[step]:
-                            conn.execute(statement)
-                    conn.execute("UPDATE meta SET value=? WHERE key='schema_version'",
-                                 (str(SCHEMA_VERSION),))
-                conn.execute("COMMIT")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+                for step in range(version, SCHEMA_VERSION):
+                    for statement in MIGRATIONS[step]:
+                        conn.execute(statement)
+                conn.execute(
+                    "INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)",
+                    (str(SCHEMA_VERSION),),
+                )
+                # Unstamped stores are recognised by their schema version; stamp them too.
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as e:
-            raise StoreError(f"The run store {self.path} is not usable: {e}. "
-                             "Move it away or set FP8DEMO_HOME to another folder.") from e
-        if version > SCHEMA_VERSION:
+            raise StoreError(f"The run store {self.path} is not usable: {e}. {MOVE_IT}") from e
+
+    def _refuse_a_file_that_is_not_sqlite(self):
+        """A clear answer for notes, an archive, … at the store's path (SQLite says less)."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except (FileNotFoundError, IsADirectoryError):
+            return  # a new store, or a folder: sqlite3.connect names that problem
+        except OSError as e:
+            raise StoreError(f"Cannot read the run store {self.path}: {e.strerror}.") from e
+        if header and header != SQLITE_HEADER:
             raise StoreError(
-                f"The run store {self.path} was written by a newer fp8demo (schema {version}); "
-                f"this version reads schema {SCHEMA_VERSION}. Upgrade fp8demo or set FP8DEMO_HOME "
-                "to another folder."
+                f"{self.path} is not an fp8demo run store: it is not a SQLite "
+                f"database at all. {MOVE_IT}"
             )
+
+    def _refuse_another_programs_database(self, conn):
+        """StoreError for a SQLite database that holds something, but not a run store."""
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if application_id == APPLICATION_ID:
+            return
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT name FROM sqlite_master WHERE type IN ('table', 'view') "
+                "AND name NOT LIKE 'sqlite\\_%' ESCAPE '\\' ORDER BY name"
+            )
+        ]
+        if application_id == 0 and (not tables or _schema_version_text(conn) is not None):
+            return  # a new, empty database, or an unstamped store
+        what = (
+            f"it holds {', '.join(tables)}"
+            if tables
+            else f"its application_id is {application_id:#x}"
+        )
+        raise StoreError(
+            f"{self.path} is a SQLite database of another program ({what}), not "
+            f"an fp8demo run store; it was left untouched. {MOVE_IT}"
+        )
+
+    def _schema_version(self, conn) -> int:
+        """The store's schema version; SCHEMA_VERSION for a new store."""
+        text = _schema_version_text(conn)
+        if text is None:
+            return SCHEMA_VERSION
+        try:
+            return int(text)
+        except ValueError:
+            raise StoreError(
+                f"The run store {self.path} has an unreadable schema version ({text!r}). {MOVE_IT}"
+            ) from None
 
     def run_dir(self, run_id: int) -> Path:
         return self.home / "runs" / str(int(run_id))
 
     # -- launching ----------------------------------------------------------------------
 
-    def create_comparison(self, config: TrainConfig, label: str = "",
-                          group_id: int | None = None) -> tuple[int, list[int]]:
+    def create_comparison(
+        self, config: TrainConfig, label: str = "", group_id: int | None = None
+    ) -> tuple[int, list[int]]:
         """Queue one comparison: one run per precision of `config`, in order.
 
         group_id: the first comparison of a set of repeats over seeds ("self" = this one).
         """
         config.validate()
         now = time.time()
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             cid = conn.execute(
                 "INSERT INTO comparisons (created_at, config, label) VALUES (?, ?, ?)",
                 (now, config.to_json(), label),
             ).lastrowid
             if group_id is not None:
-                conn.execute("UPDATE comparisons SET group_id=? WHERE id=?",
-                             (cid if group_id == "self" else int(group_id), cid))
+                conn.execute(
+                    "UPDATE comparisons SET group_id=? WHERE id=?",
+                    (cid if group_id == "self" else int(group_id), cid),
+                )
             run_ids = [
                 conn.execute(
                     "INSERT INTO runs (comparison_id, precision, config, created_at, updated_at) "
@@ -245,22 +312,15 @@ class Store:
                 ).lastrowid
                 for precision in config.precisions
             ]
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return cid, run_ids
 
     def claim_next_run(self, worker_pid: int) -> dict | None:
         """Atomically move the oldest queued run to running and return it."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             row = conn.execute(
                 "SELECT id FROM runs WHERE status='queued' ORDER BY id LIMIT 1"
             ).fetchone()
             if row is None:
-                conn.execute("COMMIT")
                 return None
             now = time.time()
             conn.execute(
@@ -268,10 +328,6 @@ class Store:
                 "worker_pid=? WHERE id=?",
                 (now, now, worker_pid, row["id"]),
             )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         return self.run(row["id"])
 
     # -- run state ----------------------------------------------------------------------
@@ -290,32 +346,34 @@ class Store:
 
     def end_run(self, run_id: int, status: str, error: str | None = None, **fields):
         assert status in ENDED, status
-        self.update_run(run_id, status=status, phase=status, finished_at=time.time(),
-                        error=error, eta=None, **fields)
+        self.update_run(
+            run_id,
+            status=status,
+            phase=status,
+            finished_at=time.time(),
+            error=error,
+            eta=None,
+            **fields,
+        )
 
     def request_cancel(self, run_id: int) -> str:
         """Cancel a run: a queued one ends at once, a running one at its next step."""
         run_id = _parse_id(run_id, "a run id (a whole number)")
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             row = conn.execute("SELECT status FROM runs WHERE id=?", (_sql_id(run_id),)).fetchone()
             if row is None:
-                conn.execute("COMMIT")
                 raise StoreError(f"There is no run {run_id}.")
             now = time.time()
             if row["status"] == "queued":
-                conn.execute("UPDATE runs SET status='cancelled', phase='cancelled', "
-                             "finished_at=?, updated_at=? WHERE id=?", (now, now, run_id))
+                conn.execute(
+                    "UPDATE runs SET status='cancelled', phase='cancelled', "
+                    "finished_at=?, updated_at=? WHERE id=?",
+                    (now, now, run_id),
+                )
             elif row["status"] == "running":
-                conn.execute("UPDATE runs SET cancel_requested=1, updated_at=? WHERE id=?",
-                             (now, run_id))
-            conn.execute("COMMIT")
-        except StoreError:
-            raise
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
+                conn.execute(
+                    "UPDATE runs SET cancel_requested=1, updated_at=? WHERE id=?", (now, run_id)
+                )
         return row["status"]
 
     def cancel_comparison(self, comparison_id: int):
@@ -324,7 +382,9 @@ class Store:
                 self.request_cancel(run["id"])
 
     def cancel_requested(self, run_id: int) -> bool:
-        row = self._execute("SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)).fetchone()
+        row = self._execute(
+            "SELECT cancel_requested FROM runs WHERE id=?", (int(run_id),)
+        ).fetchone()
         return bool(row and row[0])
 
     def reap(self) -> list[int]:
@@ -336,10 +396,13 @@ class Store:
         ]
         for run_id in lost:
             run = self.run(run_id)
-            self.end_run(run_id, "interrupted",
-                         error=f"The training process (pid {run['worker_pid']}) stopped during "
-                               f"'{run['phase']}' without finishing; partial metrics are kept."
-                               + self._low_disk_note())
+            self.end_run(
+                run_id,
+                "interrupted",
+                error=f"The training process (pid {run['worker_pid']}) stopped during "
+                f"'{run['phase']}' without finishing; partial metrics are kept."
+                + self._low_disk_note(),
+            )
         return lost
 
     def _low_disk_note(self) -> str:
@@ -352,8 +415,10 @@ class Store:
             return ""
         if free >= min_free_bytes():
             return ""
-        return (f" The disk holding {self.home} has only {free / 2**20:,.0f} MB free: a full disk "
-                "may have stopped it.")
+        return (
+            f" The disk holding {self.home} has only {free / 2**20:,.0f} MB free: a full disk "
+            "may have stopped it."
+        )
 
     # -- reading runs -------------------------------------------------------------------
 
@@ -375,15 +440,16 @@ class Store:
         if comparison_id is None:
             rows = self._execute("SELECT * FROM runs ORDER BY id")
         else:
-            rows = self._execute("SELECT * FROM runs WHERE comparison_id=? ORDER BY id",
-                                 (int(comparison_id),))
+            rows = self._execute(
+                "SELECT * FROM runs WHERE comparison_id=? ORDER BY id", (int(comparison_id),)
+            )
         return [self._run_dict(r) for r in rows]
 
     def queue(self) -> list[dict]:
         """Running and waiting runs, in the order they will train."""
         rows = self._execute(
-            "SELECT * FROM runs WHERE status IN ('queued', 'running') "
-            "ORDER BY status='queued', id")
+            "SELECT * FROM runs WHERE status IN ('queued', 'running') ORDER BY status='queued', id"
+        )
         return [self._run_dict(r) for r in rows]
 
     def comparisons(self) -> list[dict]:
@@ -398,7 +464,9 @@ class Store:
 
     def comparison(self, comparison_id) -> dict:
         comparison_id = _parse_id(comparison_id, "a comparison id")
-        row = self._execute("SELECT * FROM comparisons WHERE id=?", (_sql_id(comparison_id),)).fetchone()
+        row = self._execute(
+            "SELECT * FROM comparisons WHERE id=?", (_sql_id(comparison_id),)
+        ).fetchone()
         if row is None:
             raise StoreError(f"There is no comparison {comparison_id}.")
         comparison = dict(row)
@@ -408,8 +476,12 @@ class Store:
 
     def group(self, group_id) -> list[dict]:
         """The comparisons of one set of repeats over seeds, oldest first."""
-        ids = [r[0] for r in self._execute(
-            "SELECT id FROM comparisons WHERE group_id=? ORDER BY id", (int(group_id),))]
+        ids = [
+            r[0]
+            for r in self._execute(
+                "SELECT id FROM comparisons WHERE group_id=? ORDER BY id", (int(group_id),)
+            )
+        ]
         return [self.comparison(i) for i in ids]
 
     def latest_comparison_id(self) -> int | None:
@@ -422,28 +494,56 @@ class Store:
         """rows: (step, epoch, time, loss, accuracy) with true per-batch loss and accuracy."""
         self._conn().executemany(
             "INSERT OR REPLACE INTO step_metrics VALUES (?, ?, ?, ?, ?, ?)",
-            [(int(run_id), int(s), int(e), float(t), _num(l), _num(a)) for s, e, t, l, a in rows],
+            [
+                (int(run_id), int(s), int(e), float(t), _num(loss), _num(a))
+                for s, e, t, loss, a in rows
+            ],
         )
 
-    def add_epoch(self, run_id: int, epoch: int, step: int, loss=None, accuracy=None,
-                  val_loss=None, val_accuracy=None):
+    def add_epoch(
+        self,
+        run_id: int,
+        epoch: int,
+        step: int,
+        loss=None,
+        accuracy=None,
+        val_loss=None,
+        val_accuracy=None,
+    ):
         self._write(
             "INSERT OR REPLACE INTO epoch_metrics VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (int(run_id), int(epoch), int(step), time.time(), _num(loss), _num(accuracy),
-             _num(val_loss), _num(val_accuracy)),
+            (
+                int(run_id),
+                int(epoch),
+                int(step),
+                time.time(),
+                _num(loss),
+                _num(accuracy),
+                _num(val_loss),
+                _num(val_accuracy),
+            ),
         )
 
     def step_metrics(self, run_id: int, since_step: int = -1) -> dict:
         """Per-step metrics as numpy arrays: step, epoch, time, loss, accuracy."""
         rows = self._execute(
             "SELECT step, epoch, time, loss, accuracy FROM step_metrics "
-            "WHERE run_id=? AND step>? ORDER BY step", (int(run_id), since_step)).fetchall()
+            "WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step),
+        ).fetchall()
         arrays = np.array(rows, dtype=np.float64).reshape(-1, 5)
-        return {name: arrays[:, i] for i, name in enumerate(("step", "epoch", "time", "loss", "accuracy"))}
+        return {
+            name: arrays[:, i]
+            for i, name in enumerate(("step", "epoch", "time", "loss", "accuracy"))
+        }
 
     def epoch_metrics(self, run_id: int) -> list[dict]:
-        return [dict(r) for r in self._execute(
-            "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (int(run_id),))]
+        return [
+            dict(r)
+            for r in self._execute(
+                "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (int(run_id),)
+            )
+        ]
 
     # -- fp8 snapshots ------------------------------------------------------------------
 
@@ -456,15 +556,20 @@ class Store:
         )
 
     def add_fp8_scales(self, run_id: int, step: int, scales: np.ndarray):
-        self._write("INSERT OR REPLACE INTO fp8_scales VALUES (?, ?, ?)",
-                    (int(run_id), int(step), np.asarray(scales, dtype=np.float32).tobytes()))
+        self._write(
+            "INSERT OR REPLACE INTO fp8_scales VALUES (?, ?, ?)",
+            (int(run_id), int(step), np.asarray(scales, dtype=np.float32).tobytes()),
+        )
 
     def add_fp8_probe(self, run_id: int, rows):
         """rows: (step, stats[layers, 3 roles, 2]) with saturation and underflow fractions."""
         self._conn().executemany(
             "INSERT OR REPLACE INTO fp8_probe VALUES (?, ?, ?)",
-            [(int(run_id), int(step), np.asarray(stats, np.float32).tobytes())
-             for step, stats in rows])
+            [
+                (int(run_id), int(step), np.asarray(stats, np.float32).tobytes())
+                for step, stats in rows
+            ],
+        )
 
     def fp8_probe(self, run_id: int, since_step: int = -1):
         """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
@@ -474,13 +579,17 @@ class Store:
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
         rows = self._execute(
             f"SELECT step, {column} FROM {table} WHERE run_id=? AND step>? ORDER BY step",
-            (int(run_id), since_step)).fetchall()
+            (int(run_id), since_step),
+        ).fetchall()
         steps = np.array([r[0] for r in rows], dtype=np.int64)
         values = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
         return steps, values.reshape(len(rows), n_layers, len(ROLES), *extra)
 
     def fp8_amax(self, run_id: int, since_step: int = -1):
-        """(steps, amax[steps, layers, roles]) in time order; layer names in summary['fp8_layers']."""
+        """(steps, amax[steps, layers, roles]) in time order.
+
+        Layer names are in the run's summary['fp8_layers'].
+        """
         return self._fp8_series("fp8_amax", "amax", run_id, since_step)
 
     def fp8_scales(self, run_id: int, since_step: int = -1):
@@ -492,36 +601,55 @@ class Store:
         runs = self.runs(comparison_id)
         if any(r["status"] in ACTIVE for r in runs):
             raise StoreError("Stop the comparison's runs before deleting it.")
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as conn:
             for run in runs:
-                for table in ("step_metrics", "epoch_metrics", "fp8_amax", "fp8_scales",
-                              "fp8_probe"):
+                for table in (
+                    "step_metrics",
+                    "epoch_metrics",
+                    "fp8_amax",
+                    "fp8_scales",
+                    "fp8_probe",
+                ):
                     conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run["id"],))
                 conn.execute("DELETE FROM runs WHERE id=?", (run["id"],))
             conn.execute("DELETE FROM comparisons WHERE id=?", (int(comparison_id),))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
         import shutil
+
         for run in runs:
             shutil.rmtree(self.run_dir(run["id"]), ignore_errors=True)
 
 
 def _parse_id(value, what: str) -> int:
-    """A row id from user text or a number; StoreError (not a crash) for anything else."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise StoreError(f"{value!r} is not {what}.") from None
-    return number
+    """A row id from user text or a number; StoreError (not a crash) for anything else.
+
+    Only whole numbers pass: int() alone would turn 1.5 into run 1 and True into run 1.
+    """
+    if isinstance(value, (bool, np.bool_)):
+        pass
+    elif isinstance(value, str):
+        try:
+            return int(value.strip())
+        except ValueError:
+            pass
+    elif isinstance(value, numbers.Integral):
+        return int(value)
+    elif isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer():
+        return int(value)
+    raise StoreError(f"{value!r} is not {what}.")
 
 
 def _sql_id(number: int) -> int:
     """SQLite ids are signed 64-bit: a larger number names no row (and would overflow)."""
-    return number if -2**63 <= number < 2**63 else -1  # ids are positive: -1 matches nothing
+    return number if -(2**63) <= number < 2**63 else -1  # ids are positive: -1 matches nothing
+
+
+def _schema_version_text(conn) -> str | None:
+    """meta's schema_version; None without one (a new database, or another program's)."""
+    try:
+        row = conn.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+    except sqlite3.OperationalError:  # no meta table, or one with other columns
+        return None
+    return None if row is None else str(row[0])
 
 
 def _num(value):

@@ -1,237 +1,80 @@
 """Train one precision of a comparison, recording everything into the run store.
 
 Narrative order, as the Keras example: prepare data and tokenizer (cached) → build the
-model (bf16, or bf16 + quantize("float8")) → fit with a recording callback → evaluate on
-the test split → save what prediction needs (weights + config + vocabulary).
+model (bf16, or bf16 + quantize("float8")) → fit with a recording callback (recorder.py) →
+evaluate the final weights, and the best epoch's, on the test split → save what prediction
+needs (weights + config + vocabulary) → post-training quantization of a bf16 model.
 """
 
 import json
 import math
 import time
+from typing import NamedTuple
+
+import numpy as np
 
 import fp8demo.env
-from fp8demo import compiled, fp8, model as model_lib, probe as probe_lib, tokenizer
+from fp8demo import compiled, fp8, tokenizer
+from fp8demo import model as model_lib
+from fp8demo import probe as probe_lib
+from fp8demo.config import ConfigError
 from fp8demo.store import Store
 
-RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
-TOKENS_PER_CPU_BATCH = 4096  # past this, a CPU step costs 2–4× more per token (README: Scaling)
+TOKENS_PER_CPU_BATCH = 4096  # past this, a CPU step costs more per token (README: Scaling)
 
 
 class Cancelled(Exception):
-    pass
+    """A cancel was requested; the worker marks the run cancelled."""
 
 
-def eval_batch_size(seq_len: int, multiple_of: int = 1) -> int:
-    """Batch size for evaluation (same metric whatever the size): 256 on an accelerator (fewer
-    dispatches); on a CPU about 4,096 tokens, past which the attention scores outgrow the caches
-    (25,000 test reviews of 200 tokens: 3.1 s at batch 16, 12.9 s at 256). Data-parallel
-    batches split evenly over the devices, so the size is a multiple of their number."""
-    import jax
-
-    size = 256 if jax.default_backend() != "cpu" else min(256, TOKENS_PER_CPU_BATCH // seq_len)
-    return max(multiple_of, size // multiple_of * multiple_of)
+def stop_if_cancel_requested(store: Store, run_id: int):
+    """Between Keras's loops, phase changes are where a cancel request is honoured (inside
+    them the recorder watches for one)."""
+    if store.cancel_requested(run_id):
+        raise Cancelled()
 
 
-def device_description() -> str:
-    from fp8demo.device import describe
+class PhaseTimer:
+    """Wall-clock seconds per phase: starting a phase ends the one before; a phase started
+    more than once adds up."""
 
-    return describe()["text"]
+    def __init__(self):
+        self.starts = []  # (phase, when it began)
+
+    def start(self, phase: str):
+        self.starts.append((phase, time.time()))
+
+    def seconds(self) -> dict:
+        """Seconds per phase, the last one up to now."""
+        ends = [began for _, began in self.starts[1:]] + [time.time()]
+        seconds = {}
+        for (phase, began), ended in zip(self.starts, ends):
+            seconds[phase] = seconds.get(phase, 0.0) + ended - began
+        return seconds
 
 
-def make_recorder(store: Store, run_id: int, n_train: int, batch_size: int, epochs: int,
-                  record: bool = True, history_length: int = 1024, early_stopping: int = 0,
-                  probe=None, probe_every: int = 0):
-    """A Keras callback that writes per-step metrics, progress and fp8 snapshots to the store.
+def train_run(
+    store: Store, run: dict, record: bool = True, progress=print, on_trained=None, callbacks=()
+) -> dict:
+    """Train one run, data-parallel over all devices when its config asks for it.
 
-    probe: a probe.Probe run before the first step and every `probe_every` steps.
+    record: False trains without writing metrics (see recorder.Recorder).
+    on_trained(model, prepared): called after evaluation, before saving.
+    callbacks: more Keras callbacks for fit (benchmarks time the steps with one).
     """
-    import keras
-
-    steps_per_epoch = math.ceil(n_train / batch_size)
-
-    class Recorder(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.step = 0  # global training steps done (1-based once training)
-            self.epoch = 0
-            self.cancelled = False
-            self.in_fit = False
-            self.pending = []  # (step, epoch, time, running loss, running accuracy, seen)
-            self.prev = (0, 0.0, 0.0)  # (samples seen, running loss, running accuracy) this epoch
-            self.last_flush = 0.0
-            self.fp8_step = 0  # last step whose amax is in the store
-            self.layers = []
-            self.first_step_time = None
-            self.last_step_time = None
-            self.validation_seconds = 0.0  # spent validating between epochs (not steps)
-            self.validation_started = None
-            self.started = None
-            # Best validation accuracy so far: (epoch, val_accuracy, weights as numpy).
-            self.best = None
-            self.stopped_early_at = None
-            self.probe = probe if (record and probe_every > 0 and probe is not None) else None
-            self.probe_rows = []  # (step, stats) not yet in the store
-
-        # -- fit ------------------------------------------------------------------
-
-        def on_train_begin(self, logs=None):
-            self.in_fit = True
-            self.started = time.time()
-            self.layers = fp8.float8_layers(self.model)
-            if not self.layers:
-                self.probe = None  # nothing in float8 to probe
-            self.run_probe()
-
-        def on_epoch_begin(self, epoch, logs=None):
-            self.epoch = epoch
-            self.prev = (0, 0.0, 0.0)
-
-        def on_train_batch_end(self, batch, logs=None):
-            now = time.time()
-            self.step += 1
-            self.last_step_time = now
-            if self.first_step_time is None:
-                self.first_step_time = now  # the first step includes XLA compilation
-                store.update_run(run_id, phase="training")
-            if self.probe is not None and self.step % probe_every == 0:
-                self.run_probe()
-            seen = min((batch + 1) * batch_size, n_train)
-            self.pending.append((self.step, self.epoch, now - self.started,
-                                 logs.get("loss"), logs.get("accuracy"), seen))
-            # Flush before the amax history wraps, so no step's amax is lost.
-            if (now - self.last_flush >= RECORD_EVERY_SECONDS
-                    or (self.layers and self.step - self.fp8_step >= history_length // 2)):
-                self.flush(now)
-
-        def on_epoch_end(self, epoch, logs=None):
-            self.flush(time.time())
-            logs = logs or {}
-            if record:
-                store.add_epoch(run_id, epoch, self.step, logs.get("loss"), logs.get("accuracy"),
-                                logs.get("val_loss"), logs.get("val_accuracy"))
-            val_accuracy = logs.get("val_accuracy")
-            if val_accuracy is not None and (self.best is None or val_accuracy > self.best[1]):
-                self.best = (epoch, float(val_accuracy), self.model.get_weights())
-            elif early_stopping and self.best and epoch - self.best[0] >= early_stopping:
-                self.stopped_early_at = epoch
-                self.model.stop_training = True
-
-        def on_train_end(self, logs=None):
-            if self.probe is not None and self.step % probe_every:
-                self.run_probe()  # the final weights and scales, as finished runs keep them
-            self.flush(time.time())
-            self.in_fit = False
-
-        # -- validation and test ---------------------------------------------------
-
-        def on_test_begin(self, logs=None):
-            if self.in_fit:
-                self.validation_started = time.time()
-                store.update_run(run_id, phase=f"validating epoch {self.epoch + 1}")
-
-        def on_test_batch_end(self, batch, logs=None):
-            now = time.time()
-            if now - self.last_flush >= RECORD_EVERY_SECONDS:
-                self.last_flush = now
-                if store.cancel_requested(run_id):
-                    self.cancelled = True
-                    self.model.stop_evaluating = True
-                    self.model.stop_training = True
-
-        def on_test_end(self, logs=None):
-            if self.in_fit and self.validation_started is not None:
-                self.validation_seconds += time.time() - self.validation_started
-                self.validation_started = None
-            if self.in_fit and not self.cancelled:
-                store.update_run(run_id, phase="training")
-
-        # -- recording -------------------------------------------------------------
-
-        def flush(self, now):
-            self.last_flush = now
-            if self.pending and record:
-                rows = []
-                seen_prev, loss_prev, acc_prev = self.prev
-                for step, epoch, t, loss, acc, seen in self.pending:
-                    if seen < seen_prev:  # a new epoch started inside this batch of rows
-                        seen_prev, loss_prev, acc_prev = 0, 0.0, 0.0
-                    n = seen - seen_prev
-                    # logs hold running means over the epoch; recover this batch's values.
-                    batch_loss = (seen * loss - seen_prev * loss_prev) / n
-                    batch_acc = (seen * acc - seen_prev * acc_prev) / n
-                    rows.append((step, epoch, t, batch_loss, batch_acc))
-                    if not math.isfinite(loss):
-                        store.add_steps(run_id, rows)
-                        raise FloatingPointError(
-                            f"The loss became {loss} at step {step} (epoch {epoch + 1}): training "
-                            "diverged. Lower the learning rate or use a smaller model.")
-                    seen_prev, loss_prev, acc_prev = seen, loss, acc
-                self.prev = (seen_prev, loss_prev, acc_prev)
-                store.add_steps(run_id, rows)
-            elif self.pending:
-                last = self.pending[-1]
-                self.prev = (last[5], last[3], last[4])
-            self.pending = []
-            if record and self.layers and self.step > self.fp8_step:
-                self.snapshot()
-            if self.probe_rows:
-                store.add_fp8_probe(run_id, self.probe_rows)
-                self.probe_rows = []
-            self.report_progress(now)
-            if store.cancel_requested(run_id):
-                self.cancelled = True
-                self.model.stop_training = True
-
-        def run_probe(self):
-            """Saturation/underflow on the fixed batch; a failing probe only turns itself off."""
-            if self.probe is None:
-                return
-            try:
-                _ = self.model  # sync the training state into the variables
-                self.probe_rows.append((self.step, self.probe()))
-            except Exception as e:  # monitoring must never end a training run
-                self.probe = None
-                store.merge_summary(run_id, probe_error=f"{type(e).__name__}: {e}"[:500])
-
-        def snapshot(self):
-            _ = self.model  # the property writes JAX's training state back into the variables
-            histories, scales = fp8.read_state(self.layers)
-            new = fp8.newest_amax(histories, self.step - self.fp8_step)
-            store.add_fp8_amax(run_id, self.step - len(new) + 1, new)
-            store.add_fp8_scales(run_id, self.step, scales)
-            self.fp8_step = self.step
-
-        def training_seconds(self, until):
-            """Time spent in training steps after the first (compiling) one."""
-            return until - self.first_step_time - self.validation_seconds
-
-        def report_progress(self, now):
-            total = steps_per_epoch * epochs
-            fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
-            if self.first_step_time is not None and self.step > 1:
-                rate = (self.step - 1) / max(self.training_seconds(now), 1e-9)
-                fields.update(steps_per_sec=rate, samples_per_sec=rate * batch_size,
-                              eta=(total - self.step) / rate if rate > 0 else None)
-            store.update_run(run_id, **fields)
-
-    return Recorder()
-
-
-def train_run(store: Store, run: dict, **options) -> dict:
-    """Train one run, data-parallel over all devices when its config asks for it."""
-    import keras
-
+    options = dict(record=record, progress=progress, on_trained=on_trained, callbacks=callbacks)
     config = run["config"]
     if not config.data_parallel:
         return _train_run(store, run, **options)
     import jax
-
-    from fp8demo.config import ConfigError
+    import keras
 
     devices = jax.devices()
     if config.batch_size % len(devices):
-        raise ConfigError(f"Data-parallel training on {len(devices)} devices needs a batch size "
-                          f"divisible by {len(devices)}; got {config.batch_size}.")
+        raise ConfigError(
+            f"Data-parallel training on {len(devices)} devices needs a batch size "
+            f"divisible by {len(devices)}; got {config.batch_size}."
+        )
     store.merge_summary(run["id"], devices=[str(d) for d in devices])
     keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
     try:
@@ -240,159 +83,350 @@ def train_run(store: Store, run: dict, **options) -> dict:
         keras.distribution.set_distribution(None)
 
 
-def _train_run(store: Store, run: dict, record: bool = True, progress=print,
-               on_trained=None) -> dict:
+def _train_run(store: Store, run: dict, record: bool, progress, on_trained, callbacks) -> dict:
     """Train, evaluate and save one queued run; returns its final fields.
 
     Raises Cancelled when a cancel was requested; other exceptions propagate (the worker
     marks the run failed with their message).
     """
-    import jax
     import keras
 
     run_id, config, precision = run["id"], run["config"], run["precision"]
+    timer = PhaseTimer()
 
-    timeline = []  # (phase, when it began): each phase's seconds go into the run's summary
+    def show(phase):  # time it and show it on the Live page
+        timer.start(phase)
+        store.update_run(run_id, phase=phase)
 
-    def phase(name):
-        timeline.append((name, time.time()))
-        store.update_run(run_id, phase=name)
-        if store.cancel_requested(run_id):
-            raise Cancelled()
+    def show_data_phase(phase):  # data preparation's own phases, each a chance to cancel
+        show(phase)
+        stop_if_cancel_requested(store, run_id)
 
     store.update_run(run_id, device=device_description())
     fp8demo.env.use_compilation_cache(store.home)
 
     # 1. Data and tokenizer (cached: the second precision of a comparison starts here at once).
-    prepared = tokenizer.prepare(config, store.home, on_phase=phase, progress=progress)
-    store.merge_summary(run_id, data={
-        "fingerprint": prepared.fingerprint, "from_cache": prepared.from_cache,
-        "seconds": prepared.seconds, "vocabulary": len(prepared.vocabulary),
-        "sizes": {"train": len(prepared.y_train), "validation": len(prepared.y_val),
-                  "test": len(prepared.y_test)}})
+    prepared = tokenizer.prepare(config, store.home, on_phase=show_data_phase, progress=progress)
+    record_data(store, run_id, prepared)
+    devices = batch_devices(config, len(prepared.y_train))
+    validation, test = evaluation_sets(prepared, devices)
+    eval_batch = eval_batch_size(config.seq_len, devices)  # one compiled step for both
 
     # 2. Model.
-    phase("building model")
+    show("building model")
+    stop_if_cancel_requested(store, run_id)
+    model, layers, params = build_model(store, run_id, config, precision)
+
+    # 3. Fit. The first step compiles; the recorder switches the phase to "training".
+    recorder = start_recording(store, run_id, config, model, prepared, params, record)
+    keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
+    timer.start("fit (compiling, training, validating)")
+    with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
+        fit_seconds = fit(model, config, prepared, validation, eval_batch, [recorder, *callbacks])
+        if recorder.cancelled:
+            raise Cancelled()
+        if layers:  # inside the dropout-mask block, so a cache miss traces the same step
+            show("inspecting the compiled step")
+            stop_if_cancel_requested(store, run_id)
+            inspect_compiled_step(store, run_id, model, prepared, config.batch_size)
+
+    # 4. Evaluate on the test split: the final weights, and the best epoch's if it was earlier.
+    show("evaluating")
+    stop_if_cancel_requested(store, run_id)
+    final = {**evaluate(model, test, eval_batch, recorder), "epoch": recorder.epoch}
+    if recorder.best is not None and recorder.best.epoch != recorder.epoch:
+        show("evaluating the best epoch")
+        stop_if_cancel_requested(store, run_id)
+    best = evaluate_best_epoch(model, test, eval_batch, recorder, final, config.restore_best)
+    store.merge_summary(
+        run_id,
+        final=final,
+        best=best,
+        restored_best=bool(config.restore_best),
+        stopped_early_at=recorder.stopped_early_at,
+    )
+    if on_trained is not None:
+        on_trained(model, prepared)
+
+    # 5. Save what prediction needs (a quantized model cannot round-trip through .keras).
+    show("saving")
+    stop_if_cancel_requested(store, run_id)
+    save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
+
+    # 6. Post-training quantization of the trained bf16 model: the calibration-free INT8 the
+    #    example contrasts FP8 training with, and int4 weight-only.
+    ptq, modes = {}, model_lib.PTQ_MODES if precision == "bf16" and config.ptq else ()
+    for mode in modes:
+        show(f"evaluating {mode} post-training quantization")
+        stop_if_cancel_requested(store, run_id)
+        ptq[mode] = evaluate_post_training(store.run_dir(run_id), config, mode, test, eval_batch)
+
+    kept = best if (config.restore_best and best) else final
+    store.merge_summary(
+        run_id,
+        phase_seconds=timer.seconds(),
+        ptq=ptq,
+        fp8_after=fp8.variables_summary(layers),
+        weights_bytes=model_lib.weights_bytes(model),
+        test={"loss": kept["test_loss"], "accuracy": kept["test_accuracy"]},
+    )
+    return run_results(kept, fit_seconds, params, recorder, config.batch_size)
+
+
+# -- 1. data ---------------------------------------------------------------------------------
+
+
+def device_description() -> str:
+    from fp8demo.device import describe
+
+    return describe()["text"]
+
+
+def record_data(store: Store, run_id: int, prepared):
+    store.merge_summary(
+        run_id,
+        data={
+            "fingerprint": prepared.fingerprint,
+            "from_cache": prepared.from_cache,
+            "seconds": prepared.seconds,
+            "vocabulary": len(prepared.vocabulary),
+            "sizes": {
+                "train": len(prepared.y_train),
+                "validation": len(prepared.y_val),
+                "test": len(prepared.y_test),
+            },
+        },
+    )
+
+
+def batch_devices(config, n_train: int) -> int:
+    """How many devices every batch splits over: all of them when data-parallel, else 1.
+
+    The last training batch must split evenly too, and padding it would change the training
+    (Keras divides a batch's loss by its rows), so a training split that does not is refused.
+    """
+    if not config.data_parallel:
+        return 1
+    import jax
+
+    devices = len(jax.devices())
+    if n_train % devices:
+        raise ConfigError(
+            f"Data-parallel training on {devices} devices needs a training split divisible by "
+            f"{devices}, so that its last batch splits evenly over them; this one holds "
+            f"{n_train:,} reviews. Choose a subset (reviews per split) divisible by {devices}."
+        )
+    return devices
+
+
+def eval_batch_size(seq_len: int, multiple_of: int = 1) -> int:
+    """Batch size for evaluation (same metric whatever the size): 256 on an accelerator (fewer
+    dispatches); on a CPU about TOKENS_PER_CPU_BATCH tokens, past which the attention scores
+    outgrow the caches. Data-parallel batches split evenly over the devices, so the size is a
+    multiple of their number."""
+    import jax
+
+    size = 256 if jax.default_backend() != "cpu" else min(256, TOKENS_PER_CPU_BATCH // seq_len)
+    return max(multiple_of, size // multiple_of * multiple_of)
+
+
+def evaluation_sets(prepared, devices: int):
+    """The validation and test splits, padded to split over `devices` (see EvaluationSet)."""
+    return (
+        EvaluationSet.split_over(prepared.x_val, prepared.y_val, devices),
+        EvaluationSet.split_over(prepared.x_test, prepared.y_test, devices),
+    )
+
+
+class EvaluationSet(NamedTuple):
+    """Inputs, labels and Keras sample weights (None: all samples count alike)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    sample_weight: np.ndarray | None = None
+
+    @classmethod
+    def split_over(cls, x, y, devices: int) -> "EvaluationSet":
+        """(x, y) padded so that every batch, the last one too, splits evenly over `devices`,
+        with the same mean loss and accuracy as (x, y) alone.
+
+        The padding repeats the first samples with weight 0; the real samples get weight
+        padded/real. Keras divides a batch's weighted loss sum by its rows and weights each
+        batch by its rows, so the mean loss is Σ weight·loss / padded = Σ loss / real; the
+        accuracy is a weighted mean: Σ weight·hit / Σ weight = Σ hit / real.
+        """
+        real = len(y)
+        padded = -(-real // devices) * devices
+        if padded == real:
+            return cls(x, y)
+        repeat = np.arange(padded - real) % real
+        weights = np.zeros(padded, np.float32)
+        weights[:real] = padded / real
+        return cls(np.concatenate([x, x[repeat]]), np.concatenate([y, y[repeat]]), weights)
+
+
+# -- 2. model -------------------------------------------------------------------------------
+
+
+def build_model(store: Store, run_id: int, config, precision: str):
+    """The compiled model, its float8 layers and its parameter count (also in the summary)."""
     model = model_lib.build(config, precision)
     model_lib.compile(model, config)
     layers = fp8.float8_layers(model)
     params = model_lib.count_params(model)
-    store.merge_summary(run_id, params=params, fp8_layers=fp8.describe_layers(model),
-                        fp8_before=fp8.variables_summary(layers))
+    store.merge_summary(
+        run_id,
+        params=params,
+        fp8_layers=fp8.describe_layers(model),
+        fp8_before=fp8.variables_summary(layers),
+    )
+    return model, layers, params
 
-    # 3. Fit. The first step compiles; the recorder switches the phase to "training".
-    steps_per_epoch = math.ceil(len(prepared.y_train) / config.batch_size)
-    store.update_run(run_id, phase="compiling", params=params, steps_per_epoch=steps_per_epoch,
-                     total_steps=steps_per_epoch * config.epochs)
-    recorder = make_recorder(store, run_id, len(prepared.y_train), config.batch_size,
-                             config.epochs, record=record,
-                             history_length=config.amax_history_length,
-                             early_stopping=config.early_stopping,
-                             probe=probe_lib.Probe(model, prepared.x_val[:config.batch_size],
-                                                   prepared.y_val[:config.batch_size]),
-                             probe_every=config.probe_every)
-    keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
-    # Validation and test use one evaluation batch: one compiled test step, sized for the device.
-    eval_batch = eval_batch_size(config.seq_len, len(jax.devices()) if config.data_parallel else 1)
+
+# -- 3. fit ---------------------------------------------------------------------------------
+
+
+def start_recording(store: Store, run_id: int, config, model, prepared, params: int, record: bool):
+    """The run's Recorder (its probe watches the first validation batch); the run's phase
+    becomes "compiling", as the first step compiles."""
+    from fp8demo.recorder import Recorder
+
+    n_train = len(prepared.y_train)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    store.update_run(
+        run_id,
+        phase="compiling",
+        params=params,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=steps_per_epoch * config.epochs,
+    )
+    probe = probe_lib.Probe(
+        model, prepared.x_val[: config.batch_size], prepared.y_val[: config.batch_size]
+    )
+    return Recorder(
+        store,
+        run_id,
+        n_train,
+        config.batch_size,
+        config.epochs,
+        record=record,
+        history_length=config.amax_history_length,
+        early_stopping=config.early_stopping,
+        probe=probe,
+        probe_every=config.probe_every,
+    )
+
+
+def fit(model, config, prepared, validation: EvaluationSet, eval_batch: int, callbacks) -> float:
+    """model.fit as the example calls it, validating after every epoch; returns its seconds."""
     started = time.time()
-    timeline.append(("fit (compiling, training, validating)", started))
-    with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
-        model.fit(prepared.x_train, prepared.y_train, batch_size=config.batch_size,
-                  epochs=config.epochs, validation_data=(prepared.x_val, prepared.y_val),
-                  validation_batch_size=eval_batch,
-                  shuffle=True, callbacks=[recorder], verbose=0)
-        fit_seconds = time.time() - started
-        if recorder.cancelled:
-            raise Cancelled()
-        if layers:
-            # Does XLA run the float8 layers as FP8 GEMMs? Read the step fit just compiled
-            # (inside the dropout-mask block, so a cache miss traces the same step).
-            phase("inspecting the compiled step")
-            batch = slice(0, config.batch_size)
-            store.merge_summary(run_id, compiled_step=compiled.inspect(
-                model, prepared.x_train[batch], prepared.y_train[batch]))
+    model.fit(
+        prepared.x_train,
+        prepared.y_train,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        validation_data=tuple(validation),
+        validation_batch_size=eval_batch,
+        shuffle=True,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return time.time() - started
 
-    # 4. Evaluate on the test split: the final weights, and the best epoch's if it was earlier.
-    phase("evaluating")
 
-    def evaluate():
-        loss, accuracy = model.evaluate(prepared.x_test, prepared.y_test, batch_size=eval_batch,
-                                        callbacks=[recorder], verbose=0)
-        if recorder.cancelled:
-            raise Cancelled()
-        return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+def inspect_compiled_step(store: Store, run_id: int, model, prepared, batch_size: int):
+    """Does XLA run the float8 layers as FP8 GEMMs? Read back the step fit just compiled."""
+    batch = slice(0, batch_size)
+    store.merge_summary(
+        run_id,
+        compiled_step=compiled.inspect(model, prepared.x_train[batch], prepared.y_train[batch]),
+    )
 
-    final = {**evaluate(), "epoch": recorder.epoch}
-    best = None
-    if recorder.best is not None:
-        best_epoch, best_val_accuracy, best_weights = recorder.best
-        best = {"epoch": best_epoch, "val_accuracy": best_val_accuracy}
-        if best_epoch == recorder.epoch:
-            best.update(final)
-        else:
-            phase("evaluating the best epoch")
-            final_weights = model.get_weights()
-            model.set_weights(best_weights)
-            best.update(evaluate())
-            if not config.restore_best:
-                model.set_weights(final_weights)
-    kept = best if (config.restore_best and best) else final
-    test_loss, test_accuracy = kept["test_loss"], kept["test_accuracy"]
-    store.merge_summary(run_id, final=final, best=best, restored_best=bool(config.restore_best),
-                        stopped_early_at=recorder.stopped_early_at)
 
-    if on_trained is not None:
-        on_trained(model, prepared)
+# -- 4. evaluate ----------------------------------------------------------------------------
 
-    # 5. Save what prediction needs: weights + config + vocabulary (a quantized model
-    #    cannot round-trip through .keras; see predict.py).
-    phase("saving")
-    save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
-    # 6. Post-training quantization of the trained bf16 model: the calibration-free INT8
-    #    the example contrasts FP8 training with, and int4 weight-only.
-    ptq = {}
-    if precision == "bf16" and config.ptq:
-        for mode in model_lib.PTQ_MODES:
-            phase(f"evaluating {mode} post-training quantization")
-            quantized = model_lib.build(config, "bf16")
-            quantized.load_weights(store.run_dir(run_id) / "model.weights.h5")
-            model_lib.compile(model_lib.quantize_post_training(quantized, mode), config)
-            loss, accuracy = quantized.evaluate(prepared.x_test, prepared.y_test,
-                                                batch_size=eval_batch, verbose=0)
-            ptq[mode] = {"test_loss": float(loss), "test_accuracy": float(accuracy),
-                         "weights_bytes": model_lib.weights_bytes(quantized)}
 
-    steps = recorder.step
-    measured = (max(recorder.training_seconds(recorder.last_step_time), 1e-9)
-                if recorder.first_step_time else 1e-9)
-    results = {
-        "test_loss": float(test_loss), "test_accuracy": float(test_accuracy),
-        "fit_seconds": fit_seconds, "params": params,
-        "steps_per_sec": (steps - 1) / measured if steps > 1 else None,
-    }
-    if results["steps_per_sec"]:
-        results["samples_per_sec"] = results["steps_per_sec"] * config.batch_size
-    timeline.append(("", time.time()))
-    seconds = {}
-    for (name, began), (_, ended) in zip(timeline, timeline[1:]):
-        seconds[name] = seconds.get(name, 0.0) + ended - began
-    store.merge_summary(run_id, phase_seconds=seconds, fp8_after=fp8.variables_summary(layers),
-                        ptq=ptq, weights_bytes=model_lib.weights_bytes(model),
-                        test={"loss": results["test_loss"], "accuracy": results["test_accuracy"]})
-    return results
+def evaluate(model, test: EvaluationSet, batch_size: int, recorder=None) -> dict:
+    """Test loss and accuracy. With a recorder, a cancel request stops the evaluation and
+    raises Cancelled."""
+    loss, accuracy = model.evaluate(
+        test.x,
+        test.y,
+        sample_weight=test.sample_weight,
+        batch_size=batch_size,
+        verbose=0,
+        callbacks=[recorder] if recorder else [],
+    )
+    if recorder is not None and recorder.cancelled:
+        raise Cancelled()
+    return {"test_loss": float(loss), "test_accuracy": float(accuracy)}
+
+
+def evaluate_best_epoch(
+    model, test: EvaluationSet, batch_size: int, recorder, final: dict, restore_best: bool
+) -> dict | None:
+    """The best validation epoch with its test results (None without validation). Its weights
+    stay in the model when `restore_best`; otherwise the final weights go back."""
+    if recorder.best is None:
+        return None
+    best = {"epoch": recorder.best.epoch, "val_accuracy": recorder.best.val_accuracy}
+    if recorder.best.epoch == recorder.epoch:
+        return {**best, **final}
+    final_weights = model.get_weights()
+    model.set_weights(recorder.best.weights)
+    best.update(evaluate(model, test, batch_size, recorder))
+    if not restore_best:
+        model.set_weights(final_weights)
+    return best
+
+
+# -- 5. save --------------------------------------------------------------------------------
 
 
 def save_artifacts(store: Store, run_id: int, model, config, precision: str, vocabulary):
-    """Weights, config and vocabulary; nothing half-written is left behind (e.g. disk full)."""
+    """Weights, config and vocabulary; nothing half-written is left behind (e.g. disk full).
+
+    Weights rather than a .keras file: a quantized model with composite layers cannot be
+    loaded back from one (predict.py rebuilds the model and loads the weights)."""
     import shutil
 
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         model.save_weights(folder / "model.weights.h5")
-        (folder / "config.json").write_text(json.dumps(
-            {"precision": precision, "config": config.to_dict()}, indent=2))
+        (folder / "config.json").write_text(
+            json.dumps({"precision": precision, "config": config.to_dict()}, indent=2)
+        )
         (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+# -- 6. post-training quantization ----------------------------------------------------------
+
+
+def evaluate_post_training(folder, config, mode: str, test: EvaluationSet, batch_size: int) -> dict:
+    """Test results and weight bytes of the saved bf16 weights quantized to `mode`."""
+    quantized = model_lib.build(config, "bf16")
+    quantized.load_weights(folder / "model.weights.h5")
+    model_lib.compile(model_lib.quantize_post_training(quantized, mode), config)
+    return {
+        **evaluate(quantized, test, batch_size),
+        "weights_bytes": model_lib.weights_bytes(quantized),
+    }
+
+
+def run_results(kept: dict, fit_seconds: float, params: int, recorder, batch_size: int) -> dict:
+    """The run's final fields: the kept weights' test results and the training speed."""
+    rate = recorder.steps_per_second()
+    results = {
+        "test_loss": kept["test_loss"],
+        "test_accuracy": kept["test_accuracy"],
+        "fit_seconds": fit_seconds,
+        "params": params,
+        "steps_per_sec": rate,
+    }
+    if rate:
+        results["samples_per_sec"] = rate * batch_size
+    return results

@@ -34,8 +34,9 @@ def launch(config: TrainConfig, store: Store | None = None, label: str = "") -> 
     return launch_repeats(config, 1, store, label)[0]
 
 
-def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None,
-                   label: str = "") -> list[int]:
+def launch_repeats(
+    config: TrainConfig, repeats: int, store: Store | None = None, label: str = ""
+) -> list[int]:
     """Queue the same comparison with seeds seed, seed+1, ...; they share one group id."""
     import dataclasses
 
@@ -45,11 +46,12 @@ def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None
         raise ConfigError(f"repeats must be a whole number between 1 and 100, got {repeats!r}.")
     store = store or Store()
     config.validate()
-    from fp8demo.config import ConfigError, disk_problems, resource_problems
+    from fp8demo.config import ConfigError
+    from fp8demo.resources import launch_problems
 
-    too_big = resource_problems(config) + disk_problems(config, store.home, repeats)
-    if too_big:
-        raise ConfigError(" ".join(too_big))
+    refused = launch_problems(config, store.home, repeats)
+    if refused:
+        raise ConfigError(" ".join(refused))
     if not config.data and os.environ.get("FP8DEMO_IMDB"):
         config = dataclasses.replace(config, data=os.environ["FP8DEMO_IMDB"])
     ids, group = [], ("self" if repeats > 1 else None)
@@ -62,25 +64,6 @@ def launch_repeats(config: TrainConfig, repeats: int, store: Store | None = None
             group = cid
     ensure_worker(store)
     return ids
-
-
-def repeat_statistics(comparisons) -> dict:
-    """Mean ± std of test accuracy per precision (and PTQ) and of fp8 − bf16, over seeds."""
-    import numpy as np
-
-    values: dict[str, list] = {}
-    for c in comparisons:
-        by_precision = {r["precision"]: r for r in c["runs"] if r["status"] == "finished"}
-        for precision, run in by_precision.items():
-            values.setdefault(precision, []).append(run["test_accuracy"])
-            for mode, result in (run["summary"].get("ptq") or {}).items():
-                values.setdefault(f"{mode} PTQ", []).append(result["test_accuracy"])
-        if "bf16" in by_precision and "fp8" in by_precision:
-            values.setdefault("fp8 − bf16", []).append(
-                by_precision["fp8"]["test_accuracy"] - by_precision["bf16"]["test_accuracy"])
-    return {name: {"n": len(v), "mean": float(np.mean(v)),
-                   "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0}
-            for name, v in values.items()}
 
 
 def _try_lock(path: Path):
@@ -117,8 +100,14 @@ def ensure_worker(store: Store) -> int | None:
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
-        [sys.executable, "-m", "fp8demo", "worker"], env=env, stdin=subprocess.DEVNULL,
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True)
+        [sys.executable, "-m", "fp8demo", "worker"],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        close_fds=True,
+    )
     log.close()
     return process.pid
 
@@ -166,12 +155,20 @@ def plain_error(error: BaseException, home=None, phase: str = "") -> str:
         except OSError:
             free = ""
         during = f" while {phase}" if phase else ""
-        return (f"Out of disk space{where}{during}{free}: a write failed ({reason}). "
-                "The metrics recorded so far are kept. Free some space (or delete old "
-                "comparisons on Results) and launch again.")
-    if isinstance(error, MemoryError) or "resource_exhausted" in lowered or "out of memory" in lowered:
-        return ("Out of memory: this configuration does not fit on the device. Use a smaller "
-                f"batch size, sequence length or model. ({text[:300]})")
+        return (
+            f"Out of disk space{where}{during}{free}: a write failed ({reason}). "
+            "The metrics recorded so far are kept. Free some space (or delete old "
+            "comparisons on Results) and launch again."
+        )
+    if (
+        isinstance(error, MemoryError)
+        or "resource_exhausted" in lowered
+        or "out of memory" in lowered
+    ):
+        return (
+            "Out of memory: this configuration does not fit on the device. Use a smaller "
+            f"batch size, sequence length or model. ({text[:300]})"
+        )
     from fp8demo.config import ConfigError
     from fp8demo.data import DataError
 

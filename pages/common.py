@@ -15,9 +15,14 @@ from fp8demo.store import ACTIVE, Store, StoreError, default_home
 
 PRECISION_LABELS = {"bf16": "bf16", "fp8": "fp8", "float32": "float32"}
 # Material icons render in markdown everywhere (emoji fonts are not everywhere).
-STATUS_ICONS = {"queued": ":material/schedule:", "running": ":material/play_circle:",
-                "finished": ":material/check_circle:", "failed": ":material/error:",
-                "cancelled": ":material/stop_circle:", "interrupted": ":material/warning:"}
+STATUS_ICONS = {
+    "queued": ":material/schedule:",
+    "running": ":material/play_circle:",
+    "finished": ":material/check_circle:",
+    "failed": ":material/error:",
+    "cancelled": ":material/stop_circle:",
+    "interrupted": ":material/warning:",
+}
 
 
 # -- page setup ---------------------------------------------------------------------------
@@ -38,8 +43,12 @@ def start_app():
     Returns the st.Page the user asked for; the caller runs it.
     """
     st.set_page_config(page_title="FP8 training, live", page_icon=":material/speed:", layout="wide")
-    page = st.navigation([st.Page(path, title=title, icon=icon, default=(i == 0))
-                          for i, (path, title, icon) in enumerate(PAGES)])
+    page = st.navigation(
+        [
+            st.Page(path, title=title, icon=icon, default=(i == 0))
+            for i, (path, title, icon) in enumerate(PAGES)
+        ]
+    )
     sidebar_shell(get_store())
     return page
 
@@ -121,8 +130,12 @@ def device_info() -> dict:
 
         return device.describe()
     except Exception as e:  # the dashboard must still open without a working jax
-        return dict(platform="unknown", name="unknown", fp8_capable=False,
-                    text=f"Could not query the device: {e}")
+        return dict(
+            platform="unknown",
+            name="unknown",
+            fp8_capable=False,
+            text=f"Could not query the device: {e}",
+        )
 
 
 def device_text(info: dict) -> str:
@@ -130,8 +143,11 @@ def device_text(info: dict) -> str:
     if info.get("text"):
         return info["text"]
     if info.get("platform") == "gpu":
-        return f"{info['name']} — " + ("has fp8 tensor cores" if info.get("fp8_capable")
-                                      else "no fp8 tensor cores; fp8 is emulated")
+        return f"{info['name']} — " + (
+            "has fp8 tensor cores"
+            if info.get("fp8_capable")
+            else "no fp8 tensor cores; fp8 is emulated"
+        )
     return "CPU only — fp8 is emulated and slower; use a subset for a quick demo"
 
 
@@ -213,8 +229,13 @@ def pick_comparison(comparisons, key, label="Comparison", preferred=None, with_s
     ids = [c["id"] for c in comparisons]
     by_id = {c["id"]: c for c in comparisons}
     index = ids.index(preferred) if preferred in ids else 0
-    return st.selectbox(label, ids, index=index, key=key,
-                        format_func=lambda cid: comparison_label(by_id[cid], with_status))
+    return st.selectbox(
+        label,
+        ids,
+        index=index,
+        key=key,
+        format_func=lambda cid: comparison_label(by_id[cid], with_status),
+    )
 
 
 def query_int(name):
@@ -246,8 +267,10 @@ def control_password() -> str:
     return os.environ.get("FP8DEMO_PASSWORD") or secret or ""
 
 
-LOCKED_HELP = ("This server is a shared demo: launching, stopping and deleting runs need the "
-               "password (sidebar). Watching and predicting stay open.")
+LOCKED_HELP = (
+    "This server is a shared demo: launching, stopping and deleting runs need the "
+    "password (sidebar). Watching and predicting stay open."
+)
 
 
 def can_control() -> bool:
@@ -256,8 +279,14 @@ def can_control() -> bool:
 
 
 def password_box():
-    """In the sidebar when a password is set: unlocks the controls for this session."""
+    """In the sidebar when a password is set: unlocks the controls for this session.
+
+    Each wrong password in a row is answered later than the last (fp8demo.access), so the
+    password cannot be guessed quickly; only a newly typed one counts, not a rerun.
+    """
     import hmac
+
+    from fp8demo import access
 
     password = control_password()
     if not password:
@@ -265,12 +294,26 @@ def password_box():
     if st.session_state.get("_unlocked"):
         st.caption(":material/lock_open: Controls unlocked for this session.")
         return
-    typed = st.text_input("Password (to launch or stop runs)", type="password", key="password")
-    if typed:
-        if hmac.compare_digest(typed.encode(), password.encode()):
-            st.session_state["_unlocked"] = True
-            st.rerun()
-        st.error("Wrong password.")
+    typed = st.text_input(
+        "Password (to launch or stop runs)",
+        type="password",
+        key="password",
+        on_change=lambda: st.session_state.update(_password_typed=True),
+    )
+    if not typed:
+        return
+    if hmac.compare_digest(typed.encode(), password.encode()):
+        st.session_state["_unlocked"] = True
+        st.session_state.pop("_password_failures", None)
+        st.rerun()
+    if st.session_state.pop("_password_typed", False):
+        failures = st.session_state.get("_password_failures", 0) + 1
+        st.session_state["_password_failures"] = failures
+        address = st.context.ip_address  # None for localhost (and a stand-in under AppTest)
+        delay = access.record_wrong_password(failures, address if isinstance(address, str) else "")
+        with st.spinner("Checking the password …"):
+            time.sleep(delay)
+    st.error("Wrong password.")
 
 
 # -- the shell every page shares -----------------------------------------------------------
@@ -280,8 +323,10 @@ def sidebar_shell(store: Store):
     """Title, device, versions and the training queue, in the sidebar."""
     with st.sidebar:
         st.markdown("### FP8 training, live")
-        st.caption("A small Transformer on IMDB reviews, trained in bf16 and fp8 side by side "
-                   "(after the Keras example *Float8 training and inference*).")
+        st.caption(
+            "A small Transformer on IMDB reviews, trained in bf16 and fp8 side by side "
+            "(after the Keras example *Float8 training and inference*)."
+        )
         info = device_info()
         text = device_text(info)
         (st.success if info.get("fp8_capable") else st.info)(text, icon=":material/memory:")

@@ -14,7 +14,8 @@ import streamlit as st
 
 from fp8demo import charts, fp8
 from fp8demo.config import ConfigError
-from fp8demo.store import ROLES, StoreError
+from fp8demo.fp8 import ROLES
+from fp8demo.store import StoreError
 from pages import common
 
 REFRESH_SECONDS = 2.0
@@ -34,18 +35,27 @@ def health_view(store, run, refreshing):
     probe_steps, probe_stats = store.fp8_probe(run["id"])
     rows = fp8.health_summary(amax, layers, history_length, probe_steps, probe_stats, result)
     at_risk = [r for r in rows if r["at risk"]]
-    st.caption(f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
-               f"{len(at_risk)} of {len(rows)} tensors at risk")
+    st.caption(
+        f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
+        f"{len(at_risk)} of {len(rows)} tensors at risk"
+    )
     percent = st.column_config.NumberColumn(format="%.3g")
-    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch",
-                 column_config={"min headroom": st.column_config.NumberColumn(format="%.2f"),
-                                "median headroom": st.column_config.NumberColumn(format="%.2f"),
-                                **{f"{p}{s} %": percent for p in ("", "peak ")
-                                   for s in ("saturation", "underflow")}})
+    st.dataframe(
+        pd.DataFrame(rows),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "min headroom": st.column_config.NumberColumn(format="%.2f"),
+            "median headroom": st.column_config.NumberColumn(format="%.2f"),
+            **{f"{p}{s} %": percent for p in ("", "peak ") for s in ("saturation", "underflow")},
+        },
+    )
     if len(probe_steps):
-        st.caption(f"Probe: {len(probe_steps)} measurements on a fixed validation batch of "
-                   f"{run['config'].batch_size} reviews, every {run['config'].probe_every} steps "
-                   f"(latest at step {int(probe_steps[-1]):,}).")
+        st.caption(
+            f"Probe: {len(probe_steps)} measurements on a fixed validation batch of "
+            f"{run['config'].batch_size} reviews, every {run['config'].probe_every} steps "
+            f"(latest at step {int(probe_steps[-1]):,})."
+        )
     elif run["config"].probe_every == 0:
         st.caption("Saturation and underflow were not probed (probe every 0 steps).")
     if run["summary"].get("probe_error"):
@@ -53,19 +63,27 @@ def health_view(store, run, refreshing):
     with st.expander("What the statistics mean", expanded=False):
         for name, text in fp8.HEALTH_HELP.items():
             st.markdown(f"- **{name}**: {text}.")
-        st.markdown("- The scale in use at step t comes from the largest amax of steps up to t−2 "
-                    f"(a window of {history_length} steps); the first two steps use 1.0.")
+        st.markdown(
+            "- The scale in use at step t comes from the largest amax of steps up to t−2 "
+            f"(a window of {history_length} steps); the first two steps use 1.0."
+        )
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES])
     for j, role in enumerate(ROLES):
         with tabs[j]:
-            common.plot(charts.headroom_figure(steps, result["headroom"][:, :, j], layers, role),
-                        key=f"headroom-{role}")
+            common.plot(
+                charts.headroom_figure(steps, result["headroom"][:, :, j], layers, role),
+                key=f"headroom-{role}",
+            )
             if len(probe_steps):
-                common.plot(charts.probe_figure(probe_steps, probe_stats[:, :, j], layers, role),
-                            key=f"probe-{role}")
+                common.plot(
+                    charts.probe_figure(probe_steps, probe_stats[:, :, j], layers, role),
+                    key=f"probe-{role}",
+                )
             heatmap = charts.amax_heatmap(steps, amax[:, :, j], layers, role)
-            common.plot(charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
-                        key=f"health-amax-{role}")
+            common.plot(
+                charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
+                key=f"health-amax-{role}",
+            )
 
 
 def same_but_history(a, b) -> bool:
@@ -81,31 +99,60 @@ def history_section(store, run):
     if not layers or not len(steps):
         return
     own = run["config"].amax_history_length
-    role = st.radio("Tensor", ROLES, format_func=charts.ROLE_TITLES.get, horizontal=True,
-                    key="history_role")
+    role = st.radio(
+        "Tensor", ROLES, format_func=charts.ROLE_TITLES.get, horizontal=True, key="history_role"
+    )
     j = ROLES.index(role)
     lengths = sorted(set(fp8.HISTORY_LENGTHS) | {own})
-    st.markdown(f"**Replayed** — this run's amaxes under other windows (it trained with "
-                f"{own}). The amaxes barely depend on the window, so this shows at once what "
-                "another length does to the scales: short windows follow each tensor closely "
-                "and clip when it grows; long windows remember old peaks, so small values "
-                "underflow sooner.")
-    rows = [{**r, "this run": r["history length"] == own}
-            for r in fp8.history_length_effect(amax, lengths, roles=ROLES) if r["role"] == role]
-    st.dataframe(pd.DataFrame(rows).drop(columns="role"), hide_index=True, width="stretch",
-                 column_config={"overflow %": st.column_config.NumberColumn(format="%.3f"),
-                                "median headroom": st.column_config.NumberColumn(format="%.2f"),
-                                "max headroom": st.column_config.NumberColumn(format="%.2f")})
-    other = st.select_slider("Replay with history length", [n for n in lengths if n != own],
-                             value=16 if own != 16 else 1024, key="history_replay")
+    st.markdown(
+        f"**Replayed** — this run's amaxes under other windows (it trained with "
+        f"{own}). The amaxes barely depend on the window, so this shows at once what "
+        "another length does to the scales: short windows follow each tensor closely "
+        "and clip when it grows; long windows remember old peaks, so small values "
+        "underflow sooner."
+    )
+    rows = [
+        {**r, "this run": r["history length"] == own}
+        for r in fp8.history_length_effect(amax, lengths, roles=ROLES)
+        if r["role"] == role
+    ]
+    st.dataframe(
+        pd.DataFrame(rows).drop(columns="role"),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "overflow %": st.column_config.NumberColumn(format="%.3f"),
+            "median headroom": st.column_config.NumberColumn(format="%.2f"),
+            "max headroom": st.column_config.NumberColumn(format="%.2f"),
+        },
+    )
+    other = st.select_slider(
+        "Replay with history length",
+        [n for n in lengths if n != own],
+        value=16 if own != 16 else 1024,
+        key="history_replay",
+    )
     for length, kind in ((own, "recorded"), (other, "replayed")):
         headroom = fp8.health(amax, history_length=length)["headroom"][:, :, j]
-        common.plot(charts.headroom_heatmap(
-            steps, headroom, layers, f"Headroom of {charts.ROLE_TITLES[role]}, window {length} "
-            f"({kind})", uirevision=f"history-{kind}-{role}"), key=f"history-{kind}-{role}")
+        common.plot(
+            charts.headroom_heatmap(
+                steps,
+                headroom,
+                layers,
+                f"Headroom of {charts.ROLE_TITLES[role]}, window {length} ({kind})",
+                uirevision=f"history-{kind}-{role}",
+            ),
+            key=f"history-{kind}-{role}",
+        )
 
-    siblings = [r for r in store.runs() if r["precision"] == "fp8" and r["id"] != run["id"]
-                and r["status"] != "queued" and same_but_history(r["config"], run["config"])]
+    siblings = [
+        r
+        for r in store.runs()
+        if r["precision"] == "fp8"
+        and r["id"] != run["id"]
+        and r["status"] != "queued"
+        and same_but_history(r["config"], run["config"])
+    ]
     st.markdown("**Measured** — fp8 runs with the same settings but another history length.")
     for sibling in siblings[-3:]:
         s_steps, s_amax = store.fp8_amax(sibling["id"])
@@ -113,28 +160,42 @@ def history_section(store, run):
             continue
         length = sibling["config"].amax_history_length
         result = fp8.health(s_amax, history_length=length)
-        st.caption(f"Run #{sibling['id']} ({sibling['status']}): window {length}, "
-                   f"{int(result['overflow_count'][:, j].sum())} overflows of "
-                   f"{charts.ROLE_TITLES[role]}")
-        common.plot(charts.headroom_heatmap(
-            s_steps, result["headroom"][:, :, j], layers,
-            f"Headroom of {charts.ROLE_TITLES[role]}, window {length} (run #{sibling['id']})",
-            uirevision=f"history-run-{sibling['id']}-{role}"), key=f"history-run-{sibling['id']}")
+        st.caption(
+            f"Run #{sibling['id']} ({sibling['status']}): window {length}, "
+            f"{int(result['overflow_count'][:, j].sum())} overflows of "
+            f"{charts.ROLE_TITLES[role]}"
+        )
+        common.plot(
+            charts.headroom_heatmap(
+                s_steps,
+                result["headroom"][:, :, j],
+                layers,
+                f"Headroom of {charts.ROLE_TITLES[role]}, window {length} (run #{sibling['id']})",
+                uirevision=f"history-run-{sibling['id']}-{role}",
+            ),
+            key=f"history-run-{sibling['id']}",
+        )
     if not siblings:
         st.caption("None yet.")
     allowed = common.can_control()
     c = st.columns([1, 2])
-    length = c[0].number_input("History length", min_value=1, max_value=65536, value=16,
-                               key="history_train_length")
+    length = c[0].number_input(
+        "History length", min_value=1, max_value=65536, value=16, key="history_train_length"
+    )
     c[1].write("")
-    if c[1].button(f"Train fp8 again with history length {length}", key="history_train",
-                   disabled=not allowed or length == own,
-                   help=common.LOCKED_HELP if not allowed else
-                   "Queue an fp8 run with these settings and this window (no bf16 run)."):
+    if c[1].button(
+        f"Train fp8 again with history length {length}",
+        key="history_train",
+        disabled=not allowed or length == own,
+        help=common.LOCKED_HELP
+        if not allowed
+        else "Queue an fp8 run with these settings and this window (no bf16 run).",
+    ):
         from fp8demo import worker
 
-        config = dataclasses.replace(run["config"], amax_history_length=int(length),
-                                     precisions=("fp8",))
+        config = dataclasses.replace(
+            run["config"], amax_history_length=int(length), precisions=("fp8",)
+        )
         try:
             cid = worker.launch(config, store=store, label=f"amax history {length}")
         except (ConfigError, StoreError) as e:
@@ -145,15 +206,18 @@ def history_section(store, run):
 
 store = common.page_store()
 st.title("FP8 health")
-st.caption("Delayed scaling uses past amaxes to pick each tensor's scale. When a tensor grows "
-           "faster than its history, values beyond fmax × scale are clipped (overflow); when "
-           "the headroom is very large, small values may underflow to zero.")
+st.caption(
+    "Delayed scaling uses past amaxes to pick each tensor's scale. When a tensor grows "
+    "faster than its history, values beyond fmax × scale are clipped (overflow); when "
+    "the headroom is very large, small values may underflow to zero."
+)
 comparisons = [c for c in store.comparisons() if any(r["precision"] == "fp8" for r in c["runs"])]
 if not comparisons:
     st.info("No comparison with an fp8 run yet. Launch one on the Train page.")
     st.stop()
-cid = common.pick_comparison(comparisons, key="health_comparison",
-                             preferred=common.query_int("comparison"))
+cid = common.pick_comparison(
+    comparisons, key="health_comparison", preferred=common.query_int("comparison")
+)
 comparison = next(c for c in comparisons if c["id"] == cid)
 run = next(r for r in comparison["runs"] if r["precision"] == "fp8")
 active = run["status"] in ("queued", "running")

@@ -12,7 +12,7 @@ import time
 import streamlit as st
 
 from fp8demo import charts, compiled
-from fp8demo.store import ROLES
+from fp8demo.fp8 import E4M3_MAX, E5M2_MAX, ROLES
 from pages import common
 
 REFRESH_SECONDS = 1.0
@@ -28,15 +28,19 @@ def run_card(run):
         fraction = min(run["step"] / total, 1.0) if total else 0.0
         st.progress(fraction, text=f"{run['phase']} — {common.progress_text(run)}")
         if run.get("samples_per_sec"):
-            st.caption(f"{run['samples_per_sec']:,.0f} samples/s · elapsed "
-                       f"{common.fmt_seconds(run.get('elapsed'))}"
-                       + (f" · {run['device']}" if run.get("device") else ""))
+            st.caption(
+                f"{run['samples_per_sec']:,.0f} samples/s · elapsed "
+                f"{common.fmt_seconds(run.get('elapsed'))}"
+                + (f" · {run['device']}" if run.get("device") else "")
+            )
     elif status == "queued":
         st.caption("Waiting: runs train one after another.")
     elif status == "finished":
-        st.success(f"Test accuracy {common.fmt_pct(run['test_accuracy'])} · test loss "
-                   f"{common.fmt_number(run['test_loss'], '.4f')} · fit "
-                   f"{common.fmt_seconds(run['fit_seconds'])}")
+        st.success(
+            f"Test accuracy {common.fmt_pct(run['test_accuracy'])} · test loss "
+            f"{common.fmt_number(run['test_loss'], '.4f')} · fit "
+            f"{common.fmt_seconds(run['fit_seconds'])}"
+        )
     elif status == "cancelled":
         st.warning(f"Cancelled at step {run['step']:,}; metrics so far are kept.")
     else:  # failed, interrupted
@@ -48,10 +52,13 @@ def run_card(run):
 
 
 def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
-    curves = [charts.curve_from_store(r["precision"], r["precision"], *metrics[r["id"]], metric)
-              for r in runs]
-    return charts.metric_figure(curves, metric, smoothing=smoothing, log_y=log_y and metric == "loss",
-                                x_axis=x_axis)
+    curves = [
+        charts.curve_from_store(r["precision"], r["precision"], *metrics[r["id"]], metric)
+        for r in runs
+    ]
+    return charts.metric_figure(
+        curves, metric, smoothing=smoothing, log_y=log_y and metric == "loss", x_axis=x_axis
+    )
 
 
 def fp8_figures(store, run) -> dict:
@@ -63,9 +70,13 @@ def fp8_figures(store, run) -> dict:
     if not len(steps):
         return {"note": "Waiting for the first training steps of the fp8 run…"}
     s_steps, scales = store.fp8_scales(run["id"])
-    return {"amax": {role: charts.amax_heatmap(steps, amax[:, :, j], layers, role)
-                     for j, role in enumerate(ROLES)},
-            "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None}
+    return {
+        "amax": {
+            role: charts.amax_heatmap(steps, amax[:, :, j], layers, role)
+            for j, role in enumerate(ROLES)
+        },
+        "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None,
+    }
 
 
 def chart_seconds(viewers: int) -> float:
@@ -78,8 +89,16 @@ def chart_seconds(viewers: int) -> float:
 
 
 @st.cache_resource(max_entries=64, show_spinner=False, ttl=600)
-def shared_figures(_store, home: str, cid: int, runs_key: tuple, moment: float, smoothing: float,
-                   log_y: bool, x_axis: str) -> dict:
+def shared_figures(
+    _store,
+    home: str,
+    cid: int,
+    runs_key: tuple,
+    moment: float,
+    smoothing: float,
+    log_y: bool,
+    x_axis: str,
+) -> dict:
     """Every chart of one refresh, built at most once per `moment` (when its time slot began)
     and settings and shared by all sessions watching (the figures are read-only): ten viewers
     cost one build, not ten, and an unchanged figure is sent as a reference to what the
@@ -88,9 +107,11 @@ def shared_figures(_store, home: str, cid: int, runs_key: tuple, moment: float, 
     runs = [r for r in _store.runs(cid) if r["id"] in ids]
     metrics = common.run_metrics(_store, runs)
     fp8_runs = [r for r in runs if r["precision"] == "fp8"]
-    return {"loss": metric_curves(metrics, runs, "loss", smoothing, log_y, x_axis),
-            "accuracy": metric_curves(metrics, runs, "accuracy", smoothing, log_y, x_axis),
-            "fp8": fp8_figures(_store, fp8_runs[0]) if fp8_runs else None}
+    return {
+        "loss": metric_curves(metrics, runs, "loss", smoothing, log_y, x_axis),
+        "accuracy": metric_curves(metrics, runs, "accuracy", smoothing, log_y, x_axis),
+        "fp8": fp8_figures(_store, fp8_runs[0]) if fp8_runs else None,
+    }
 
 
 def fp8_panel(figures: dict):
@@ -98,9 +119,11 @@ def fp8_panel(figures: dict):
     if "note" in figures:
         st.caption(figures["note"])
         return
-    st.caption("Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
-               "output gradient per step; its scale is amax / fmax (448 for E4M3, 57344 for "
-               "E5M2). Colour is log2(amax), blank where amax is 0.")
+    st.caption(
+        "Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
+        f"output gradient per step; its scale is amax / fmax ({E4M3_MAX:g} for E4M3, "
+        f"{E5M2_MAX:g} for E5M2). Colour is log2(amax), blank where amax is 0."
+    )
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES] + ["scales"])
     for j, role in enumerate(ROLES):
         with tabs[j]:
@@ -117,7 +140,9 @@ def progress_view(store, cid, refreshing):
     comparison = store.comparison(cid)
     if refreshing and not common.is_active(comparison):
         st.rerun()  # everything ended: redraw the page once, without the timers
-    if refreshing and chart_seconds(common.count_viewers()) != st.session_state.get("chart_seconds"):
+    if refreshing and chart_seconds(common.count_viewers()) != st.session_state.get(
+        "chart_seconds"
+    ):
         st.rerun()  # viewers came or went: redraw with a chart interval to match
     cols = st.columns(len(comparison["runs"]))
     for col, run in zip(cols, comparison["runs"]):
@@ -138,8 +163,9 @@ def charts_view(store, cid, smoothing, log_y, x_axis, interval, viewers=1):
     # Live: one shared build per time slot of `interval` seconds, keyed by when the slot began
     # (sessions on other intervals never share a key). Paused or ended: fresh, drawn once.
     moment = time.time() // interval * interval if interval else -time.time()
-    figures = shared_figures(store, str(store.home), cid, runs_key, moment, smoothing, log_y,
-                             x_axis)
+    figures = shared_figures(
+        store, str(store.home), cid, runs_key, moment, smoothing, log_y, x_axis
+    )
     left, right = st.columns(2)
     with left:
         common.plot(figures["loss"], key="live-loss")
@@ -180,16 +206,30 @@ active = common.is_active(comparison)
 st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
 
 c = st.columns([4, 3, 2, 2, 1], vertical_alignment="center")
-smoothing = c[0].slider("Smoothing", 0.0, 0.99, 0.6, 0.01, key="smoothing",
-                        help="Exponential moving average, debiased as in TensorBoard.")
+smoothing = c[0].slider(
+    "Smoothing",
+    0.0,
+    0.99,
+    0.6,
+    0.01,
+    key="smoothing",
+    help="Exponential moving average, debiased as in TensorBoard.",
+)
 x_axis = c[1].radio("x axis", ["step", "time"], horizontal=True, key="x_axis")
 log_y = c[2].toggle("Log-scale loss", key="log_y")
-paused = c[3].toggle("Pause", key="pause", help="Stop refreshing, e.g. to zoom into a chart.",
-                     disabled=not active)
-c[4].button("Stop", key="stop", on_click=stop, args=(store, cid),
-            disabled=not active or not common.can_control(),
-            help=common.LOCKED_HELP if not common.can_control() else
-            "Cancel this comparison's running and waiting runs.")
+paused = c[3].toggle(
+    "Pause", key="pause", help="Stop refreshing, e.g. to zoom into a chart.", disabled=not active
+)
+c[4].button(
+    "Stop",
+    key="stop",
+    on_click=stop,
+    args=(store, cid),
+    disabled=not active or not common.can_control(),
+    help=common.LOCKED_HELP
+    if not common.can_control()
+    else "Cancel this comparison's running and waiting runs.",
+)
 
 refreshing = active and not paused
 if paused:
@@ -197,8 +237,11 @@ if paused:
 viewers = common.count_viewers()
 interval = chart_seconds(viewers) if refreshing else 0.0
 st.session_state["chart_seconds"] = interval
-st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(progress_view)(store, cid, refreshing)
+st.fragment(run_every=REFRESH_SECONDS if refreshing else None)(progress_view)(
+    store, cid, refreshing
+)
 # The same place on the page whatever the interval: a fragment's id follows its position, and
 # a moved fragment would leave its browsers' timers asking for the old one.
-st.fragment(run_every=interval or None)(charts_view)(store, cid, smoothing, log_y, x_axis, interval,
-                                                      viewers)
+st.fragment(run_every=interval or None)(charts_view)(
+    store, cid, smoothing, log_y, x_axis, interval, viewers
+)

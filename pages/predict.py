@@ -3,18 +3,18 @@
 import pandas as pd
 import streamlit as st
 
-from fp8demo.predict import PredictError
+from fp8demo.predict import PredictError, sentiment
 from fp8demo.store import default_home
 from pages import common
 
 OWN = "Write your own"
 EXAMPLES = {
     "Positive": "One of the best films I have seen in years. The cast is wonderful, the story "
-                "moved me, and I would happily watch it again.",
+    "moved me, and I would happily watch it again.",
     "Negative": "A dull, badly acted mess. The plot makes no sense and I was checking my watch "
-                "after twenty minutes. Avoid.",
+    "after twenty minutes. Avoid.",
     "Mixed": "The photography is gorgeous and the lead actress does her best, but the script "
-             "is weak and the ending falls completely flat.",
+    "is weak and the ending falls completely flat.",
 }
 
 
@@ -44,10 +44,6 @@ def load_models(runs) -> dict:
     return models
 
 
-def label_of(probability: float) -> str:
-    return "positive" if probability >= 0.5 else "negative"
-
-
 def pick_example():
     name = st.session_state["example"]
     if name in EXAMPLES:
@@ -56,8 +52,12 @@ def pick_example():
 
 def single_review(models):
     st.selectbox("Example review", [OWN, *EXAMPLES], key="example", on_change=pick_example)
-    text = st.text_area("Review", key="review", height=120,
-                        placeholder="Type a movie review, e.g. “I loved every minute of it.”")
+    text = st.text_area(
+        "Review",
+        key="review",
+        height=120,
+        placeholder="Type a movie review, e.g. “I loved every minute of it.”",
+    )
     if not text.strip():
         st.info("Type a review (or pick an example) to see what each model thinks of it.")
         return
@@ -69,8 +69,8 @@ def single_review(models):
     cols = st.columns(len(probabilities))
     for col, (precision, prob) in zip(cols, probabilities.items()):
         col.metric(f"{precision}: P(positive)", f"{prob:.1%}", border=True)
-        col.markdown(f"→ **{label_of(prob)}**")
-    labels = {label_of(p) for p in probabilities.values()}
+        col.markdown(f"→ **{sentiment(prob)}**")
+    labels = {sentiment(p) for p in probabilities.values()}
     if len(probabilities) > 1:
         spread = max(probabilities.values()) - min(probabilities.values())
         if len(labels) == 1:
@@ -80,8 +80,10 @@ def single_review(models):
     with st.expander("Tokens the model saw"):
         tokens = next(iter(models.values())).tokens(text)
         st.markdown(" ".join(f"`{t}`" for t in tokens) or "(no tokens)")
-        st.caption(f"{len(tokens)} wordpieces; the model reads at most the first "
-                   f"sequence-length of them, padded with [PAD].")
+        st.caption(
+            f"{len(tokens)} wordpieces; the model reads at most the first "
+            f"sequence-length of them, padded with [PAD]."
+        )
 
 
 def many_reviews(models):
@@ -98,12 +100,20 @@ def many_reviews(models):
         st.error(str(e))
         return
     for precision in models:
-        table[f"{precision} label"] = table[f"{precision} P(positive)"].map(label_of)
+        table[f"{precision} label"] = table[f"{precision} P(positive)"].map(sentiment)
     labels = table[[f"{p} label" for p in models]]
     table["agree"] = labels.nunique(axis=1) == 1
-    st.dataframe(table, hide_index=True, width="stretch",
-                 column_config={f"{p} P(positive)": st.column_config.ProgressColumn(
-                     format="percent", min_value=0.0, max_value=1.0) for p in models})
+    st.dataframe(
+        table,
+        hide_index=True,
+        width="stretch",
+        column_config={
+            f"{p} P(positive)": st.column_config.ProgressColumn(
+                format="percent", min_value=0.0, max_value=1.0
+            )
+            for p in models
+        },
+    )
 
 
 # -- the page -----------------------------------------------------------------------------
@@ -112,17 +122,21 @@ store = common.page_store()
 st.title("Predict")
 finished = [c for c in store.comparisons() if any(r["status"] == "finished" for r in c["runs"])]
 if not finished:
-    st.info("No finished comparisons yet. Train one (the “Quick demo” preset takes about a "
-            "minute) and its models can be asked here.")
+    st.info(
+        "No finished comparisons yet. Train one (the “Quick demo” preset takes about a "
+        "minute) and its models can be asked here."
+    )
     st.stop()
 
 cid = common.pick_comparison(finished, key="predict_comparison")
 comparison = next(c for c in finished if c["id"] == cid)
 runs = [r for r in comparison["runs"] if r["status"] == "finished"]
 if len(runs) < len(comparison["runs"]):
-    st.caption("Only finished runs are shown: "
-               + ", ".join(r["precision"] for r in comparison["runs"] if r["status"] != "finished")
-               + " did not finish.")
+    st.caption(
+        "Only finished runs are shown: "
+        + ", ".join(r["precision"] for r in comparison["runs"] if r["status"] != "finished")
+        + " did not finish."
+    )
 models = load_models(runs)
 if not models:
     st.stop()

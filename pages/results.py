@@ -1,46 +1,59 @@
-"""Results: every comparison, one in detail (accuracy, speed, float8 state), and two side by side."""
+"""Results: every comparison, one in detail (accuracy, speed, float8 state), two side by side."""
 
 import json
 
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, compiled
+from fp8demo import charts, compiled, report
 from fp8demo.config import TrainConfig
 from pages import common
-
-BASELINE = "bf16"  # the precision fp8 is measured against, as in the Keras example
 
 
 def comparisons_table(comparisons) -> pd.DataFrame:
     rows = []
     for c in comparisons:
-        row = {"id": c["id"], "created": pd.Timestamp(c["created_at"], unit="s", tz="UTC").tz_localize(None),
-               "label": c["label"], "settings (vs the example)": common.fmt_settings(c["config"]),
-               "status": common.comparison_status(c)}
+        row = {
+            "id": c["id"],
+            "created": pd.Timestamp(c["created_at"], unit="s", tz="UTC").tz_localize(None),
+            "label": c["label"],
+            "settings (vs the example)": common.fmt_settings(c["config"]),
+            "status": common.comparison_status(c),
+        }
         for r in c["runs"]:
             row[f"{r['precision']} test acc"] = r["test_accuracy"]
         rows.append(row)
     return pd.DataFrame(rows)
 
+
 def run_rows(runs) -> pd.DataFrame:
     """One row per trained precision, plus the bf16 model's post-training int8/int4."""
     rows = []
     for r in runs:
-        rows.append({
-            "precision": r["precision"], "status": r["status"],
-            "test accuracy": r["test_accuracy"], "test loss": r["test_loss"],
-            "weights (KB)": (r["summary"].get("weights_bytes") or 0) / 1024 or None,
-            "fit time (s)": r["fit_seconds"], "steps/s": r["steps_per_sec"],
-            "samples/s": r["samples_per_sec"], "params": r["params"],
-            "device": r["device"] or r["summary"].get("device"),
-        })
+        rows.append(
+            {
+                "precision": r["precision"],
+                "status": r["status"],
+                "test accuracy": r["test_accuracy"],
+                "test loss": r["test_loss"],
+                "weights (KB)": (r["summary"].get("weights_bytes") or 0) / 1024 or None,
+                "fit time (s)": r["fit_seconds"],
+                "steps/s": r["steps_per_sec"],
+                "samples/s": r["samples_per_sec"],
+                "params": r["params"],
+                "device": r["device"] or r["summary"].get("device"),
+            }
+        )
         for mode, result in (r["summary"].get("ptq") or {}).items():
-            rows.append({
-                "precision": f"{mode} PTQ of {r['precision']}", "status": "post-training",
-                "test accuracy": result["test_accuracy"], "test loss": result["test_loss"],
-                "weights (KB)": result["weights_bytes"] / 1024,
-            })
+            rows.append(
+                {
+                    "precision": f"{mode} PTQ of {r['precision']}",
+                    "status": "post-training",
+                    "test accuracy": result["test_accuracy"],
+                    "test loss": result["test_loss"],
+                    "weights (KB)": result["weights_bytes"] / 1024,
+                }
+            )
     return pd.DataFrame(rows)
 
 
@@ -48,71 +61,114 @@ def phase_table(runs) -> pd.DataFrame:
     """Seconds each run spent per phase (data, model, fit, evaluation, saving, PTQ)."""
     recorded = {r["precision"]: r["summary"].get("phase_seconds") or {} for r in runs}
     names = list(dict.fromkeys(name for seconds in recorded.values() for name in seconds))
-    return pd.DataFrame({"phase": names,
-                         **{p: [seconds.get(n) for n in names] for p, seconds in recorded.items()}})
+    return pd.DataFrame(
+        {"phase": names, **{p: [seconds.get(n) for n in names] for p, seconds in recorded.items()}}
+    )
 
 
 def accuracy_metrics(runs):
-    """st.metric per run; other precisions show their difference to bf16."""
-    base = next((r for r in runs if r["precision"] == BASELINE and r["test_accuracy"] is not None), None)
+    """st.metric per run; other precisions show their difference to the baseline (bf16)."""
+    accuracy = report.paired_differences(runs, "test_accuracy")
+    loss = report.paired_differences(runs, "test_loss")
+    speed = report.paired_ratios(runs, "steps_per_sec")
+    versus = f"vs {report.BASELINE}"
     cols = st.columns(len(runs))
     for col, r in zip(cols, runs):
+        p = r["precision"]
         with col:
-            acc, loss = r["test_accuracy"], r["test_loss"]
-            compare = base is not None and r is not base and acc is not None
-            st.metric(f"{r['precision']} test accuracy", common.fmt_pct(acc),
-                      delta=f"{(acc - base['test_accuracy']) * 100:+.2f} pp vs bf16" if compare else None,
-                      border=True)
-            st.metric(f"{r['precision']} test loss", common.fmt_number(loss, ".4f"),
-                      delta=f"{loss - base['test_loss']:+.4f} vs bf16"
-                      if compare and loss is not None and base["test_loss"] is not None else None,
-                      delta_color="inverse", border=True)
+            st.metric(
+                f"{p} test accuracy",
+                common.fmt_pct(r["test_accuracy"]),
+                delta=f"{accuracy[p] * 100:+.2f} pp {versus}" if p in accuracy else None,
+                border=True,
+            )
+            st.metric(
+                f"{p} test loss",
+                common.fmt_number(r["test_loss"], ".4f"),
+                delta=f"{loss[p]:+.4f} {versus}" if p in loss else None,
+                delta_color="inverse",
+                border=True,
+            )
             # The speed fp8 is for: on a GPU with FP8 GEMMs it should beat bf16, elsewhere not.
-            rate, base_rate = r["steps_per_sec"], base and base["steps_per_sec"]
-            st.metric(f"{r['precision']} training speed", common.fmt_number(rate, ".1f") + " steps/s"
-                      if rate else "–", border=True,
-                      delta=f"{(rate / base_rate - 1) * 100:+.0f}% vs bf16"
-                      if compare and rate and base_rate else None,
-                      help="Training steps per second, compilation and validation excluded.")
+            rate = r["steps_per_sec"]
+            st.metric(
+                f"{p} training speed",
+                common.fmt_number(rate, ".1f") + " steps/s" if rate else "–",
+                border=True,
+                delta=f"{(speed[p] - 1) * 100:+.0f}% {versus}" if p in speed else None,
+                help="Training steps per second, compilation and validation excluded.",
+            )
             if r["status"] != "finished":
-                st.caption(f"{common.STATUS_ICONS.get(r['status'], '')} {r['status']}"
-                           + (f": {r['error']}" if r.get("error") else ""))
+                st.caption(
+                    f"{common.STATUS_ICONS.get(r['status'], '')} {r['status']}"
+                    + (f": {r['error']}" if r.get("error") else "")
+                )
 
-def metrics_csv(store, runs) -> str:
-    """Per-step metrics of every run, with each epoch's validation metrics on its last step."""
-    frames = []
-    for r in runs:
-        steps = pd.DataFrame(store.step_metrics(r["id"]))
-        steps.insert(0, "precision", r["precision"])
-        steps.insert(0, "run_id", r["id"])
-        epochs = pd.DataFrame(store.epoch_metrics(r["id"]), columns=["step", "val_loss", "val_accuracy"])
-        frames.append(steps.merge(epochs, on="step", how="left") if len(steps) else steps)
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return frame.to_csv(index=False)
 
 def weights_reader(path):
     """Read the weights file only when the user clicks (it can be hundreds of MB)."""
     return lambda: path.read_bytes()
 
+
+def tensorboard_reader(store, run_ids):
+    """Write the event files only when the user clicks (TensorFlow summary writing)."""
+
+    def read():
+        from fp8demo.tensorboard_export import export_zip
+
+        return export_zip(store, run_ids)
+
+    return read
+
+
 def downloads(store, comparison):
     runs = comparison["runs"]
     cid = comparison["id"]
-    c = st.columns(2 + len(runs))
-    c[0].download_button("Metrics CSV", metrics_csv(store, runs), f"fp8demo-{cid}-metrics.csv",
-                         "text/csv", key="download_csv", on_click="ignore")
-    config_json = json.dumps({"comparison": cid, "label": comparison["label"],
-                              "config": comparison["config"].to_dict()}, indent=2)
-    c[1].download_button("Config JSON", config_json, f"fp8demo-{cid}-config.json", "application/json",
-                         key="download_config", on_click="ignore")
-    for col, r in zip(c[2:], runs):
+    c = st.columns(3 + len(runs))
+    c[0].download_button(
+        "Metrics CSV",
+        report.metrics_csv(store, runs),
+        f"fp8demo-{cid}-metrics.csv",
+        "text/csv",
+        key="download_csv",
+        on_click="ignore",
+    )
+    config_json = json.dumps(
+        {"comparison": cid, "label": comparison["label"], "config": comparison["config"].to_dict()},
+        indent=2,
+    )
+    c[1].download_button(
+        "Config JSON",
+        config_json,
+        f"fp8demo-{cid}-config.json",
+        "application/json",
+        key="download_config",
+        on_click="ignore",
+    )
+    c[2].download_button(
+        "TensorBoard (zip)",
+        tensorboard_reader(store, [r["id"] for r in runs]),
+        f"fp8demo-{cid}-tensorboard.zip",
+        "application/zip",
+        key="download_tensorboard",
+        on_click="ignore",
+        help="Event files of every run (loss, accuracy, validation, scales, amax histories): "
+        "unzip and run `tensorboard --logdir` on the folder.",
+    )
+    for col, r in zip(c[3:], runs):
         path = store.run_dir(r["id"]) / "model.weights.h5"
         if path.exists():
-            col.download_button(f"{r['precision']} weights", weights_reader(path),
-                                f"fp8demo-{cid}-{r['precision']}.weights.h5",
-                                "application/octet-stream", key=f"download_weights_{r['id']}",
-                                on_click="ignore")
+            col.download_button(
+                f"{r['precision']} weights",
+                weights_reader(path),
+                f"fp8demo-{cid}-{r['precision']}.weights.h5",
+                "application/octet-stream",
+                key=f"download_weights_{r['id']}",
+                on_click="ignore",
+            )
         else:
             col.caption(f"No {r['precision']} weights file (saved when a run finishes).")
+
 
 def fp8_details(run):
     summary = run["summary"]
@@ -124,46 +180,85 @@ def fp8_details(run):
     if found is not None or run["status"] == "finished":
         speedup = found and not found.get("error") and found["fp8_matmuls"]
         (st.success if speedup else st.info)(compiled.verdict(found), icon=":material/memory:")
-    st.markdown(f"**{len(layers)} float8 layers** (`model.quantize(\"float8\")` converts each "
-                "Dense and EinsumDense leaf):")
+    st.markdown(
+        f'**{len(layers)} float8 layers** (`model.quantize("float8")` converts each '
+        "Dense and EinsumDense leaf):"
+    )
     st.dataframe(layers, hide_index=True, width="stretch")
     before, after = summary.get("fp8_before", {}), summary.get("fp8_after", {})
     if not after:
         st.caption("The float8 variables after training appear when the run finishes.")
         return
-    st.markdown("**Float8 variables before vs after training** (scale = amax / fmax; the amax "
-                "history holds the last 1024 steps, newest first):")
-    st.dataframe(charts.fp8_state_rows(before, after), hide_index=True, width="stretch",
-                 column_config={k: st.column_config.NumberColumn(format="%.4g") for k in
-                                ("scale before", "scale after", "amax max before", "amax max after")})
-    role = st.radio("Role", list(charts.ROLE_TITLES), format_func=charts.ROLE_TITLES.get,
-                    horizontal=True, key="scale_role")
+    st.markdown(
+        "**Float8 variables before vs after training** (scale = amax / fmax; the amax "
+        "history holds the last 1024 steps, newest first):"
+    )
+    st.dataframe(
+        charts.fp8_state_rows(before, after),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            k: st.column_config.NumberColumn(format="%.4g")
+            for k in ("scale before", "scale after", "amax max before", "amax max after")
+        },
+    )
+    role = st.radio(
+        "Role",
+        list(charts.ROLE_TITLES),
+        format_func=charts.ROLE_TITLES.get,
+        horizontal=True,
+        key="scale_role",
+    )
     common.plot(charts.scale_change_figure(before, after, role), key="scale-change")
 
+
 def curves(metrics, runs, metric, smoothing, labels=None, dashes=None):
-    curves = [charts.curve_from_store(labels[i] if labels else r["precision"], r["precision"],
-                                      *metrics[r["id"]], metric,
-                                      dash=dashes[i] if dashes else "solid")
-              for i, r in enumerate(runs)]
+    curves = [
+        charts.curve_from_store(
+            labels[i] if labels else r["precision"],
+            r["precision"],
+            *metrics[r["id"]],
+            metric,
+            dash=dashes[i] if dashes else "solid",
+        )
+        for i, r in enumerate(runs)
+    ]
     return charts.metric_figure(curves, metric, smoothing=smoothing)
+
 
 def repeats_summary(store, comparison):
     """Mean ± std over the seeds this comparison was launched with."""
-    from fp8demo import worker
-
     group = store.group(comparison["group_id"])
-    stats = worker.repeat_statistics(group)
+    stats = report.repeat_statistics(group)
     finished = sum(all(r["status"] == "finished" for r in c["runs"]) for c in group)
-    st.markdown(f"**Repeats over seeds** — {len(group)} comparisons "
-                f"(#{group[0]['id']}–#{group[-1]['id']}), {finished} finished")
+    st.markdown(
+        f"**Repeats over seeds** — {len(group)} comparisons "
+        f"(#{group[0]['id']}–#{group[-1]['id']}), {finished} finished"
+    )
     if stats:
-        st.dataframe(pd.DataFrame([{"": name, "mean test accuracy (%)": stat["mean"] * 100,
-                                    "std (points)": stat["std"] * 100, "seeds": stat["n"]}
-                                   for name, stat in stats.items()]),
-                     hide_index=True, width="stretch",
-                     column_config={"mean test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
-                                    "std (points)": st.column_config.NumberColumn(format="%.2f")})
-        st.caption("fp8 − bf16 pairs the two precisions of each seed; std uses n − 1.")
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "": name,
+                        "mean test accuracy (%)": stat["mean"] * 100,
+                        "std (points)": stat["std"] * 100,
+                        "seeds": stat["n"],
+                    }
+                    for name, stat in stats.items()
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
+            column_config={
+                "mean test accuracy (%)": st.column_config.NumberColumn(format="%.2f"),
+                "std (points)": st.column_config.NumberColumn(format="%.2f"),
+            },
+        )
+        st.caption(
+            f"Differences such as {report.difference_name('fp8')} pair the runs of the "
+            "same seed; std uses n − 1."
+        )
 
 
 def detail(store, comparison):
@@ -172,20 +267,33 @@ def detail(store, comparison):
     if comparison.get("group_id"):
         repeats_summary(store, comparison)
     accuracy_metrics(runs)
-    st.dataframe(run_rows(runs), hide_index=True, width="stretch",
-                 column_config={"test accuracy": st.column_config.NumberColumn(format="percent"),
-                                "fit time (s)": st.column_config.NumberColumn(format="%.1f"),
-                                "steps/s": st.column_config.NumberColumn(format="%.1f"),
-                                "samples/s": st.column_config.NumberColumn(format="%.0f"),
-                                "weights (KB)": st.column_config.NumberColumn(format="%.0f")})
+    st.dataframe(
+        run_rows(runs),
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "test accuracy": st.column_config.NumberColumn(format="percent"),
+            "fit time (s)": st.column_config.NumberColumn(format="%.1f"),
+            "steps/s": st.column_config.NumberColumn(format="%.1f"),
+            "samples/s": st.column_config.NumberColumn(format="%.0f"),
+            "weights (KB)": st.column_config.NumberColumn(format="%.0f"),
+        },
+    )
     phases = phase_table(runs)
     if len(phases):
         with st.expander("Where the time went (seconds per phase)"):
-            st.dataframe(phases, hide_index=True, width="stretch",
-                         column_config={r["precision"]: st.column_config.NumberColumn(format="%.1f")
-                                        for r in runs})
-            st.caption("The data phases are near zero when the vocabulary and tokens come from "
-                       "the cache; the first training step includes XLA's compilation.")
+            st.dataframe(
+                phases,
+                hide_index=True,
+                width="stretch",
+                column_config={
+                    r["precision"]: st.column_config.NumberColumn(format="%.1f") for r in runs
+                },
+            )
+            st.caption(
+                "The data phases are near zero when the vocabulary and tokens come from "
+                "the cache; the first training step includes XLA's compilation."
+            )
     smoothing = st.slider("Smoothing", 0.0, 0.99, 0.8, 0.01, key="results_smoothing")
     metrics = common.run_metrics(store, runs)
     left, right = st.columns(2)
@@ -208,9 +316,16 @@ def delete_button(store, comparison):
 
     active = common.is_active(comparison)
     allowed = common.can_control()
-    if st.button("Delete this comparison", key="delete", disabled=active or not allowed,
-                 help=common.LOCKED_HELP if not allowed else
-                 "Stop its runs first." if active else "Removes its runs, metrics and models."):
+    if st.button(
+        "Delete this comparison",
+        key="delete",
+        disabled=active or not allowed,
+        help=common.LOCKED_HELP
+        if not allowed
+        else "Stop its runs first."
+        if active
+        else "Removes its runs, metrics and models.",
+    ):
         try:
             store.delete_comparison(comparison["id"])
         except StoreError as e:
@@ -218,6 +333,7 @@ def delete_button(store, comparison):
             return
         st.toast(f"Comparison #{comparison['id']} deleted.")
         st.rerun()
+
 
 def side_by_side(store, comparisons):
     if len(comparisons) < 2:
@@ -227,8 +343,9 @@ def side_by_side(store, comparisons):
     with c[0]:
         a = common.pick_comparison(comparisons, key="compare_a", label="A")
     with c[1]:
-        b = common.pick_comparison(comparisons, key="compare_b", label="B",
-                                   preferred=comparisons[1]["id"])
+        b = common.pick_comparison(
+            comparisons, key="compare_b", label="B", preferred=comparisons[1]["id"]
+        )
     by_id = {x["id"]: x for x in comparisons}
     chosen = [by_id[a], by_id[b]]
     table = {}
@@ -256,8 +373,10 @@ def side_by_side(store, comparisons):
     with right:
         common.plot(curves(metrics, runs, "accuracy", 0.8, labels, dashes), key="compare-acc")
 
+
 def _cell(value) -> str:
     return ", ".join(value) if isinstance(value, (list, tuple)) else str(value)
+
 
 # -- the page -----------------------------------------------------------------------------
 
@@ -268,9 +387,15 @@ if not comparisons:
     st.info("No comparisons yet. Launch one on the Train page; its results appear here.")
     st.stop()
 
-st.dataframe(comparisons_table(comparisons), hide_index=True, width="stretch",
-             column_config={k: st.column_config.NumberColumn(format="percent")
-                            for k in ("bf16 test acc", "fp8 test acc", "float32 test acc")})
+st.dataframe(
+    comparisons_table(comparisons),
+    hide_index=True,
+    width="stretch",
+    column_config={
+        k: st.column_config.NumberColumn(format="percent")
+        for k in ("bf16 test acc", "fp8 test acc", "float32 test acc")
+    },
+)
 cid = common.pick_comparison(comparisons, key="result", preferred=common.query_int("comparison"))
 detail(store, next(c for c in comparisons if c["id"] == cid))
 

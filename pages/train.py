@@ -8,8 +8,18 @@ import dataclasses
 
 import streamlit as st
 
-from fp8demo.config import (DROPOUT_MASKS, EXAMPLE, PRECISIONS, PRESETS, VOCAB_METHODS, ConfigError,
-                            TrainConfig, preset)
+from fp8demo.config import (
+    DROPOUT_MASKS,
+    EXAMPLE,
+    PRECISIONS,
+    PRESETS,
+    VOCAB_METHODS,
+    ConfigError,
+    TrainConfig,
+    from_query,
+    preset,
+    to_query,
+)
 from fp8demo.store import StoreError
 from pages import common
 
@@ -21,46 +31,7 @@ OTHER_PAGES_PARAMS = ("comparison",)
 SAMPLE_REVIEW = "This movie was a wonderful surprise: sharp writing, and the acting is superb!"
 
 
-# -- URL <-> settings ---------------------------------------------------------------------
-
-
-def _to_text(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (list, tuple)):
-        return ",".join(value)
-    return str(value)
-
-
-def _field_problems(name, value) -> list[str]:
-    """Problems of one setting on its own (against the example's other values)."""
-    probe = {name: value}
-    # Judge hidden_dim and heads each on its own: divisibility is a cross-field rule,
-    # explained next to the widgets rather than by discarding a shared value.
-    if name == "heads" and isinstance(value, int) and 1 <= value <= 65536:
-        probe["hidden_dim"] = value
-    if name == "hidden_dim":
-        probe["heads"] = 1
-    return dataclasses.replace(EXAMPLE, **probe).errors()
-
-
-def settings_from_url(params: dict) -> tuple[dict, list[str]]:
-    """Settings found in the URL, plus a warning for each one that was ignored."""
-    values, warnings = {}, []
-    for name, raw in params.items():
-        if name in OTHER_PAGES_PARAMS:  # e.g. a Live link that landed here
-            continue
-        try:
-            value = getattr(TrainConfig.from_strings({name: raw}), name)
-        except ConfigError as e:
-            warnings.append(str(e))
-            continue
-        problems = _field_problems(name, value)
-        if problems:
-            warnings.extend(problems)
-            continue
-        values[name] = value
-    return values, warnings
+# -- URL <-> settings (fp8demo.config parses and writes them) -----------------------------
 
 
 def init_state():
@@ -69,7 +40,8 @@ def init_state():
     Later visits restore the last settings (widget state is dropped on page switches).
     """
     if "train_config" not in st.session_state:
-        values, warnings = settings_from_url(dict(st.query_params))
+        # A Live link that landed here carries its comparison too.
+        values, warnings = from_query(dict(st.query_params), ignore=OTHER_PAGES_PARAMS)
         if warnings:
             st.session_state["url_warnings"] = warnings
         st.session_state["train_config"] = dataclasses.replace(EXAMPLE, **values)
@@ -87,7 +59,7 @@ def current_config() -> TrainConfig:
 
 
 def write_url(config: TrainConfig):
-    wanted = {k: _to_text(v) for k, v in config.differences().items()}
+    wanted = to_query(config)
     if dict(st.query_params) != wanted:
         st.query_params.from_dict(wanted)
 
@@ -135,8 +107,13 @@ LARGE_HIDDEN = 1024  # the "Large" preset and up: where FP8 GEMMs can beat bf16 
 
 def settings_form():
     """Every TrainConfig field as a widget keyed by its name."""
-    st.selectbox("Preset", [CUSTOM, *PRESETS], key="preset", on_change=apply_preset,
-                 help="Fills the settings below; precisions and data source are kept.")
+    st.selectbox(
+        "Preset",
+        [CUSTOM, *PRESETS],
+        key="preset",
+        on_change=apply_preset,
+        help="Fills the settings below; precisions and data source are kept.",
+    )
     st.markdown("**Training**")
     c = st.columns(4)
     c[0].number_input("Epochs", min_value=1, step=1, key="epochs")
@@ -147,54 +124,101 @@ def settings_form():
     c = st.columns(4)
     c[0].number_input("Vocabulary size", min_value=1, step=1000, key="vocab_size")
     c[1].number_input("Sequence length", min_value=1, step=8, key="seq_len")
-    c[2].selectbox("Vocabulary method", VOCAB_METHODS, key="vocab_method",
-                   help="keras: compute_word_piece_vocabulary as the example (about 100 s on "
-                        "the full data, cached afterwards); fast: Hugging Face WordPiece (seconds).")
+    c[2].selectbox(
+        "Vocabulary method",
+        VOCAB_METHODS,
+        key="vocab_method",
+        help="keras: the vocabulary the example's compute_word_piece_vocabulary "
+        "builds, word for word, by a faster implementation of its algorithm; "
+        "fast: the Hugging Face WordPiece trainer (a different vocabulary). "
+        "Cached per data and settings.",
+    )
     st.markdown("**Model**")
     c = st.columns(4)
     c[0].number_input("Hidden dim", min_value=1, step=8, key="hidden_dim")
     c[1].number_input("Attention heads", min_value=1, step=1, key="heads")
     c[2].number_input("Intermediate dim", min_value=1, step=8, key="intermediate_dim")
-    c[3].number_input("Dropout", min_value=0.0, max_value=1.0, step=0.05, format="%.2f", key="dropout")
+    c[3].number_input(
+        "Dropout", min_value=0.0, max_value=1.0, step=0.05, format="%.2f", key="dropout"
+    )
     st.checkbox("Quantize the sigmoid head too (as the example does)", key="quantize_head")
     st.markdown("**Runs and data**")
     c = st.columns([2, 3, 1])
-    c[0].multiselect("Precisions", PRECISIONS, key="precisions",
-                     help="One run per precision, trained one after another on the same data.")
-    c[1].text_input("Data source", key="data", placeholder="empty: download the IMDB archive (cached)",
-                    help="Empty downloads (once) and caches the archive; or a local aclImdb "
-                         "folder or aclImdb_v1.tar.gz path.")
-    c[2].number_input("Subset (0 = all)", min_value=0, step=500, key="subset",
-                      help="Reviews per split, half positive, half negative.")
+    c[0].multiselect(
+        "Precisions",
+        PRECISIONS,
+        key="precisions",
+        help="One run per precision, trained one after another on the same data.",
+    )
+    c[1].text_input(
+        "Data source",
+        key="data",
+        placeholder="empty: download the IMDB archive (cached)",
+        help="Empty downloads (once) and caches the archive; or a local aclImdb "
+        "folder or aclImdb_v1.tar.gz path.",
+    )
+    c[2].number_input(
+        "Subset (0 = all)",
+        min_value=0,
+        step=500,
+        key="subset",
+        help="Reviews per split, half positive, half negative.",
+    )
     with st.expander("Advanced"):
         devices = common.device_info().get("devices") or []
-        st.checkbox(f"Data-parallel over every device ({len(devices)} seen)", key="data_parallel",
-                    help="keras.distribution.DataParallel: each batch is split across the "
-                         "devices JAX sees; the batch size must divide evenly. Devices: "
-                         + (", ".join(devices) or "unknown"))
+        st.checkbox(
+            f"Data-parallel over every device ({len(devices)} seen)",
+            key="data_parallel",
+            help="keras.distribution.DataParallel: each batch is split across the "
+            "devices JAX sees; the batch size must divide evenly. Devices: "
+            + (", ".join(devices) or "unknown"),
+        )
         c = st.columns(4)
-        c[0].checkbox("Restore the best epoch", key="restore_best",
-                      help="Evaluate and keep the weights of the epoch with the best validation "
-                           "accuracy (the example overfits after epoch 1). The final weights "
-                           "are evaluated too.")
-        c[1].number_input("Early stopping patience (0 = off)", min_value=0, step=1,
-                          key="early_stopping",
-                          help="Stop after this many epochs without a better validation accuracy.")
-        c[2].number_input("Amax history length", min_value=1, step=64, key="amax_history_length",
-                          help="The delayed-scaling window of the fp8 run: each scale comes from "
-                               "the largest amax of this many past steps (Keras' default 1024).")
-        c[3].checkbox("int8/int4 post-training quantization of bf16", key="ptq",
-                      help="After the bf16 run, evaluate its post-training int8 (and int4 "
-                           "weight-only) quantization: the calibration FP8 training avoids.")
+        c[0].checkbox(
+            "Restore the best epoch",
+            key="restore_best",
+            help="Evaluate and keep the weights of the epoch with the best validation "
+            "accuracy (the example overfits after epoch 1). The final weights "
+            "are evaluated too.",
+        )
+        c[1].number_input(
+            "Early stopping patience (0 = off)",
+            min_value=0,
+            step=1,
+            key="early_stopping",
+            help="Stop after this many epochs without a better validation accuracy.",
+        )
+        c[2].number_input(
+            "Amax history length",
+            min_value=1,
+            step=64,
+            key="amax_history_length",
+            help="The delayed-scaling window of the fp8 run: each scale comes from "
+            "the largest amax of this many past steps (Keras' default 1024).",
+        )
+        c[3].checkbox(
+            "int8/int4 post-training quantization of bf16",
+            key="ptq",
+            help="After the bf16 run, evaluate its post-training int8 (and int4 "
+            "weight-only) quantization: the calibration FP8 training avoids.",
+        )
         c = st.columns(4)
-        c[0].number_input("Probe every N steps (0 = off)", min_value=0, step=50, key="probe_every",
-                          help="Saturation and underflow % of every float8 tensor, measured on a "
-                               "fixed validation batch every N steps (FP8 health page).")
-        c[1].selectbox("Dropout masks", DROPOUT_MASKS, key="dropout_masks",
-                       help="keras: 32 random bits per mask value, as the example; fast: 8 bits "
-                            "(the rate rounds to a multiple of 1/256), about 20 % less time per "
-                            "training step on a CPU, where the random numbers are a quarter of "
-                            "the step.")
+        c[0].number_input(
+            "Probe every N steps (0 = off)",
+            min_value=0,
+            step=50,
+            key="probe_every",
+            help="Saturation and underflow % of every float8 tensor, measured on a "
+            "fixed validation batch every N steps (FP8 health page).",
+        )
+        c[1].selectbox(
+            "Dropout masks",
+            DROPOUT_MASKS,
+            key="dropout_masks",
+            help="keras: 32 random bits per mask value, as the example; fast: 8 bits "
+            "(the rate rounds to a multiple of 1/256), a faster training step on a "
+            "CPU, where drawing the random numbers is a large part of the step.",
+        )
 
 
 def show_tokenizer_preview(config: TrainConfig):
@@ -209,15 +233,19 @@ def show_tokenizer_preview(config: TrainConfig):
         try:
             result = tokenizer_preview(config, text)
         except LookupError:
-            st.info("The tokenizer preview appears once the vocabulary for these settings has "
-                    "been built (the first run with them builds it).")
+            st.info(
+                "The tokenizer preview appears once the vocabulary for these settings has "
+                "been built (the first run with them builds it)."
+            )
             return
         except Exception as e:
             st.warning(f"No tokenizer preview: {e}")
             return
         st.markdown(" ".join(f"`{t}`" for t in result["tokens"]))
-        st.caption(f"{len(result['ids'])} token ids: {result['ids'][:40]}"
-                   f"{' …' if len(result['ids']) > 40 else ''}")
+        st.caption(
+            f"{len(result['ids'])} token ids: {result['ids'][:40]}"
+            f"{' …' if len(result['ids']) > 40 else ''}"
+        )
         st.caption(f"Detokenized: {result['detokenized']}")
 
 
@@ -235,10 +263,20 @@ def show_model_summary(config: TrainConfig):
         # Nested layers (decoder/...) are already counted in their parent.
         total = sum(layer["params"] for layer in layers if "/" not in layer["name"])
         n_fp8 = sum(bool(layer["float8"]) for layer in layers)
-        st.markdown(f"**{total:,} parameters**, {len(layers)} layers"
-                    + (f"; in the fp8 run **{n_fp8}** of them compute in float8." if precision == "fp8" else "."))
-        st.dataframe(layers, hide_index=True, width="stretch",
-                     column_config={"float8": st.column_config.CheckboxColumn("float8 in fp8 run")})
+        st.markdown(
+            f"**{total:,} parameters**, {len(layers)} layers"
+            + (
+                f"; in the fp8 run **{n_fp8}** of them compute in float8."
+                if precision == "fp8"
+                else "."
+            )
+        )
+        st.dataframe(
+            layers,
+            hide_index=True,
+            width="stretch",
+            column_config={"float8": st.column_config.CheckboxColumn("float8 in fp8 run")},
+        )
 
 
 def launch(store, config: TrainConfig, label: str, repeats: int = 1):
@@ -261,12 +299,16 @@ init_state()
 st.session_state["preset"] = matching_preset(current_config())
 
 st.title("Train")
-st.caption("bf16 vs fp8 on the same data and seed: each precision trains one run, one after "
-           "another. Defaults are the Keras example's.")
+st.caption(
+    "bf16 vs fp8 on the same data and seed: each precision trains one run, one after "
+    "another. Defaults are the Keras example's."
+)
 url_warnings = st.session_state.pop("url_warnings", [])
 if url_warnings:
-    st.warning("Some settings in the link were ignored; their defaults are used instead:\n\n"
-               + "\n".join(f"- {w}" for w in url_warnings))
+    st.warning(
+        "Some settings in the link were ignored; their defaults are used instead:\n\n"
+        + "\n".join(f"- {w}" for w in url_warnings)
+    )
 
 settings_form()
 config = current_config()
@@ -275,39 +317,61 @@ write_url(config)
 
 problems = config.errors()
 if not problems:
-    from fp8demo.config import disk_problems, estimate_memory_bytes, resource_problems
+    from fp8demo.resources import estimate_memory_bytes, launch_problems
 
-    problems = resource_problems(config) + disk_problems(config, store.home, int(
-        st.session_state.get("repeats", 1)))
+    # The checks the launch makes, with its messages, while the settings are being chosen.
+    problems = launch_problems(config, store.home, int(st.session_state.get("repeats", 1)))
     st.caption(f"Estimated memory of one run: {estimate_memory_bytes(config) / 2**20:,.0f} MiB.")
 for problem in problems:
     st.error(problem)
 if not problems:
     platform = common.device_info().get("platform")
     if platform == "cpu" and not config.subset:
-        st.info("Training runs on the CPU here: the full data takes a while. The “Quick demo” "
-                "preset trains on a 2,000-review subset in about a minute; “Keras example, "
-                "fast” trains the full example in about 40 % of the example's time.")
+        st.info(
+            "Training runs on the CPU here: the full data takes a while. The “Quick demo” "
+            "preset trains on a 2,000-review subset in about a minute; “Keras example, "
+            "fast” trains the full example with the fast dropout masks and vocabulary."
+        )
     if config.hidden_dim >= LARGE_HIDDEN and "fp8" in config.precisions:
-        st.info("Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
-                "if XLA runs the float8 layers as FP8 GEMMs. After its fit, the fp8 run says how "
-                "many of its matmuls did (Live card, Results), and Results compares the training "
-                "speed of fp8 with bf16."
-                + (" On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
-                   if platform != "gpu" else ""), icon=":material/speed:")
+        st.info(
+            "Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
+            "if XLA runs the float8 layers as FP8 GEMMs. After its fit, the fp8 run says how "
+            "many of its matmuls did (Live card, Results), and Results compares the training "
+            "speed of fp8 with bf16."
+            + (
+                " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
+                if platform != "gpu"
+                else ""
+            ),
+            icon=":material/speed:",
+        )
     show_tokenizer_preview(config)
     show_model_summary(config)
 
 c = st.columns([3, 1])
 label = c[0].text_input("Label (optional)", key="label", placeholder="e.g. wider model")
-repeats = c[1].number_input("Repeats over seeds", min_value=1, max_value=100, value=1, step=1,
-                            key="repeats",
-                            help="Train the same comparison with seeds seed, seed+1, …; Results "
-                                 "shows mean ± std, so “no accuracy drop” is a measured claim.")
+repeats = c[1].number_input(
+    "Repeats over seeds",
+    min_value=1,
+    max_value=100,
+    value=1,
+    step=1,
+    key="repeats",
+    help="Train the same comparison with seeds seed, seed+1, …; Results "
+    "shows mean ± std, so “no accuracy drop” is a measured claim.",
+)
 allowed = common.can_control()
 if not allowed:
     st.info(common.LOCKED_HELP, icon=":material/lock:")
-if st.button("Launch", key="launch", type="primary", disabled=bool(problems) or not allowed,
-             help="Fix the settings above first." if problems else
-             common.LOCKED_HELP if not allowed else "Queue one run per precision."):
+if st.button(
+    "Launch",
+    key="launch",
+    type="primary",
+    disabled=bool(problems) or not allowed,
+    help="Fix the settings above first."
+    if problems
+    else common.LOCKED_HELP
+    if not allowed
+    else "Queue one run per precision.",
+):
     launch(store, config, label, int(repeats))

@@ -15,6 +15,14 @@ import fp8demo.env  # noqa: E402,F401
 TINY = dict(subset=256, vocab_size=1000, seq_len=64, epochs=1)
 
 
+def backend() -> str:
+    """The platform JAX computes on ("cpu", "gpu", …): tests of device facts assert the fact
+    of the backend they run on. Starts JAX, so call it inside a test, not at import."""
+    import jax
+
+    return jax.default_backend()
+
+
 def make_tar(path, members: dict) -> Path:
     """A small .tar.gz at `path` holding {member name: text} (for layout/extraction tests)."""
     import io
@@ -52,7 +60,9 @@ def imdb_folder(imdb_archive, tmp_path_factory) -> Path:
     """The archive extracted once per test session (train/unsup skipped)."""
     from fp8demo import data
 
-    root, _ = data.extract_archive(imdb_archive, tmp_path_factory.mktemp("imdb"), progress=lambda *_: None)
+    root, _ = data.extract_archive(
+        imdb_archive, tmp_path_factory.mktemp("imdb"), progress=lambda *_: None
+    )
     return root
 
 
@@ -93,6 +103,7 @@ def trained(tmp_path_factory, imdb_folder):
             tok = tokenizer.make_tokenizer(prepared.vocabulary, config.seq_len)
             ids = tokenizer.tokenize(tok, lowercase(check_texts(texts)))
             before[run_id] = model.predict(ids, verbose=0)[:, 0].astype("float32")
+
         return on_trained
 
     try:
@@ -104,5 +115,11 @@ def trained(tmp_path_factory, imdb_folder):
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
-    return {"home": home, "comparison_id": comparison_id, "run_ids": dict(zip(config.precisions, run_ids)),
-            "texts": texts, "predictions_before_save": before, "config": config}
+    return {
+        "home": home,
+        "comparison_id": comparison_id,
+        "run_ids": dict(zip(config.precisions, run_ids)),
+        "texts": texts,
+        "predictions_before_save": before,
+        "config": config,
+    }

@@ -16,16 +16,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import ROOT, TINY, make_tar
+
 from fp8demo import data
 from fp8demo.config import ConfigError, TrainConfig
 from fp8demo.predict import MAX_REVIEW_CHARS, MAX_REVIEWS, PredictError, check_texts, load_run
 from fp8demo.store import SCHEMA_VERSION, Store, StoreError
 
 LAYOUT = "expected the aclImdb layout (train/pos, train/neg, test/pos, test/neg)."
-VOCAB_WHY = (": the vocabulary holds the reserved tokens [PAD] and [UNK] plus the single "
-             "letters, digits and punctuation that WordPiece starts from.")
+VOCAB_WHY = (
+    ": the vocabulary holds the reserved tokens [PAD] and [UNK] plus the single "
+    "letters, digits and punctuation that WordPiece starts from."
+)
 
 
 # -- hyperparameters, typed (the dashboard's widgets, presets, the Python API) --------------
@@ -52,8 +54,11 @@ TYPED = [
     (dict(seq_len=32769), "seq_len must be between 4 and 32,768, got 32,769."),
     (dict(seq_len=3), "seq_len must be between 4 and 32,768, got 3."),
     (dict(hidden_dim=0), "hidden_dim must be between 1 and 65,536, got 0."),
-    (dict(heads=3), "hidden_dim (32) must be divisible by heads (3): each attention head gets "
-                    "hidden_dim / heads dimensions."),
+    (
+        dict(heads=3),
+        "hidden_dim (32) must be divisible by heads (3): each attention head gets "
+        "hidden_dim / heads dimensions.",
+    ),
     (dict(heads=0), "heads must be between 1 and 256, got 0."),
     (dict(heads=512, hidden_dim=512), "heads must be between 1 and 256, got 512."),
     (dict(intermediate_dim=-5), "intermediate_dim must be between 1 and 262,144, got -5."),
@@ -69,18 +74,23 @@ TYPED = [
     (dict(lr=float("nan")), "lr must be a number, got nan."),
     (dict(lr=100.0), "lr must be greater than 0 (and at most 10), got 100.0."),
     (dict(precisions=("fp16",)), "Unknown precision fp16: choose from bf16, fp8, float32."),
-    (dict(precisions=("bf16", "int4", "fp4")),
-     "Unknown precision int4, fp4: choose from bf16, fp8, float32."),
+    (
+        dict(precisions=("bf16", "int4", "fp4")),
+        "Unknown precision int4, fp4: choose from bf16, fp8, float32.",
+    ),
     (dict(precisions=()), "Choose at least one precision (bf16, fp8 or float32)."),
     (dict(precisions=("bf16", "bf16")), "Each precision may appear only once."),
     # A bare string would otherwise be read letter by letter (b, f, 1, 6).
-    (dict(precisions="bf16"),
-     "precisions must be a list of names (bf16, fp8, float32), got 'bf16'."),
+    (
+        dict(precisions="bf16"),
+        "precisions must be a list of names (bf16, fp8, float32), got 'bf16'.",
+    ),
     (dict(precisions=None), "precisions must be a list of names (bf16, fp8, float32), got None."),
-    (dict(vocab_method="sentencepiece"),
-     "vocab_method must be one of keras, fast, got 'sentencepiece'."),
-    (dict(dropout_masks="philox"),
-     "dropout_masks must be one of keras, fast, got 'philox'."),
+    (
+        dict(vocab_method="sentencepiece"),
+        "vocab_method must be one of keras, fast, got 'sentencepiece'.",
+    ),
+    (dict(dropout_masks="philox"), "dropout_masks must be one of keras, fast, got 'philox'."),
     (dict(quantize_head="yes"), "quantize_head must be true or false."),
     (dict(data=5), "data must be a path (text)."),
     (dict(amax_history_length=0), "amax_history_length must be between 1 and 65,536, got 0."),
@@ -103,7 +113,8 @@ def test_every_problem_is_reported_at_once():
     assert str(pytest.raises(ConfigError, config.validate).value) == (
         "epochs must be between 1 and 1,000, got 0. hidden_dim (32) must be divisible by heads "
         "(3): each attention head gets hidden_dim / heads dimensions. dropout must be in [0, 1), "
-        "got 1.0. Choose at least one precision (bf16, fp8 or float32).")
+        "got 1.0. Choose at least one precision (bf16, fp8 or float32)."
+    )
 
 
 # -- hyperparameters as text (URL query parameters, CLI flags) -------------------------------
@@ -125,9 +136,11 @@ UNPARSABLE = [
     # A tampered link: an unknown query parameter is named, with a hint when one is close.
     ({"epoch": "3"}, "Unknown setting 'epoch' (did you mean epochs?)."),
     ({"utm_source": "mail"}, "Unknown setting 'utm_source'."),
-    ({"epochs": "x", "heads": "2.5", "bogus": "1"},
-     "epochs must be a whole number, got 'x'. heads must be a whole number, got '2.5'. "
-     "Unknown setting 'bogus'."),
+    (
+        {"epochs": "x", "heads": "2.5", "bogus": "1"},
+        "epochs must be a whole number, got 'x'. heads must be a whole number, got '2.5'. "
+        "Unknown setting 'bogus'.",
+    ),
 ]
 
 
@@ -143,11 +156,17 @@ OUT_OF_RANGE = [
     ({"epochs": "0"}, "epochs must be between 1 and 1,000, got 0."),
     ({"epochs": "-3"}, "epochs must be between 1 and 1,000, got -3."),
     ({"epochs": "1000000"}, "epochs must be between 1 and 1,000, got 1,000,000."),
-    ({"vocab_size": "1000000000"}, "vocab_size must be between 64 and 1,000,000, got 1,000,000,000."),
+    (
+        {"vocab_size": "1000000000"},
+        "vocab_size must be between 64 and 1,000,000, got 1,000,000,000.",
+    ),
     ({"vocab_size": "32"}, "vocab_size must be between 64 and 1,000,000, got 32" + VOCAB_WHY),
     ({"seq_len": "1000000"}, "seq_len must be between 4 and 32,768, got 1,000,000."),
-    ({"heads": "3"}, "hidden_dim (32) must be divisible by heads (3): each attention head gets "
-                     "hidden_dim / heads dimensions."),
+    (
+        {"heads": "3"},
+        "hidden_dim (32) must be divisible by heads (3): each attention head gets "
+        "hidden_dim / heads dimensions.",
+    ),
     ({"dropout": "1"}, "dropout must be in [0, 1), got 1.0."),
     ({"dropout": "-0.1"}, "dropout must be in [0, 1), got -0.1."),
     ({"lr": "0"}, "lr must be greater than 0 (and at most 10), got 0.0."),
@@ -184,16 +203,21 @@ def _layout(root, skip=()):
 
 def _missing(tmp, _):
     path = tmp / "nowhere" / "aclImdb_v1.tar.gz"
-    return path, re.escape(f"The IMDB path {path} does not exist. Name the aclImdb_v1.tar.gz "
-                           "archive or the folder it was extracted to.")
+    return path, re.escape(
+        f"The IMDB path {path} does not exist. Name the aclImdb_v1.tar.gz "
+        "archive or the folder it was extracted to."
+    )
 
 
 def _not_tar(name, payload):
     def make(tmp, _):
         path = tmp / name
         path.write_bytes(payload)
-        return path, re.escape(f"{path} is not a tar archive (a corrupted or truncated download?). "
-                               "Download aclImdb_v1.tar.gz again or name the extracted folder.")
+        return path, re.escape(
+            f"{path} is not a tar archive (a corrupted or truncated download?). "
+            "Download aclImdb_v1.tar.gz again or name the extracted folder."
+        )
+
     return make
 
 
@@ -201,30 +225,49 @@ def _truncated(tmp, archive):
     path = tmp / "aclImdb_v1.tar.gz"
     with open(archive, "rb") as f:
         path.write_bytes(f.read(3_000_000))
-    return path, (re.escape(f"{path} could not be read completely (") + r".+"
-                  + re.escape("): the archive is corrupted or truncated. Download "
-                              "aclImdb_v1.tar.gz again."))
+    return path, (
+        re.escape(f"{path} could not be read completely (")
+        + r".+"
+        + re.escape("): the archive is corrupted or truncated. Download aclImdb_v1.tar.gz again.")
+    )
 
 
 def _wrong_archive(members, listing):
     def make(tmp, _):
         path = make_tar(tmp / "other.tar.gz", members)
-        return path, re.escape(f"{path} does not contain an aclImdb/ folder (it has: {listing}). "
-                               "Is it the IMDB reviews archive?")
+        return path, re.escape(
+            f"{path} does not contain an aclImdb/ folder (it has: {listing}). "
+            "Is it the IMDB reviews archive?"
+        )
+
     return make
 
 
 def _archive_without_test(tmp, _):
-    path = make_tar(tmp / "half.tar.gz", {"aclImdb/train/pos/1_9.txt": "good",
-                                      "aclImdb/train/neg/2_1.txt": "bad"})
-    home = re.escape(str(tmp / "home" / "data"))
-    return path, home + r"/[0-9a-f]{16}/aclImdb" + re.escape(" has no test/ folder: " + LAYOUT)
+    path = make_tar(
+        tmp / "half.tar.gz",
+        {"aclImdb/train/pos/1_9.txt": "good", "aclImdb/train/neg/2_1.txt": "bad"},
+    )
+    return path, re.escape(f"The aclImdb folder in {path} has no test/ folder: " + LAYOUT)
+
+
+def _archive_with_an_empty_class(tmp, _):
+    members = {
+        f"aclImdb/{s}/{c}/0_5.txt": "a review"
+        for s in ("train", "test")
+        for c in ("neg", "pos")
+        if (s, c) != ("test", "neg")
+    }
+    members["aclImdb/test/neg/README"] = "no reviews here"
+    path = make_tar(tmp / "odd.tar.gz", members)
+    return path, re.escape(f"The class folder aclImdb/test/neg in {path} holds no .txt reviews.")
 
 
 def _folder(skip, what):
     def make(tmp, _):
         root = _layout(tmp / "aclImdb", skip)
         return root, re.escape(f"{root} has no {what} folder: " + LAYOUT)
+
     return make
 
 
@@ -250,9 +293,12 @@ DATA = {
     "plain text file": _not_tar("review.txt", b"A plain text review, not the dataset.\n"),
     "empty file": _not_tar("aclImdb_v1.tar.gz", b""),
     "truncated archive": _truncated,
-    "archive without aclImdb/": _wrong_archive({"photos/a.txt": "x", "b.txt": "y"}, "b.txt, photos"),
+    "archive without aclImdb/": _wrong_archive(
+        {"photos/a.txt": "x", "b.txt": "y"}, "b.txt, photos"
+    ),
     "empty archive": _wrong_archive({}, "nothing"),
     "archive without test/": _archive_without_test,
+    "archive with an empty class": _archive_with_an_empty_class,
     "folder without train/": _folder([("train", "pos"), ("train", "neg")], "train/"),
     "folder without a class": _folder([("train", "neg")], "train/neg/"),
     "parent folder without a class": _parent_of,
@@ -269,18 +315,20 @@ def test_bad_data_path(case, tmp_path, imdb_archive):
     with pytest.raises(data.DataError) as raised:
         data.resolve_source(str(path), home)
     assert re.fullmatch(pattern, str(raised.value), re.DOTALL), str(raised.value)
-    # The user's file is untouched, and nothing half-extracted looks like a usable cache.
+    # The user's file is untouched, and nothing extracted from it is left behind.
     if before is not None:
         assert path.read_bytes() == before
-    assert not list((home / "data").glob("*/aclImdb/.complete"))
+    assert not (home / "data").exists() or not any((home / "data").iterdir())
 
 
 def test_bad_path_in_the_environment_variable(tmp_path, monkeypatch):
     monkeypatch.setenv("FP8DEMO_IMDB", str(tmp_path / "gone"))
     with pytest.raises(data.DataError) as raised:
         data.resolve_source("", tmp_path / "home")
-    assert str(raised.value) == (f"The IMDB path {tmp_path / 'gone'} does not exist. Name the "
-                                 "aclImdb_v1.tar.gz archive or the folder it was extracted to.")
+    assert str(raised.value) == (
+        f"The IMDB path {tmp_path / 'gone'} does not exist. Name the "
+        "aclImdb_v1.tar.gz archive or the folder it was extracted to."
+    )
 
 
 def test_no_path_and_no_network(tmp_path, monkeypatch):
@@ -290,10 +338,15 @@ def test_no_path_and_no_network(tmp_path, monkeypatch):
     with pytest.raises(data.DataError) as raised:
         data.resolve_source("", tmp_path / "home", progress=lambda *_: None)
     assert re.fullmatch(
-        re.escape("Could not download the IMDB reviews (") + r"\w+: .*" + re.escape(
+        re.escape("Could not download the IMDB reviews (")
+        + r"\w+: .*"
+        + re.escape(
             "). Without network, point at a local copy of aclImdb_v1.tar.gz (or its extracted "
-            "folder) with --data PATH, the dashboard's data field, or FP8DEMO_IMDB=PATH."),
-        str(raised.value), re.DOTALL), str(raised.value)
+            "folder) with --data PATH, the dashboard's data field, or FP8DEMO_IMDB=PATH."
+        ),
+        str(raised.value),
+        re.DOTALL,
+    ), str(raised.value)
     assert not list((tmp_path / "home" / "data").glob("*/aclImdb"))
 
 
@@ -312,8 +365,9 @@ REFUSED_TEXTS = [
 ]
 
 
-@pytest.mark.parametrize("texts, message", REFUSED_TEXTS,
-                         ids=[repr(t)[:30] for t, _ in REFUSED_TEXTS])
+@pytest.mark.parametrize(
+    "texts, message", REFUSED_TEXTS, ids=[repr(t)[:30] for t, _ in REFUSED_TEXTS]
+)
 def test_refused_review_text(texts, message, loaded):
     with pytest.raises(PredictError) as raised:
         check_texts(texts)
@@ -385,6 +439,10 @@ RUN_IDS = [
     ("99999999999999999999", "There is no run 99999999999999999999 in {path}."),
     ("abc", "'abc' is not a run id (a whole number)."),
     ("1.5", "'1.5' is not a run id (a whole number)."),
+    (1.5, "1.5 is not a run id (a whole number)."),  # not run 1
+    (True, "True is not a run id (a whole number)."),  # not run 1 either
+    (float("nan"), "nan is not a run id (a whole number)."),
+    ("1e0", "'1e0' is not a run id (a whole number)."),
     ("", "'' is not a run id (a whole number)."),
     (None, "None is not a run id (a whole number)."),
 ]
@@ -406,11 +464,14 @@ def test_bad_run_id(run_id, message, store):
     assert store.run(1)["status"] == "queued"  # the real run is untouched
 
 
-@pytest.mark.parametrize("comparison_id, message", [
-    ("x", "'x' is not a comparison id."),
-    (999, "There is no comparison 999."),
-    ("99999999999999999999", "There is no comparison 99999999999999999999."),
-])
+@pytest.mark.parametrize(
+    "comparison_id, message",
+    [
+        ("x", "'x' is not a comparison id."),
+        (999, "There is no comparison 999."),
+        ("99999999999999999999", "There is no comparison 99999999999999999999."),
+    ],
+)
 def test_bad_comparison_id(comparison_id, message, store):
     with pytest.raises(StoreError) as raised:
         store.comparison(comparison_id)
@@ -448,8 +509,9 @@ def test_predict_on_an_unfinished_run(status, store):
         store.end_run(run_id, status, error="boom" if status == "failed" else None)
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert str(raised.value) == (f"Run {run_id} is {status}, not finished: it has no model to "
-                                 "predict with.")
+    assert str(raised.value) == (
+        f"Run {run_id} is {status}, not finished: it has no model to predict with."
+    )
 
 
 # -- a finished run's artifacts ----------------------------------------------------------------
@@ -490,8 +552,10 @@ UNREADABLE = {
     "config.json missing": (dict(config=False), "FileNotFoundError"),
     "config.json a list": (dict(config=b"[1, 2]"), "TypeError"),
     "config.json without precision": (dict(config=b'{"config": {}}'), "KeyError"),
-    "config.json unknown setting": (dict(config=b'{"config": {"colour": 1}, "precision": "bf16"}'),
-                                    "ConfigError"),
+    "config.json unknown setting": (
+        dict(config=b'{"config": {"colour": 1}, "precision": "bf16"}'),
+        "ConfigError",
+    ),
     "config.json impossible config": ("heads=3", "ConfigError"),
     "vocabulary missing": (dict(vocabulary=False), "FileNotFoundError"),
 }
@@ -505,39 +569,53 @@ def test_unreadable_saved_config(case, store, trained):
     run_id, folder = _finished_copy(store, trained, "bf16", weights=b"unused", **files)
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert str(raised.value) == (f"Run {run_id}'s saved config or vocabulary in {folder} is "
-                                 f"missing or unreadable ({kind}).")
+    assert str(raised.value) == (
+        f"Run {run_id}'s saved config or vocabulary in {folder} is missing or unreadable ({kind})."
+    )
 
 
 def test_missing_weights(store, trained):
     run_id, folder = _finished_copy(store, trained, "bf16")
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert str(raised.value) == f"Run {run_id}'s weights file {folder / 'model.weights.h5'} is missing."
+    assert (
+        str(raised.value)
+        == f"Run {run_id}'s weights file {folder / 'model.weights.h5'} is missing."
+    )
 
 
 def _weights_error(run_id, folder):
-    return (re.escape(f"Run {run_id}'s weights file {folder / 'model.weights.h5'} is corrupt or "
-                      "does not match its config (") + r"\w+: .*\)\.")
+    return (
+        re.escape(
+            f"Run {run_id}'s weights file {folder / 'model.weights.h5'} is corrupt or "
+            "does not match its config ("
+        )
+        + r"\w+: .*\)\."
+    )
 
 
 def test_corrupt_weights(store, trained):
     run_id, folder = _finished_copy(store, trained, "bf16", weights=b"\x89HDF garbage" * 1000)
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert re.fullmatch(_weights_error(run_id, folder), str(raised.value), re.DOTALL), str(raised.value)
+    assert re.fullmatch(_weights_error(run_id, folder), str(raised.value), re.DOTALL), str(
+        raised.value
+    )
     assert (folder / "model.weights.h5").read_bytes() == b"\x89HDF garbage" * 1000  # kept as is
 
 
 @pytest.mark.filterwarnings("ignore:Skipping nested container:UserWarning")
 def test_weights_of_another_precision(store, trained):
     # bf16 weights under an fp8 config: the float8 scaling variables are missing.
-    bf16_weights = (Store(trained["home"]).run_dir(trained["run_ids"]["bf16"])
-                    / "model.weights.h5").read_bytes()
+    bf16_weights = (
+        Store(trained["home"]).run_dir(trained["run_ids"]["bf16"]) / "model.weights.h5"
+    ).read_bytes()
     run_id, folder = _finished_copy(store, trained, "fp8", weights=bf16_weights)
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert re.fullmatch(_weights_error(run_id, folder), str(raised.value), re.DOTALL), str(raised.value)
+    assert re.fullmatch(_weights_error(run_id, folder), str(raised.value), re.DOTALL), str(
+        raised.value
+    )
 
 
 def test_trained_runs_are_untouched(trained, loaded):
@@ -554,7 +632,9 @@ def test_store_written_by_a_newer_version(tmp_path):
     store = Store(home)
     _queued(store)
     with sqlite3.connect(store.path) as conn:
-        conn.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),))
+        conn.execute(
+            "UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION + 1),)
+        )
     conn.close()
     del store
     before = (home / "runs.sqlite").read_bytes()
@@ -563,7 +643,8 @@ def test_store_written_by_a_newer_version(tmp_path):
     assert str(raised.value) == (
         f"The run store {home / 'runs.sqlite'} was written by a newer fp8demo (schema "
         f"{SCHEMA_VERSION + 1}); this version reads schema {SCHEMA_VERSION}. Upgrade fp8demo or "
-        "set FP8DEMO_HOME to another folder.")
+        "set FP8DEMO_HOME to another folder."
+    )
     assert (home / "runs.sqlite").read_bytes() == before
     with sqlite3.connect(home / "runs.sqlite") as conn:
         assert conn.execute("SELECT COUNT(*) FROM runs").fetchone()[0] == 1
@@ -580,20 +661,61 @@ def test_store_with_an_unreadable_schema_version(tmp_path):
         Store(home)
     assert str(raised.value) == (
         f"The run store {home / 'runs.sqlite'} has an unreadable schema version ('two'). "
-        "Move it away or set FP8DEMO_HOME to another folder.")
+        "Move it away or set FP8DEMO_HOME to another folder."
+    )
 
 
-def test_store_file_that_is_not_sqlite(tmp_path):
+@pytest.mark.parametrize("payload", [b"these are my notes, not a database\n" * 100, b"x"])
+def test_store_file_that_is_not_sqlite(payload, tmp_path):
     home = tmp_path / "home"
     home.mkdir()
-    payload = b"these are my notes, not a database\n" * 100
     (home / "runs.sqlite").write_bytes(payload)
     with pytest.raises(StoreError) as raised:
         Store(home)
     assert str(raised.value) == (
-        f"The run store {home / 'runs.sqlite'} is not usable: file is not a database. Move it "
-        "away or set FP8DEMO_HOME to another folder.")
+        f"{home / 'runs.sqlite'} is not an fp8demo run store: it is not a SQLite database at "
+        "all. Move it away or set FP8DEMO_HOME to another folder."
+    )
     assert (home / "runs.sqlite").read_bytes() == payload
+
+
+FOREIGN = {  # another program's SQLite file at the store's path → what the message says it holds
+    "tables": (
+        "CREATE TABLE notes (body TEXT); CREATE TABLE tags (name TEXT);"
+        "INSERT INTO notes VALUES ('keep me');",
+        "it holds notes, tags",
+    ),
+    "its own meta table": (
+        "CREATE TABLE meta (name TEXT, size INTEGER);INSERT INTO meta VALUES ('a', 1);",
+        "it holds meta",
+    ),
+    "a view only": ("CREATE VIEW answer AS SELECT 42;", "it holds answer"),
+    "another application_id": ("PRAGMA application_id = 1234;", "its application_id is 0x4d2"),
+    "our tables, another application_id": (
+        "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);"
+        "INSERT INTO meta VALUES ('schema_version', '3'); PRAGMA application_id = 7;",
+        "it holds meta",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", FOREIGN)
+def test_store_file_of_another_program(case, tmp_path):
+    script, holds = FOREIGN[case]
+    home = tmp_path / "home"
+    home.mkdir()
+    path = home / "runs.sqlite"
+    with sqlite3.connect(path) as conn:
+        conn.executescript(script)
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StoreError) as raised:
+        Store(home)
+    assert str(raised.value) == (
+        f"{path} is a SQLite database of another program ({holds}), not an fp8demo run store; "
+        "it was left untouched. Move it away or set FP8DEMO_HOME to another folder."
+    )
+    assert path.read_bytes() == before  # no table added, no WAL switch, no stamp
 
 
 def test_store_file_that_is_a_folder(tmp_path):
@@ -601,16 +723,21 @@ def test_store_file_that_is_a_folder(tmp_path):
     (home / "runs.sqlite").mkdir(parents=True)
     with pytest.raises(StoreError) as raised:
         Store(home)
-    assert str(raised.value) == (f"Cannot open the run store {home / 'runs.sqlite'}: unable to "
-                                 "open database file")
+    assert str(raised.value) == (
+        f"Cannot open the run store {home / 'runs.sqlite'}: unable to open database file"
+    )
 
 
 @pytest.mark.parametrize("where", ["under a file", "is a file", "runs is a file", "env var"])
 def test_home_that_cannot_be_created(where, tmp_path, monkeypatch):
     blocker = tmp_path / "file.txt"
     blocker.write_text("keep me")
-    home = {"under a file": blocker / "sub", "is a file": blocker, "env var": blocker / "sub",
-            "runs is a file": tmp_path / "home"}[where]
+    home = {
+        "under a file": blocker / "sub",
+        "is a file": blocker,
+        "env var": blocker / "sub",
+        "runs is a file": tmp_path / "home",
+    }[where]
     if where == "runs is a file":
         home.mkdir()
         blocker = home / "runs"
@@ -621,8 +748,10 @@ def test_home_that_cannot_be_created(where, tmp_path, monkeypatch):
             Store()
         else:
             Store(home)
-    assert str(raised.value) == (f"Cannot create the fp8demo home folder {home}: {blocker} is a "
-                                 "file, not a folder. Set FP8DEMO_HOME to a writable folder.")
+    assert str(raised.value) == (
+        f"Cannot create the fp8demo home folder {home}: {blocker} is a "
+        "file, not a folder. Set FP8DEMO_HOME to a writable folder."
+    )
     assert blocker.read_text() == "keep me"
 
 
@@ -630,23 +759,35 @@ def test_home_that_cannot_be_created(where, tmp_path, monkeypatch):
 
 
 def cli(*args, **kwargs):
-    return subprocess.run([sys.executable, "-m", "fp8demo", *args], cwd=ROOT, capture_output=True,
-                          timeout=120, **kwargs)
+    return subprocess.run(
+        [sys.executable, "-m", "fp8demo", *args],
+        cwd=ROOT,
+        capture_output=True,
+        timeout=120,
+        **kwargs,
+    )
 
 
 CLI = [
     (["show", "abc"], "error: 'abc' is not a run id (a whole number)."),
     (["cancel", "abc"], "error: 'abc' is not a run id (a whole number)."),
-    (["show", "99999999999999999999"],
-     "error: There is no run 99999999999999999999 in {home}/runs.sqlite."),
+    (["show", "1.5"], "error: '1.5' is not a run id (a whole number)."),  # not run 1
+    (
+        ["show", "99999999999999999999"],
+        "error: There is no run 99999999999999999999 in {home}/runs.sqlite.",
+    ),
     # argparse's own answer: its usage lines (which list every flag), then one error line.
-    (["predict", "1"],
-     "python -m fp8demo predict: error: the following arguments are required: texts"),
+    (
+        ["predict", "1"],
+        "python -m fp8demo predict: error: the following arguments are required: texts",
+    ),
     (["predict", "1", "  "], "error: There is no run 1 in {home}/runs.sqlite."),
     (["train", "--dropout", "2", "--no-wait"], "error: dropout must be in [0, 1), got 2.0."),
     (["train", "--lr", "inf", "--no-wait"], "error: lr must be a finite number, got 'inf'."),
-    (["train", "--precision", "fp16", "--no-wait"],
-     "error: Unknown precision fp16: choose from bf16, fp8, float32."),
+    (
+        ["train", "--precision", "fp16", "--no-wait"],
+        "error: Unknown precision fp16: choose from bf16, fp8, float32.",
+    ),
 ]
 
 

@@ -13,8 +13,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import ROOT
+
 from fp8demo.store import Store
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,10 +34,28 @@ def start_server(home, imdb_folder):
     env = dict(os.environ, FP8DEMO_HOME=str(home), FP8DEMO_IMDB=str(imdb_folder))
     log = open(home / "streamlit.log", "ab")
     process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1",
-         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        [
+            sys.executable,
+            "-m",
+            "streamlit",
+            "run",
+            "app.py",
+            "--server.headless",
+            "true",
+            "--server.port",
+            str(port),
+            "--server.address",
+            "127.0.0.1",
+            "--browser.gatherUsageStats",
+            "false",
+            "--server.fileWatcherType",
+            "none",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -71,8 +89,16 @@ def browser():
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"])
+            args=[
+                "--headless",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
         yield browser
         browser.close()
 
@@ -112,7 +138,8 @@ TRACE_WIDTH_JS = """(t) => {
     const z = t.z, x = t.x;
     if (z && z.shape) return Number(String(z.shape).split(',').pop());
     if (Array.isArray(z)) return z.length && z[0] ? z[0].length : 0;
-    if (x && x.bdata) return atob(x.bdata).length / ({f8: 8, f4: 4, i8: 8, i4: 4, u4: 4, i2: 2}[x.dtype] || 1);
+    const bytes = {f8: 8, f4: 4, i8: 8, i4: 4, u4: 4, i2: 2};
+    if (x && x.bdata) return atob(x.bdata).length / (bytes[x.dtype] || 1);
     return x && x.length ? x.length : 0;
 }"""
 
@@ -125,9 +152,11 @@ def plot_traces(page) -> list:
 
 
 def wait_for_heatmap(page, timeout=30_000):
-    page.wait_for_function("() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
-                           ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
-                           timeout=timeout)
+    page.wait_for_function(
+        "() => Array.from(document.querySelectorAll('.js-plotly-plot'))"
+        ".some(el => (el.data || []).some(t => t.type === 'heatmap'))",
+        timeout=timeout,
+    )
 
 
 def type_review(page, text):
@@ -218,7 +247,9 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     page.wait_for_selector('[data-testid="stDataFrame"]', timeout=30_000)
     page.wait_for_function(
         "() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(el => "
-        "((el.layout || {}).title || {}).text?.includes('Probe batch'))", timeout=30_000)
+        "((el.layout || {}).title || {}).text?.includes('Probe batch'))",
+        timeout=30_000,
+    )
     assert "tensors at risk" in page.locator('[data-testid="stMain"]').inner_text()
     shot(page, "4b-health")
 
@@ -231,7 +262,8 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     try:
         page.wait_for_function(
             "() => document.querySelectorAll('[data-testid=\"stMetric\"]').length >= 3",
-            timeout=60_000)
+            timeout=60_000,
+        )
     finally:
         shot(page, "5-predict")
     metrics = page.locator('[data-testid="stMetric"]').all_inner_texts()
@@ -252,10 +284,23 @@ def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):
     store = Store(home)
     os.environ["FP8DEMO_IMDB"] = str(imdb_folder)
     try:
-        quick = worker.launch(TrainConfig(subset=128, vocab_size=800, seq_len=32, epochs=1,
-                                          precisions=("bf16",), ptq=False), store)
-        slow = worker.launch(TrainConfig(subset=2000, vocab_size=800, seq_len=64, epochs=60,  # cancelled at the end
-                                         precisions=("bf16",), ptq=False), store)
+        quick = worker.launch(
+            TrainConfig(
+                subset=128, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16",), ptq=False
+            ),
+            store,
+        )
+        slow = worker.launch(
+            TrainConfig(
+                subset=2000,
+                vocab_size=800,
+                seq_len=64,
+                epochs=60,  # cancelled at the end
+                precisions=("bf16",),
+                ptq=False,
+            ),
+            store,
+        )
     finally:
         del os.environ["FP8DEMO_IMDB"]
     process, url = start_server(home, imdb_folder)

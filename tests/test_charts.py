@@ -7,7 +7,7 @@ import plotly.graph_objects as go
 import pytest
 
 from fp8demo import charts
-from fp8demo.store import ROLES
+from fp8demo.fp8 import ROLES
 
 
 def _decode(array):
@@ -73,8 +73,12 @@ def test_metric_figure_downsamples_long_runs_but_keeps_the_spike():
     steps = np.arange(50_000)
     loss = np.full(50_000, 0.5)
     loss[40_000] = 9.0
-    fig = charts.metric_figure([charts.curve("fp8", "fp8", steps, steps * 0.01, loss)], "loss",
-                               smoothing=0.0, max_points=500)
+    fig = charts.metric_figure(
+        [charts.curve("fp8", "fp8", steps, steps * 0.01, loss)],
+        "loss",
+        smoothing=0.0,
+        max_points=500,
+    )
     raw = fig.data[0]
     assert isinstance(raw, go.Scattergl)
     assert len(raw.y) <= 500
@@ -89,8 +93,12 @@ def _two_runs(metric="loss"):
     steps = np.arange(1, 101)
     times = steps * 0.5
     return [
-        charts.curve("bf16", "bf16", steps, times, np.linspace(0.7, 0.3, 100), [50, 100], [0.5, 0.35]),
-        charts.curve("fp8", "fp8", steps, times, np.linspace(0.7, 0.32, 100), [50, 100], [0.52, 0.36]),
+        charts.curve(
+            "bf16", "bf16", steps, times, np.linspace(0.7, 0.3, 100), [50, 100], [0.5, 0.35]
+        ),
+        charts.curve(
+            "fp8", "fp8", steps, times, np.linspace(0.7, 0.32, 100), [50, 100], [0.52, 0.36]
+        ),
     ]
 
 
@@ -112,7 +120,9 @@ def test_metric_figure_has_raw_smoothed_and_validation_traces_and_conventions():
     assert names == ["bf16 (raw)", "bf16", "bf16 validation", "fp8 (raw)", "fp8", "fp8 validation"]
     raw, smooth = fig.data[0], fig.data[1]
     assert raw.opacity < 1 and (smooth.opacity is None or smooth.opacity == 1)
-    np.testing.assert_allclose(_decode(smooth.y), charts.ema(np.linspace(0.7, 0.3, 100), 0.9), rtol=1e-6)
+    np.testing.assert_allclose(
+        _decode(smooth.y), charts.ema(np.linspace(0.7, 0.3, 100), 0.9), rtol=1e-6
+    )
     assert fig.layout.uirevision == "loss-step"
     assert fig.layout.title.text and fig.layout.xaxis.title.text == "step"
     assert fig.layout.yaxis.title.text == "loss"
@@ -132,9 +142,23 @@ def test_metric_figure_log_y_and_time_axis():
 
 
 def test_curve_from_store_output():
-    steps = {"step": np.arange(1.0, 4.0), "epoch": np.zeros(3), "time": np.array([0.1, 0.2, 0.3]),
-             "loss": np.array([0.7, 0.6, 0.5]), "accuracy": np.array([0.5, 0.6, 0.7])}
-    epochs = [{"epoch": 0, "step": 3, "loss": 0.6, "accuracy": 0.6, "val_loss": 0.55, "val_accuracy": 0.71}]
+    steps = {
+        "step": np.arange(1.0, 4.0),
+        "epoch": np.zeros(3),
+        "time": np.array([0.1, 0.2, 0.3]),
+        "loss": np.array([0.7, 0.6, 0.5]),
+        "accuracy": np.array([0.5, 0.6, 0.7]),
+    }
+    epochs = [
+        {
+            "epoch": 0,
+            "step": 3,
+            "loss": 0.6,
+            "accuracy": 0.6,
+            "val_loss": 0.55,
+            "val_accuracy": 0.71,
+        }
+    ]
     c = charts.curve_from_store("fp8", "fp8", steps, epochs, "accuracy")
     np.testing.assert_array_equal(c["values"], [0.5, 0.6, 0.7])
     np.testing.assert_array_equal(c["val_values"], [0.71])
@@ -197,13 +221,34 @@ def test_scales_figure_one_panel_per_role_log_y():
 
 
 def test_fp8_state_rows_and_scale_change_figure():
-    before = {"q": {"inputs": {"scale": 1.0, "amax_max": 0.0, "amax_nonzero": 0, "history_head": [0.0] * 8}}}
-    after = {"q": {"inputs": {"scale": 0.01, "amax_max": 4.48, "amax_nonzero": 1024,
-                              "history_head": [4.0, 4.48]}}}
+    before = {
+        "q": {
+            "inputs": {"scale": 1.0, "amax_max": 0.0, "amax_nonzero": 0, "history_head": [0.0] * 8}
+        }
+    }
+    after = {
+        "q": {
+            "inputs": {
+                "scale": 0.01,
+                "amax_max": 4.48,
+                "amax_nonzero": 1024,
+                "history_head": [4.0, 4.48],
+            }
+        }
+    }
     rows = charts.fp8_state_rows(before, after)
-    assert rows == [{"layer": "q", "role": "inputs", "scale before": 1.0, "scale after": 0.01,
-                     "amax max before": 0.0, "amax max after": 4.48, "amax history filled": 1024,
-                     "amax history (newest first)": "4, 4.48"}]
+    assert rows == [
+        {
+            "layer": "q",
+            "role": "inputs",
+            "scale before": 1.0,
+            "scale after": 0.01,
+            "amax max before": 0.0,
+            "amax max after": 4.48,
+            "amax history filled": 1024,
+            "amax history (newest first)": "4, 4.48",
+        }
+    ]
     fig = charts.scale_change_figure(before, after, "inputs")
     np.testing.assert_allclose(_decode(fig.data[1].y), [0.01], rtol=1e-6)
     assert fig.layout.yaxis.type == "log" and fig.layout.title.text
@@ -212,13 +257,21 @@ def test_fp8_state_rows_and_scale_change_figure():
 def test_best_epoch_is_starred_on_the_curves():
     from fp8demo import charts
 
-    steps = {"step": np.arange(1, 31, dtype=float), "time": np.arange(30, dtype=float),
-             "loss": np.linspace(1, 0.2, 30), "accuracy": np.linspace(0.5, 0.9, 30)}
-    epochs = [{"epoch": 0, "step": 10, "val_loss": 0.5, "val_accuracy": 0.84},
-              {"epoch": 1, "step": 20, "val_loss": 0.6, "val_accuracy": 0.82},
-              {"epoch": 2, "step": 30, "val_loss": 0.7, "val_accuracy": 0.81}]
+    steps = {
+        "step": np.arange(1, 31, dtype=float),
+        "time": np.arange(30, dtype=float),
+        "loss": np.linspace(1, 0.2, 30),
+        "accuracy": np.linspace(0.5, 0.9, 30),
+    }
+    epochs = [
+        {"epoch": 0, "step": 10, "val_loss": 0.5, "val_accuracy": 0.84},
+        {"epoch": 1, "step": 20, "val_loss": 0.6, "val_accuracy": 0.82},
+        {"epoch": 2, "step": 30, "val_loss": 0.7, "val_accuracy": 0.81},
+    ]
     for metric in ("loss", "accuracy"):
-        fig = charts.metric_figure([charts.curve_from_store("fp8", "fp8", steps, epochs, metric)], metric)
+        fig = charts.metric_figure(
+            [charts.curve_from_store("fp8", "fp8", steps, epochs, metric)], metric
+        )
         stars = [t for t in fig.data if t.name == "fp8 best epoch"]
         assert len(stars) == 1
         assert list(stars[0].x) == [10.0]  # epoch 1 had the best validation accuracy

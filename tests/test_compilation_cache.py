@@ -25,9 +25,13 @@ model.fit(x, np.ones((32, 1), np.float32), batch_size=32, epochs=1, verbose=0)
 def fit_in_a_new_process(home, **env):
     inherited = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
     done = subprocess.run(
-        [sys.executable, "-c", FIT_ONE_BATCH, str(home)], capture_output=True, text=True,
-        timeout=300, cwd=ROOT, env={**inherited, "PYTHONPATH": str(ROOT), "JAX_LOG_COMPILES": "1",
-                                    **env})
+        [sys.executable, "-c", FIT_ONE_BATCH, str(home)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**inherited, "PYTHONPATH": str(ROOT), "JAX_LOG_COMPILES": "1", **env},
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     return done
 
@@ -37,8 +41,9 @@ def test_a_second_process_loads_the_training_step_from_the_home_cache(tmp_path):
     first = fit_in_a_new_process(tmp_path)
     assert f"CACHE {folder}" in first.stdout
     assert "cache hit for 'jit_train_step'" not in first.stderr
-    assert any(p.name.startswith("jit_train_step-") and p.name.endswith("-cache")
-               for p in folder.iterdir())
+    assert any(
+        p.name.startswith("jit_train_step-") and p.name.endswith("-cache") for p in folder.iterdir()
+    )
     second = fit_in_a_new_process(tmp_path)
     assert "Persistent compilation cache hit for 'jit_train_step'" in second.stderr
 

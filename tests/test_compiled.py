@@ -1,15 +1,19 @@
-"""What the compiled training step runs: counted from real optimized HLO on this CPU, and from a
-GPU-shaped module (no GPU here) for the FP8 GEMM paths the parser must recognise."""
+"""What the compiled training step runs: counted from real optimized HLO on the backend the tests
+run on (CPU or GPU), and from a GPU-shaped module for the FP8 GEMM paths the parser must
+recognise wherever the tests run."""
+
+import re
 
 import numpy as np
+from conftest import TINY, backend
 
 from fp8demo import compiled
 from fp8demo.config import TrainConfig
-from tests.conftest import TINY
 
 # The shapes XLA's GPU compiler prints: a cuBLASLt FP8 GEMM with its attributes on continuation
 # lines, an ordinary cuBLAS GEMM, a bf16 dot, and a Triton GEMM fusion whose dot reads float8.
-GPU_STYLE_HLO = """HloModule jit_train_step, entry_computation_layout={(bf16[16,32]{1,0})->f32[16,16]{1,0}}
+GPU_STYLE_HLO = """HloModule jit_train_step, \
+entry_computation_layout={(bf16[16,32]{1,0})->f32[16,16]{1,0}}
 
 %gemm_fusion (p0: f8e4m3fn[8,16], p1: f8e5m2[16,8]) -> bf16[8,8] {
   %p0 = f8e4m3fn[8,16]{1,0} parameter(0)
@@ -38,15 +42,22 @@ ENTRY %main (x: bf16[16,32], w: bf16[32,16], s: f32[]) -> f32[16,16] {
 
 def test_counts_fp8_gemms_in_a_gpu_style_module():
     found = compiled.count_matmuls(GPU_STYLE_HLO)
-    assert found == {"matmuls": 4, "fp8_matmuls": 2, "float8_values": 4,
-                     "other_matmuls": {"__cublas$gemm": 1, "bf16": 1}}
+    assert found == {
+        "matmuls": 4,
+        "fp8_matmuls": 2,
+        "float8_values": 4,
+        "other_matmuls": {"__cublas$gemm": 1, "bf16": 1},
+    }
     text = compiled.verdict({**found, "backend": "gpu"})
     assert text.startswith("2 of the 4 matmuls in the compiled training step run as FP8 GEMMs")
     assert "1 cuBLAS GEMM, 1 in bf16" in text
     assert compiled.headline(found) == "FP8 GEMMs: 2 of 4 matmuls on tensor cores"
     # Without the FP8 call and with the fusion reading bf16, the same module has none.
-    plain = (GPU_STYLE_HLO.replace("$lt$matmul$f8", "$lt$matmul")
-             .replace("f8e4m3fn[8,16]", "bf16[8,16]").replace("f8e5m2[16,8]", "bf16[16,8]"))
+    plain = (
+        GPU_STYLE_HLO.replace("$lt$matmul$f8", "$lt$matmul")
+        .replace("f8e4m3fn[8,16]", "bf16[8,16]")
+        .replace("f8e5m2[16,8]", "bf16[16,8]")
+    )
     found = compiled.count_matmuls(plain)
     assert (found["matmuls"], found["fp8_matmuls"]) == (4, 0)
     gpu_text = compiled.verdict({**found, "backend": "gpu"})
@@ -60,25 +71,52 @@ def _fitted(precision):
     config = TrainConfig(**TINY).validate()
     model = model_lib.compile(model_lib.build(config, precision), config)
     rng = np.random.default_rng(0)
-    x = rng.integers(2, config.vocab_size, size=(2 * config.batch_size, config.seq_len), dtype=np.int32)
+    shape = (2 * config.batch_size, config.seq_len)
+    x = rng.integers(2, config.vocab_size, size=shape, dtype=np.int32)
     y = rng.integers(0, 2, size=(2 * config.batch_size, 1)).astype(np.float32)
     model.fit(x, y, batch_size=config.batch_size, epochs=1, verbose=0)
-    return model, x[:config.batch_size], y[:config.batch_size]
+    return model, x[: config.batch_size], y[: config.batch_size]
 
 
-def test_real_fp8_step_on_the_cpu_rounds_to_float8_but_multiplies_in_f32():
+def test_real_fp8_step_and_its_verdict_on_this_backend():
     model, x, y = _fitted("fp8")
-    found = compiled.inspect(model, x, y)
-    assert found["backend"] == "cpu" and "error" not in found
-    # 8 float8 layers: each quantizes inputs and kernel forward, the output gradient backward.
-    assert found["float8_values"] >= 8 * 3
-    assert found["fp8_matmuls"] == 0 and found["matmuls"] >= 8 * 3
-    assert set(found["other_matmuls"]) <= {"f32", "bf16", "bf16/f32"}
-    text = compiled.verdict(found)
-    assert text.startswith(f"None of the {found['matmuls']} matmuls") and "this CPU" in text
+    text = compiled.train_step_hlo(model, x, y)
+    found = compiled.inspect(model, x, y)  # the same executable, from JAX's cache
+    assert "error" not in found and found["backend"] == backend()
+    # The parser on this backend's real HLO: every `dot` and GEMM library call, counted once.
+    calls = {
+        target: text.count(f'custom_call_target="{target}"')
+        for target in ("__cublas$gemm", "__cublas$lt$matmul", compiled.FP8_GEMM_TARGET)
+    }
+    assert found["matmuls"] == len(re.findall(r"\sdot\(", text)) + sum(calls.values()) > 0
+    assert found["fp8_matmuls"] >= calls[compiled.FP8_GEMM_TARGET]
+    for target in ("__cublas$gemm", "__cublas$lt$matmul"):
+        assert found["other_matmuls"].get(target, 0) == calls[target]
     bf16_model, x, y = _fitted("bf16")
     bf16 = compiled.inspect(bf16_model, x, y)
-    assert bf16["float8_values"] == 0 and bf16["matmuls"] == found["matmuls"]
+    assert bf16["float8_values"] == bf16["fp8_matmuls"] == 0
+    text = compiled.verdict(found)
+    if backend() == "cpu":
+        # 8 float8 layers: each quantizes inputs and kernel forward, the output gradient backward.
+        assert found["float8_values"] >= 8 * 3
+        assert found["fp8_matmuls"] == 0 and found["matmuls"] >= 8 * 3
+        assert set(found["other_matmuls"]) <= {"f32", "bf16", "bf16/f32"}
+        assert text.startswith(f"None of the {found['matmuls']} matmuls") and "this CPU" in text
+        assert bf16["matmuls"] == found["matmuls"]
+        return
+    # On a GPU, XLA decides: FP8 GEMMs where it matched the quantize-dequantize pattern, else
+    # float8 rounding around higher-precision GEMMs. The verdict counts them or says why not.
+    assert found["float8_values"] > 0  # FP8 GEMM operands or rounding: float8 tensors either way
+    assert 0 <= found["fp8_matmuls"] <= found["matmuls"]
+    if found["fp8_matmuls"]:
+        assert text.startswith(
+            f"{found['fp8_matmuls']} of the {found['matmuls']} matmuls in the "
+            "compiled training step run as FP8 GEMMs"
+        )
+        assert compiled.headline(found).endswith("on tensor cores")
+    else:
+        assert text.startswith(f"None of the {found['matmuls']} matmuls")
+        assert "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs" in text
 
 
 def test_inspection_failure_is_reported_not_raised():
@@ -86,4 +124,4 @@ def test_inspection_failure_is_reported_not_raised():
     assert found["error"].startswith("AttributeError")
     assert compiled.headline(found) is None
     assert compiled.verdict(found).startswith("The compiled training step could not be inspected")
-    assert "not been inspected: it is read after the fit" in compiled.verdict(None)
+    assert compiled.verdict(None).startswith("The compiled training step has not been inspected")

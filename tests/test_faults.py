@@ -4,11 +4,11 @@ import dataclasses
 import threading
 
 import pytest
+from test_worker import wait_for
 
 from fp8demo import worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
-from test_worker import wait_for
 
 TINY = TrainConfig(subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16",), ptq=False)
 
@@ -20,26 +20,30 @@ def test_a_failing_data_read_marks_the_run_failed_in_plain_words(home, tmp_path)
     worker.execute(store, store.claim_next_run(0))
     run = store.run(run_id)
     assert run["status"] == "failed"
-    assert run["error"] == (f"The IMDB path {gone} does not exist. Name the aclImdb_v1.tar.gz "
-                            "archive or the folder it was extracted to.")
+    assert run["error"] == (
+        f"The IMDB path {gone} does not exist. Name the aclImdb_v1.tar.gz "
+        "archive or the folder it was extracted to."
+    )
     assert "Traceback" in run["summary"]["traceback"]  # the details stay available
 
 
 def test_a_nan_loss_stops_training_with_the_step_it_diverged_at(home):
     import time
 
-    from fp8demo.training import make_recorder
+    from fp8demo.recorder import Recorder
 
     store = Store(home)
     cid, (run_id,) = store.create_comparison(TINY)
-    recorder = make_recorder(store, run_id, n_train=64, batch_size=32, epochs=1)
+    recorder = Recorder(store, run_id, n_train=64, batch_size=32, epochs=1)
     recorder.started = time.time()
     recorder.on_train_batch_end(0, {"loss": 0.69, "accuracy": 0.5})
     recorder.last_flush = 0.0  # due for a write
     with pytest.raises(FloatingPointError) as raised:
         recorder.on_train_batch_end(1, {"loss": float("nan"), "accuracy": 0.5})
-    assert str(raised.value) == ("The loss became nan at step 2 (epoch 1): training diverged. "
-                                 "Lower the learning rate or use a smaller model.")
+    assert str(raised.value) == (
+        "The loss became nan at step 2 (epoch 1): training diverged. "
+        "Lower the learning rate or use a smaller model."
+    )
     assert worker.plain_error(raised.value) == str(raised.value)
     assert list(store.step_metrics(run_id)["step"]) == [1.0, 2.0]  # the curve up to it is kept
 
@@ -61,9 +65,15 @@ def test_two_launches_at_the_same_moment_queue_and_never_overlap(home):
     assert sorted(launched) == [1, 2]
     assert len(store.runs()) == 2  # no duplicate or lost rows
     busy = []
-    wait_for(lambda: busy.append(sum(r["status"] == "running" for r in store.runs())) or
-             worker.supervise(store) is not None and
-             all(r["status"] in ("finished", "failed") for r in store.runs()), 300, "both runs")
+    wait_for(
+        lambda: (
+            busy.append(sum(r["status"] == "running" for r in store.runs()))
+            or worker.supervise(store) is not None
+            and all(r["status"] in ("finished", "failed") for r in store.runs())
+        ),
+        300,
+        "both runs",
+    )
     assert max(busy) <= 1  # never two trainings at once
     runs = store.runs()
     assert [r["status"] for r in runs] == ["finished", "finished"]
@@ -72,7 +82,8 @@ def test_two_launches_at_the_same_moment_queue_and_never_overlap(home):
 
 
 def test_a_launch_that_would_not_fit_is_refused_with_the_estimate(home, monkeypatch):
-    from fp8demo.config import ConfigError, estimate_memory_bytes
+    from fp8demo.config import ConfigError
+    from fp8demo.resources import estimate_memory_bytes
 
     monkeypatch.setenv("FP8DEMO_MAX_MEMORY_GB", "16")
     huge = TrainConfig(vocab_size=1_000_000, hidden_dim=8192, heads=8)
@@ -83,7 +94,9 @@ def test_a_launch_that_would_not_fit_is_refused_with_the_estimate(home, monkeypa
     assert str(refused.value).startswith(
         f"This configuration needs about {needed:,.1f} GiB of memory (weights, Adam state and "
         "activations of one batch), more than the 16.0 GiB allowed here. Use a smaller "
-        "vocabulary, hidden size, sequence length or batch size (the limit is FP8DEMO_MAX_MEMORY_GB). ")
+        "vocabulary, hidden size, sequence length or batch size "
+        "(the limit is FP8DEMO_MAX_MEMORY_GB). "
+    )
     assert "Not enough disk space" in str(refused.value)  # the weights alone are 128 GB
     assert Store(home).runs() == []  # nothing queued
     assert estimate_memory_bytes(TrainConfig()) < 2**30  # the example fits anywhere
@@ -101,8 +114,10 @@ def test_a_launch_that_would_fill_the_disk_is_refused(home, monkeypatch):
         worker.launch(TINY, Store(home))
     message = str(refused.value)
     assert message.startswith(f"Not enough disk space in {home}: this launch writes up to about ")
-    assert message.endswith("must stay free (FP8DEMO_MIN_FREE_MB). Delete old comparisons on "
-                            "Results, free some space, or set FP8DEMO_HOME to another disk.")
+    assert message.endswith(
+        "must stay free (FP8DEMO_MIN_FREE_MB). Delete old comparisons on "
+        "Results, free some space, or set FP8DEMO_HOME to another disk."
+    )
     assert Store(home).runs() == []
     monkeypatch.delenv("FP8DEMO_MIN_FREE_MB")
     assert worker.launch(dataclasses.replace(TINY, precisions=("bf16",)), Store(home))
@@ -123,20 +138,29 @@ def test_disk_full_while_saving_fails_the_run_clearly_and_keeps_the_store(home):
     cid, (run_id,) = store.create_comparison(config)
     # `python -m fp8demo worker` with the limit set first (in the child itself: a preexec_fn
     # would fork this multithreaded process).
-    limited_worker = ("import resource, runpy, sys; "
-                      f"resource.setrlimit(resource.RLIMIT_FSIZE, ({2 * 2**20}, {2 * 2**20})); "
-                      "sys.argv = ['fp8demo', 'worker']; "
-                      "runpy.run_module('fp8demo', run_name='__main__')")
+    limited_worker = (
+        "import resource, runpy, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({2 * 2**20}, {2 * 2**20})); "
+        "sys.argv = ['fp8demo', 'worker']; "
+        "runpy.run_module('fp8demo', run_name='__main__')"
+    )
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    done = subprocess.run([sys.executable, "-c", limited_worker], env=dict(os.environ, PYTHONPATH=root),
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-c", limited_worker],
+        env=dict(os.environ, PYTHONPATH=root),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     run = store.run(run_id)
     assert run["status"] == "failed"
     assert run["error"].startswith(f"Out of disk space in {home} while saving (")
     assert "a write failed (File too large" in run["error"]
-    assert run["error"].endswith("The metrics recorded so far are kept. Free some space (or "
-                                 "delete old comparisons on Results) and launch again.")
+    assert run["error"].endswith(
+        "The metrics recorded so far are kept. Free some space (or "
+        "delete old comparisons on Results) and launch again."
+    )
     assert len(store.step_metrics(run_id)["step"]) == run["step"] > 0  # the curves are kept
     assert not store.run_dir(run_id).exists()  # no half-written weights
     with sqlite3.connect(store.path) as conn:

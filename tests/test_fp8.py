@@ -2,7 +2,8 @@
 
 import numpy as np
 
-from fp8demo import fp8, model as model_lib
+from fp8demo import fp8
+from fp8demo import model as model_lib
 from fp8demo.config import TrainConfig
 
 SMALL = TrainConfig(vocab_size=300, seq_len=16, hidden_dim=8, intermediate_dim=8)
@@ -43,15 +44,18 @@ def test_model_summary_marks_float8_layers():
     assert sum(r["float8"] for r in rows) == 8
     # The example model: 20,000 × 32 token embedding + 200 × 32 positions, ...
     assert by_name["embedding"]["params"] == 20000 * 32 + 200 * 32
-    assert model_lib.count_params(model_lib.build(TrainConfig(), "bf16")) == \
-        model_lib.count_params(model_lib.build(TrainConfig(), "fp8"))
+    assert model_lib.count_params(model_lib.build(TrainConfig(), "bf16")) == model_lib.count_params(
+        model_lib.build(TrainConfig(), "fp8")
+    )
 
 
 def test_trailing_max_matches_a_plain_loop():
     rng = np.random.default_rng(0)
     values = rng.random((300, 2, 3)).astype(np.float32)
     for window in (1, 2, 5, 64, 100, 1024):
-        expected = np.stack([values[max(0, i - window + 1): i + 1].max(axis=0) for i in range(300)])
+        expected = np.stack(
+            [values[max(0, i - window + 1) : i + 1].max(axis=0) for i in range(300)]
+        )
         np.testing.assert_array_equal(fp8.trailing_max(values, window), expected)
 
 
@@ -79,8 +83,10 @@ def test_replaying_other_history_lengths():
     # (headroom log2(8) = 3 afterwards); a window of 1 follows the tensor (headroom 0).
     amax = np.ones((40, 1, 3), np.float32)
     amax[10] = 8.0
-    rows = {(r["history length"], r["role"]): r
-            for r in fp8.history_length_effect(amax, lengths=(1, 64))}
+    rows = {
+        (r["history length"], r["role"]): r
+        for r in fp8.history_length_effect(amax, lengths=(1, 64))
+    }
     assert rows[(1, "inputs")]["overflows"] == 1 and rows[(64, "inputs")]["overflows"] == 1
     # (the first two steps use scale 1.0: 448 / amax 1.0)
     np.testing.assert_allclose(rows[(64, "inputs")]["max headroom"], np.log2(448), rtol=1e-6)
@@ -88,6 +94,8 @@ def test_replaying_other_history_lengths():
     assert rows[(64, "inputs")]["median headroom"] == 3.0
     # A second spike 20 steps later: the long window still covers it; the short one clips.
     amax[30] = 8.0
-    rows = {(r["history length"], r["role"]): r
-            for r in fp8.history_length_effect(amax, lengths=(1, 64))}
+    rows = {
+        (r["history length"], r["role"]): r
+        for r in fp8.history_length_effect(amax, lengths=(1, 64))
+    }
     assert rows[(1, "inputs")]["overflows"] == 2 and rows[(64, "inputs")]["overflows"] == 1

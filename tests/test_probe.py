@@ -2,17 +2,21 @@
 
 import numpy as np
 
-from fp8demo import fp8, model as model_lib, probe as probe_lib
+from fp8demo import fp8
+from fp8demo import model as model_lib
+from fp8demo import probe as probe_lib
 from fp8demo.config import TrainConfig
-from fp8demo.store import ROLES, Store
+from fp8demo.fp8 import ROLES
+from fp8demo.store import Store
 
 SMALL = TrainConfig(vocab_size=300, seq_len=16, hidden_dim=8, intermediate_dim=8)
 
 
 def test_saturation_counts_values_beyond_fmax_times_scale():
     scale = 0.5  # E4M3 represents up to 448 × 0.5 = 224; up to 224 × 17/16 = 238 rounds to it
-    values = np.concatenate([np.full(88, 100.0), np.full(2, 230.0), np.full(7, 300.0),
-                             np.full(3, -240.0)])
+    values = np.concatenate(
+        [np.full(88, 100.0), np.full(2, 230.0), np.full(7, 300.0), np.full(3, -240.0)]
+    )
     saturation, underflow = probe_lib.tensor_stats(values, scale, "inputs")
     np.testing.assert_allclose(saturation, 0.10)
     assert float(underflow) == 0.0
@@ -86,8 +90,12 @@ def test_training_records_probes_for_the_fp8_run(trained):
     assert stats[0, :, 2, 1].max() > 0.5
     assert stats[-1, :, 2, 1].max() < stats[0, :, 2, 1].max()
     assert len(store.fp8_probe(trained["run_ids"]["bf16"])[0]) == 0
-    rows = fp8.health_summary(store.fp8_amax(fp8_run["id"])[1],
-                              [l["name"] for l in fp8_run["summary"]["fp8_layers"]],
-                              fp8_run["config"].amax_history_length, steps, stats)
+    rows = fp8.health_summary(
+        store.fp8_amax(fp8_run["id"])[1],
+        [layer["name"] for layer in fp8_run["summary"]["fp8_layers"]],
+        fp8_run["config"].amax_history_length,
+        steps,
+        stats,
+    )
     assert {"saturation %", "underflow %", "peak saturation %"} <= set(rows[0])
     np.testing.assert_allclose(rows[0]["underflow %"], stats[-1, 0, 0, 1] * 100, rtol=1e-6)

@@ -10,8 +10,12 @@ from fp8demo.config import TrainConfig
 SMALL = TrainConfig(subset=200, vocab_size=600, seq_len=48)
 
 
+def prepare(config, home):
+    return tokenizer.prepare(config, home, progress=lambda *_: None)
+
+
 def test_second_preparation_is_served_from_cache(home):
-    first = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    first = prepare(SMALL, home)
     assert first.from_cache == {"vocabulary": False, "tokens": False}
     assert "build vocabulary" in first.seconds
     assert first.vocabulary[:2] == ["[PAD]", "[UNK]"]
@@ -20,7 +24,7 @@ def test_second_preparation_is_served_from_cache(home):
     vocab_files = list((home / "cache").glob("vocab-*.txt"))
     stamp = vocab_files[0].stat().st_mtime_ns
 
-    second = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    second = prepare(SMALL, home)
     assert second.from_cache == {"vocabulary": True, "tokens": True}
     assert "build vocabulary" not in second.seconds and "tokenize" not in second.seconds
     assert vocab_files[0].stat().st_mtime_ns == stamp
@@ -29,20 +33,34 @@ def test_second_preparation_is_served_from_cache(home):
 
 
 def test_changed_settings_recompute_what_they_change(home):
-    tokenizer.prepare(SMALL, home, progress=lambda *_: None)
-    longer = tokenizer.prepare(dataclasses.replace(SMALL, seq_len=64), home, progress=lambda *_: None)
+    prepare(SMALL, home)
+    longer = prepare(dataclasses.replace(SMALL, seq_len=64), home)
     # Same vocabulary, new tokenization.
     assert longer.from_cache == {"vocabulary": True, "tokens": False}
     assert longer.x_train.shape[1] == 64
-    bigger = tokenizer.prepare(dataclasses.replace(SMALL, vocab_size=700), home, progress=lambda *_: None)
+    bigger = prepare(dataclasses.replace(SMALL, vocab_size=700), home)
     assert bigger.from_cache == {"vocabulary": False, "tokens": False}
-    other_subset = tokenizer.prepare(dataclasses.replace(SMALL, subset=100), home, progress=lambda *_: None)
+    other_subset = prepare(dataclasses.replace(SMALL, subset=100), home)
     assert other_subset.from_cache["vocabulary"] is False
     assert len(list((home / "cache").glob("vocab-*.txt"))) == 3
 
 
+def test_keras_vocabulary_is_the_examples_keras_hub_call(home):
+    import keras_hub
+
+    from fp8demo import data
+    from fp8demo.env import tensorflow
+
+    prepared = prepare(SMALL, home)
+    texts = data.load(subset=SMALL.subset, home=home, progress=lambda *_: None).train.texts
+    dataset = tensorflow().data.Dataset.from_tensor_slices(texts).batch(1000)
+    assert prepared.vocabulary == keras_hub.tokenizers.compute_word_piece_vocabulary(
+        dataset, vocabulary_size=SMALL.vocab_size, reserved_tokens=["[PAD]", "[UNK]"]
+    )
+
+
 def test_fast_vocabulary_has_reserved_tokens_and_wordpieces(home):
-    fast = tokenizer.prepare(dataclasses.replace(SMALL, vocab_method="fast"), home, progress=lambda *_: None)
+    fast = prepare(dataclasses.replace(SMALL, vocab_method="fast"), home)
     assert fast.vocabulary[:2] == ["[PAD]", "[UNK]"]
     assert any(t.startswith("##") for t in fast.vocabulary)
     assert 300 < len(fast.vocabulary) <= 600
@@ -58,7 +76,7 @@ def test_preview_uses_the_cached_vocabulary(home):
         raise AssertionError("preview needs a vocabulary")
     except LookupError as e:
         assert "No vocabulary is cached" in str(e)
-    tokenizer.prepare(config, home, progress=lambda *_: None)
+    prepare(config, home)
     shown = tokenizer.preview(config, "A great movie")
     assert shown["tokens"][0] == "a" and len(shown["ids"]) == len(shown["tokens"])
     assert shown["detokenized"].replace(" ", "") == "agreatmovie"
@@ -66,10 +84,17 @@ def test_preview_uses_the_cached_vocabulary(home):
 
 def test_batched_tokenization_equals_the_tokenizer_called_directly(home):
     """tokenize() runs the tokenizer through tf.data in parallel batches: same ids, same order."""
-    prepared = tokenizer.prepare(SMALL, home, progress=lambda *_: None)
+    prepared = prepare(SMALL, home)
     tok = tokenizer.make_tokenizer(prepared.vocabulary, SMALL.seq_len)
-    texts = ["", "   ", "a film <br /><br />with html", "émotions, 映画 and emoji 🎬🍿",
-             "word " * 500, "UPPER case kept (lowercase=False)"] * 3 + [f"review {i}" for i in range(40)]
+    texts = [
+        "",
+        "   ",
+        "a film <br /><br />with html",
+        "émotions, 映画 and emoji 🎬🍿",
+        "word " * 500,
+        "UPPER case kept (lowercase=False)",
+    ] * 3
+    texts += [f"review {i}" for i in range(40)]
     direct = np.asarray(tok(texts), dtype=np.int32)
     for batch_size in (1, 7, 512):
         batched = tokenizer.tokenize(tok, texts, batch_size=batch_size)

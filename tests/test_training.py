@@ -2,14 +2,16 @@
 
 import numpy as np
 import pytest
+from conftest import backend
 
-from fp8demo.store import ROLES, Store
+from fp8demo.fp8 import ROLES
+from fp8demo.store import Store
 
 
 def test_both_runs_finish_with_metrics_in_the_store(trained):
     store = Store(trained["home"])
     config = trained["config"]
-    for precision, run_id in trained["run_ids"].items():
+    for run_id in trained["run_ids"].values():
         run = store.run(run_id)
         assert run["status"] == "finished", run["error"]
         assert 0.0 <= run["test_accuracy"] <= 1.0 and run["test_loss"] > 0
@@ -24,14 +26,17 @@ def test_both_runs_finish_with_metrics_in_the_store(trained):
         sizes = np.full(len(steps["loss"]), config.batch_size, float)
         sizes[-1] = config.subset - config.batch_size * (len(sizes) - 1)
         assert np.isclose(np.average(steps["loss"], weights=sizes), epochs[-1]["loss"], rtol=1e-4)
-        assert np.isclose(np.average(steps["accuracy"], weights=sizes), epochs[-1]["accuracy"], rtol=1e-4)
+        assert np.isclose(
+            np.average(steps["accuracy"], weights=sizes), epochs[-1]["accuracy"], rtol=1e-4
+        )
         assert not np.allclose(steps["loss"], steps["loss"][0])
         assert run["steps_per_sec"] > 0 and run["device"]
         # Where the time went: every phase the run went through, the fit as recorded.
         phases = run["summary"]["phase_seconds"]
         assert {"loading data", "building model", "evaluating", "saving"} <= set(phases)
-        assert phases["fit (compiling, training, validating)"] == \
-            pytest.approx(run["fit_seconds"], abs=0.5)
+        assert phases["fit (compiling, training, validating)"] == pytest.approx(
+            run["fit_seconds"], abs=0.5
+        )
         assert all(seconds >= 0 for seconds in phases.values())
         assert sum(phases.values()) <= run["finished_at"] - run["started_at"] + 0.5
 
@@ -42,11 +47,18 @@ def test_fp8_run_records_amax_histories_and_moving_scales(trained):
     layers = [layer["name"] for layer in run["summary"]["fp8_layers"]]
     # Every Dense and EinsumDense of the example model, the sigmoid head included.
     assert layers == [
-        "decoder/self_attention/query", "decoder/self_attention/key",
-        "decoder/self_attention/value", "decoder/self_attention/attention_output",
-        "decoder/feedforward_intermediate_dense", "decoder/feedforward_output_dense",
-        "dense", "classifier"]
-    assert {layer["policy"] for layer in run["summary"]["fp8_layers"]} == {"float8_from_mixed_bfloat16"}
+        "decoder/self_attention/query",
+        "decoder/self_attention/key",
+        "decoder/self_attention/value",
+        "decoder/self_attention/attention_output",
+        "decoder/feedforward_intermediate_dense",
+        "decoder/feedforward_output_dense",
+        "dense",
+        "classifier",
+    ]
+    assert {layer["policy"] for layer in run["summary"]["fp8_layers"]} == {
+        "float8_from_mixed_bfloat16"
+    }
     before, after = run["summary"]["fp8_before"], run["summary"]["fp8_after"]
     for name in layers:
         for role in ROLES:
@@ -65,10 +77,15 @@ def test_fp8_run_records_amax_histories_and_moving_scales(trained):
     assert scale_steps[-1] == run["total_steps"] and (scales[-1] != 1.0).all()
     # Delayed scaling: the first steps still use the initial scale of 1.0.
     assert scale_steps[0] <= 2 and (scales[0] == 1.0).all()
-    # The step fit compiled was read back: on this CPU, float8 rounding but no FP8 GEMM.
+    # The step fit compiled was read back: on a CPU, float8 rounding but no FP8 GEMM; on a GPU,
+    # as many FP8 GEMMs as XLA made (tests/test_compiled.py checks the verdict on each).
     found = run["summary"]["compiled_step"]
-    assert found["backend"] == "cpu" and found["fp8_matmuls"] == 0
-    assert found["float8_values"] >= len(layers) * len(ROLES) and found["matmuls"] >= 24
+    assert found["backend"] == backend() and "error" not in found
+    if found["backend"] == "cpu":
+        assert found["fp8_matmuls"] == 0
+        assert found["float8_values"] >= len(layers) * len(ROLES) and found["matmuls"] >= 24
+    else:
+        assert found["float8_values"] > 0 and 0 <= found["fp8_matmuls"] <= found["matmuls"]
     assert "inspecting the compiled step" in run["summary"]["phase_seconds"]
 
 
@@ -90,7 +107,7 @@ def test_predictions_after_reload_equal_predictions_before_saving(trained):
     from fp8demo.predict import load_run
 
     store = Store(trained["home"])
-    for precision, run_id in trained["run_ids"].items():
+    for run_id in trained["run_ids"].values():
         loaded = load_run(store, run_id)
         after = loaded.predict(trained["texts"])
         np.testing.assert_allclose(after, trained["predictions_before_save"][run_id], atol=1e-6)
@@ -104,7 +121,7 @@ def test_post_training_quantization_of_the_bf16_run(trained):
     bf16 = store.run(trained["run_ids"]["bf16"])
     ptq = bf16["summary"]["ptq"]
     assert set(ptq) == {"int8", "int4"}
-    for mode, result in ptq.items():
+    for result in ptq.values():
         assert 0.0 <= result["test_accuracy"] <= 1.0
         # int8 stores one byte per kernel weight, int4 half a byte: both smaller than float32.
         assert result["weights_bytes"] < bf16["summary"]["weights_bytes"]
@@ -128,9 +145,18 @@ def test_best_epoch_early_stopping_and_a_short_amax_history(home):
     from fp8demo.worker import execute
 
     store = Store(home)
-    config = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=3, precisions=("fp8",),
-                         restore_best=True, early_stopping=1, amax_history_length=16, ptq=False,
-                         dropout_masks="fast")
+    config = TrainConfig(
+        subset=256,
+        vocab_size=800,
+        seq_len=48,
+        epochs=3,
+        precisions=("fp8",),
+        restore_best=True,
+        early_stopping=1,
+        amax_history_length=16,
+        ptq=False,
+        dropout_masks="fast",
+    )
     _, (run_id,) = store.create_comparison(config)
     execute(store, store.claim_next_run(0))
     run = store.run(run_id)
@@ -150,3 +176,44 @@ def test_best_epoch_early_stopping_and_a_short_amax_history(home):
     steps, amax = store.fp8_amax(run_id)
     assert list(steps) == list(range(1, epochs[-1]["step"] + 1))
     assert (amax > 0).all()
+
+
+def test_an_evaluation_set_that_does_not_split_over_the_devices_is_padded_and_weighted():
+    """Keras's mean loss (Σ weight·loss / rows) and weighted accuracy over the padded set equal
+    the plain means over the real samples."""
+    from fp8demo.training import EvaluationSet
+
+    x, y = np.arange(10).reshape(5, 2), np.array([1, 0, 1, 1, 0])
+    even = EvaluationSet.split_over(x, y, devices=5)
+    assert even.x is x and even.y is y and even.sample_weight is None  # nothing to pad
+
+    padded = EvaluationSet.split_over(x, y, devices=4)
+    assert len(padded.y) == 8
+    np.testing.assert_array_equal(padded.x, np.concatenate([x, x[:3]]))  # the first samples
+    np.testing.assert_array_equal(padded.y, [1, 0, 1, 1, 0, 1, 0, 1])
+    np.testing.assert_allclose(padded.sample_weight, [1.6] * 5 + [0] * 3)
+    losses = np.array([0.3, 0.9, 0.2, 0.5, 1.1])  # per sample; the padding repeats them
+    padded_losses = np.concatenate([losses, losses[:3]])
+    hits = np.array([1, 0, 1, 1, 1])
+    padded_hits = np.concatenate([hits, hits[:3]])
+    weights = padded.sample_weight
+    assert np.sum(weights * padded_losses) / len(weights) == pytest.approx(losses.mean())
+    assert np.sum(weights * padded_hits) / np.sum(weights) == pytest.approx(hits.mean())
+    # Fewer samples than devices: the padding wraps around.
+    assert list(EvaluationSet.split_over(x[:2], y[:2], devices=8).y) == [1, 0] * 4
+
+
+def test_the_phase_timer_adds_up_a_phase_entered_twice():
+    import time
+
+    from fp8demo.training import PhaseTimer
+
+    timer = PhaseTimer()
+    began = time.time()
+    for phase in ("evaluating", "saving", "evaluating"):
+        timer.start(phase)
+        time.sleep(0.05)
+    seconds = timer.seconds()
+    assert list(seconds) == ["evaluating", "saving"]
+    assert seconds["evaluating"] >= 0.1 and seconds["saving"] >= 0.05
+    assert sum(seconds.values()) == pytest.approx(time.time() - began, abs=0.01)

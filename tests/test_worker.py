@@ -6,8 +6,9 @@ import signal
 import time
 
 import pytest
+from conftest import backend
 
-from fp8demo import worker
+from fp8demo import device, report, worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
@@ -34,8 +35,11 @@ def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     wait_for(lambda: store.run(slow_run)["step"] >= 20, 240, "the slow run to train")
     pid = store.run(slow_run)["worker_pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: worker.supervise(store) or store.run(slow_run)["status"] != "running",
-             20, "the killed run to be reaped")
+    wait_for(
+        lambda: worker.supervise(store) or store.run(slow_run)["status"] != "running",
+        20,
+        "the killed run to be reaped",
+    )
     run = store.run(slow_run)
     assert run["status"] == "interrupted"
     assert f"pid {pid}" in run["error"]
@@ -44,8 +48,14 @@ def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     # The next queued run still runs, in a fresh worker.
     tiny_run = store.runs(tiny)[0]["id"]
     # (The dashboard and CLI call supervise() on every refresh, as here.)
-    wait_for(lambda: worker.supervise(store) is not None and
-             store.run(tiny_run)["status"] in ("finished", "failed"), 240, "the next run")
+    wait_for(
+        lambda: (
+            worker.supervise(store) is not None
+            and store.run(tiny_run)["status"] in ("finished", "failed")
+        ),
+        240,
+        "the next run",
+    )
     assert store.run(tiny_run)["status"] == "finished", store.run(tiny_run)["error"]
     assert store.run(tiny_run)["worker_pid"] != pid
 
@@ -67,17 +77,23 @@ def test_cancel_running_and_queued_runs(home):
 
 def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     store = Store(home)
-    config = TrainConfig(subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"),
-                         ptq=False)
+    config = TrainConfig(
+        subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"), ptq=False
+    )
     ids = worker.launch_repeats(config, 3, store, label="noise")
     assert [store.comparison(i)["config"].seed for i in ids] == [42, 43, 44]
     assert [c["id"] for c in store.group(ids[0])] == ids
-    wait_for(lambda: worker.supervise(store) is not None and
-             all(r["status"] in ("finished", "failed") for i in ids for r in store.runs(i)),
-             300, "three seeds to train")
+    wait_for(
+        lambda: (
+            worker.supervise(store) is not None
+            and all(r["status"] in ("finished", "failed") for i in ids for r in store.runs(i))
+        ),
+        300,
+        "three seeds to train",
+    )
     comparisons = store.group(ids[0])
     assert all(r["status"] == "finished" for c in comparisons for r in c["runs"])
-    stats = worker.repeat_statistics(comparisons)
+    stats = report.repeat_statistics(comparisons)
     bf16 = [r["test_accuracy"] for c in comparisons for r in c["runs"] if r["precision"] == "bf16"]
     fp8 = [r["test_accuracy"] for c in comparisons for r in c["runs"] if r["precision"] == "fp8"]
     import numpy as np
@@ -88,29 +104,122 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
 
 
 def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
-    """XLA's host platform split in two devices stands in for two GPUs."""
+    """XLA's host platform split in two devices stands in for two GPUs (on a GPU machine the
+    runs use its GPUs instead, whatever their number)."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     store = Store(home)
-    base = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=2, precisions=("bf16", "fp8"),
-                       ptq=False)
+    base = TrainConfig(
+        subset=256, vocab_size=800, seq_len=48, epochs=2, precisions=("bf16", "fp8"), ptq=False
+    )
     single = worker.launch(base, store)
     parallel = worker.launch(dataclasses.replace(base, data_parallel=True), store)
-    wait_for(lambda: worker.supervise(store) is not None and all(
-        r["status"] in ("finished", "failed") for c in (single, parallel) for r in store.runs(c)),
-        400, "both comparisons")
+    wait_for(
+        lambda: (
+            worker.supervise(store) is not None
+            and all(
+                r["status"] in ("finished", "failed")
+                for c in (single, parallel)
+                for r in store.runs(c)
+            )
+        ),
+        400,
+        "both comparisons",
+    )
     for run in store.runs(parallel):
         assert run["status"] == "finished", run["error"]
-        assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
-        assert run["device"].startswith("2 × CPU")
+        if backend() == "cpu":
+            assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
+            assert run["device"].startswith("2 × CPU")
+        else:  # every GPU of this machine, named as the sidebar names them
+            import jax
+
+            assert run["summary"]["devices"] == [str(d) for d in jax.devices()]
+            assert run["device"] == device.describe()["text"]
         assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
     fp8_parallel = next(r for r in store.runs(parallel) if r["precision"] == "fp8")
-    assert len(store.fp8_probe(fp8_parallel["id"])[0]) == 2  # before the first and after the last step
+    # Probed before the first and after the last step.
+    assert len(store.fp8_probe(fp8_parallel["id"])[0]) == 2
     found = fp8_parallel["summary"]["compiled_step"]  # the sharded step is read back too
     assert "error" not in found and found["matmuls"] > 0 and found["float8_values"] > 0
     # Same data, seed and initial weights: accuracy within noise of single-device training.
     for a, b in zip(store.runs(single), store.runs(parallel)):
         assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
         assert b["summary"]["fp8_layers"] == a["summary"]["fp8_layers"]
+
+
+def small_aclimdb(source, target, train: int, test: int):
+    """An aclImdb folder with the first `train` and `test` real reviews of each split, about
+    half of each class."""
+    import shutil
+
+    for split, n in (("train", train), ("test", test)):
+        for cls, count in (("neg", n - n // 2), ("pos", n // 2)):
+            (target / split / cls).mkdir(parents=True)
+            for name in sorted(os.listdir(source / split / cls))[:count]:
+                shutil.copy(source / split / cls / name, target / split / cls / name)
+    return target
+
+
+def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
+    home, imdb_folder, tmp_path, monkeypatch
+):
+    """Validation and test splits of odd size on two devices: their last batches are padded
+    and weighted, and the metrics are those of single-device evaluation. A training split of
+    odd size is refused in plain words."""
+    from fp8demo import model as model_lib
+    from fp8demo import tokenizer
+    from fp8demo.predict import load_run
+
+    monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+    store = Store(home)
+    # 55 training reviews: the last 20 % (11) validate, 44 train (batches of 32 and 12).
+    folder = small_aclimdb(imdb_folder, tmp_path / "aclImdb", train=55, test=33)
+    config = TrainConfig(
+        data=str(folder),
+        vocab_size=800,
+        seq_len=48,
+        epochs=1,
+        precisions=("bf16",),
+        vocab_method="fast",
+        data_parallel=True,
+    )
+    uneven = worker.launch(config, store)
+    odd_training = worker.launch(dataclasses.replace(config, data="", subset=63), store)
+    wait_for(
+        lambda: (
+            worker.supervise(store) is not None
+            and all(
+                r["status"] in ("finished", "failed")
+                for c in (uneven, odd_training)
+                for r in store.runs(c)
+            )
+        ),
+        400,
+        "both comparisons",
+    )
+
+    run = store.runs(uneven)[0]
+    assert run["status"] == "finished", run["error"]
+    assert run["summary"]["data"]["sizes"] == {"train": 44, "validation": 11, "test": 33}
+    assert set(run["summary"]["ptq"]) == {"int8", "int4"}  # evaluated data-parallel too
+    # The saved weights evaluated here, on one device, without padding.
+    prepared = tokenizer.prepare(store.comparison(uneven)["config"], home)
+    model = model_lib.compile(load_run(store, run["id"]).model, config)
+    test_loss, test_accuracy = model.evaluate(prepared.x_test, prepared.y_test, verbose=0)
+    assert run["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+    assert run["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+    val_loss, val_accuracy = model.evaluate(prepared.x_val, prepared.y_val, verbose=0)
+    epoch = store.epoch_metrics(run["id"])[-1]
+    assert epoch["val_loss"] == pytest.approx(val_loss, rel=1e-4)
+    assert epoch["val_accuracy"] == pytest.approx(val_accuracy, abs=1e-6)
+
+    refused = store.runs(odd_training)[0]
+    assert refused["status"] == "failed"
+    assert refused["error"] == (
+        "Data-parallel training on 2 devices needs a training split divisible by 2, so that "
+        "its last batch splits evenly over them; this one holds 63 reviews. Choose a subset "
+        "(reviews per split) divisible by 2."
+    )
 
 
 def cancel_on_phase(store, run_id, phase, timeout=240) -> float:
@@ -131,8 +240,15 @@ def cancel_on_phase(store, run_id, phase, timeout=240) -> float:
 @pytest.mark.parametrize("phase", ["compiling", "evaluating"])
 def test_cancel_while_compiling_or_evaluating_ends_the_run_promptly(home, phase):
     store = Store(home)
-    config = TrainConfig(subset=3000, vocab_size=800, seq_len=200, epochs=1, precisions=("fp8",),
-                         ptq=False, vocab_method="fast")
+    config = TrainConfig(
+        subset=3000,
+        vocab_size=800,
+        seq_len=200,
+        epochs=1,
+        precisions=("fp8",),
+        ptq=False,
+        vocab_method="fast",
+    )
     run_id = store.runs(worker.launch(config, store))[0]["id"]
     asked = cancel_on_phase(store, run_id, phase)
     wait_for(lambda: store.run(run_id)["status"] != "running", 60, "the run to stop")

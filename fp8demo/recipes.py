@@ -1,0 +1,400 @@
+"""FP8 (and 4-bit) scaling recipes as pure quantize-dequantize functions, and what-if statistics.
+
+Keras trains with one recipe, delayed per-tensor scaling. This module answers "what would
+the same tensor have looked like under another recipe?": each function takes a float array
+and returns the array after quantizing to the recipe's format and back (float32, same shape).
+They are jax functions, compiled with jax.jit per input shape on first use: they take numpy
+arrays and can be called inside another jitted function (the probe's).
+
+    recipe       format                 one scale per                     scale
+    delayed      E4M3 fwd, E5M2 grads   tensor                            the run's (Keras)
+    current      E4M3 fwd, E5M2 grads   tensor                            amax / fmax
+    rowwise      E4M3 fwd, E5M2 grads   row (kernel: output channel)      amax / fmax
+    block128     E4M3                   1x128 tile (kernel: 128x128)      power of two, up
+    mxfp8        E4M3                   32 values, E8M0 scale             power of two, up
+    mxfp8-floor  E4M3                   32 values, E8M0 scale             power of two, down
+    nvfp4        E2M1                   16 values (E4M3), tensor (FP32)   two levels
+
+Scales follow Keras' convention: a divisor, `quantized = cast(clip(x / scale, ±fmax)) * scale`
+(Transformer Engine stores the reciprocal as "scale" and this one as "scale_inv").
+
+Layout. Block recipes group values along the dimension a matmul contracts, as the hardware
+does: the last axis of inputs (..., K); axis 0 of kernels (K, N); the last axis of output
+gradients (..., N), which the input-gradient matmul contracts. `block_dims` says how many
+axes form that dimension (an EinsumDense may contract over two). A shape that the block does
+not divide gets a partial last block whose scale comes from its own values (zero padding).
+
+Non-finite input. Scales come from the finite values only, so one inf or NaN does not change
+how the rest of its block is quantized. NaN stays NaN; ±inf saturates to ±fmax x scale and
+counts as saturated. (Implementations of the OCP MX spec may instead turn a whole block
+holding a NaN into NaN.)
+
+Float32 subnormals are flushed by XLA on CPU, so power-of-two scales stop at 2^-126, one
+binade short of E8M0's 2^-127; that only touches blocks whose amax is below about 2^-117.
+"""
+
+import functools
+import math
+from dataclasses import dataclass
+
+from fp8demo import fp8
+from fp8demo.fp8 import ROLES
+
+
+@dataclass(frozen=True)
+class Format:
+    """An element format: its jax dtype name, largest finite value and saturation tolerance.
+
+    tolerance: half the relative spacing of the top values; clipping by less costs no more
+    than rounding does, so only values beyond fmax x (1 + tolerance) count as saturated.
+    """
+
+    name: str
+    dtype: str
+    max: float
+    tolerance: float
+
+
+E4M3 = Format("E4M3", "float8_e4m3fn", fp8.E4M3_MAX, fp8.ROUNDING_TOLERANCE["inputs"])
+E5M2 = Format("E5M2", "float8_e5m2", fp8.E5M2_MAX, fp8.ROUNDING_TOLERANCE["outputs_grad"])
+# E2M1 values: 0, 0.5, 1, 1.5, 2, 3, 4, 6; the top step 4 -> 6 is 2, half of it 1 = 6 / 6.
+E2M1 = Format("E2M1", "float4_e2m1fn", 6.0, 1 / 6)
+
+RECIPES = ("delayed", "current", "rowwise", "block128", "mxfp8", "mxfp8-floor", "nvfp4")
+STATISTICS = ("underflow_pct", "saturation_pct", "snr_db")
+
+RECIPE_HELP = {
+    "delayed": "the scale the run used: amax history of earlier steps / fmax, per tensor (Keras)",
+    "current": "per tensor, from this tensor's own amax (TE Float8CurrentScaling)",
+    "rowwise": "one scale per row; per output channel for kernels (torchao rowwise)",
+    "block128": "1x128 tiles, 128x128 for kernels, power-of-two scales (TE Float8BlockScaling)",
+    "mxfp8": "32-value blocks, E8M0 scale rounded up (TE MXFP8BlockScaling, arXiv 2506.08027)",
+    "mxfp8-floor": "32-value blocks, E8M0 scale rounded down as the OCP MX v1.0 spec suggests",
+    "nvfp4": "4-bit E2M1, 16-value blocks with E4M3 scales and a per-tensor FP32 scale "
+    "(TE NVFP4BlockScaling without Hadamard transforms or stochastic rounding)",
+}
+STATISTICS_HELP = {
+    "underflow_pct": "% of the finite nonzero values that quantize to zero",
+    "saturation_pct": "% of the values (NaN aside) clipped at the format's max by more than "
+    "half a step, ±inf included",
+    "snr_db": "10 log10(sum x^2 / sum (x - q(x))^2) over the finite values; higher is "
+    "better, +inf when quantization is exact",
+}
+
+
+def recipe_format(recipe: str, role: str) -> Format:
+    """The element format a recipe quantizes a tensor role to (TE's defaults).
+
+    Per-tensor and per-row recipes use the hybrid format (E4M3 forward, E5M2 for gradients);
+    block recipes use E4M3 both ways, their small blocks leave E5M2's range unneeded.
+    """
+    _check(recipe, role)
+    if recipe == "nvfp4":
+        return E2M1
+    if recipe in ("delayed", "current", "rowwise"):
+        return E5M2 if role == "outputs_grad" else E4M3
+    return E4M3
+
+
+def _check(recipe, role):
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    if role not in ROLES:
+        raise ValueError(f"unknown tensor role {role!r}; choose one of {', '.join(ROLES)}")
+
+
+# -- the quantize-dequantize step every recipe shares ----------------------------------------
+
+
+def _qdq(x, scale, fmt: Format):
+    """(dequantized, saturated) of float32 `x` with per-element divisor `scale`.
+
+    Rounding is the dtype cast: round to nearest, ties to even, subnormals included. A zero
+    scale (an NVFP4 block scale below E4M3's smallest subnormal) flushes its values to zero.
+    """
+    import jax.numpy as jnp
+
+    usable = scale > 0
+    safe_scale = jnp.where(usable, scale, 1.0)
+    scaled = x / safe_scale
+    clipped = jnp.clip(scaled, -fmt.max, fmt.max)
+    dequantized = clipped.astype(getattr(jnp, fmt.dtype)).astype(jnp.float32) * safe_scale
+    # E2M1 has no NaN (the cast would give 0): keep NaN visible in every format.
+    dequantized = jnp.where(jnp.isnan(x), jnp.nan, jnp.where(usable, dequantized, 0.0))
+    saturated = usable & (jnp.abs(scaled) > fmt.max * (1 + fmt.tolerance))
+    return dequantized, saturated
+
+
+def _tile_amax(m, rows: int | None, cols: int | None):
+    """Each element's tile amax over the finite values of matrix `m`, in `m`'s shape.
+
+    Tiles are rows x cols (None: the whole extent); the last tile along an axis the tile
+    size does not divide is partial, padded with zeros, which leave its amax unchanged.
+    """
+    import jax.numpy as jnp
+
+    n_rows, n_cols = m.shape
+    rows = max(1, min(rows or n_rows, n_rows))
+    cols = max(1, min(cols or n_cols, n_cols))
+    padded_rows, padded_cols = -(-n_rows // rows) * rows, -(-n_cols // cols) * cols
+    magnitude = jnp.where(jnp.isfinite(m), jnp.abs(m), 0.0)
+    magnitude = jnp.pad(magnitude, ((0, padded_rows - n_rows), (0, padded_cols - n_cols)))
+    tiles = magnitude.reshape(padded_rows // rows, rows, padded_cols // cols, cols)
+    amax = jnp.broadcast_to(tiles.max(axis=(1, 3), keepdims=True), tiles.shape)
+    return amax.reshape(padded_rows, padded_cols)[:n_rows, :n_cols]
+
+
+def _fitting_scale(amax, fmt: Format):
+    """amax / fmax, the scale that maps the largest value onto the format's max (1 for 0)."""
+    import jax.numpy as jnp
+
+    return jnp.where(amax > 0, amax / fmt.max, 1.0)
+
+
+def _power_of_two_scale(amax, fmt: Format, rounding: str):
+    """A power-of-two scale 2^e for each amax, e clamped to [-126, 127] (1 where amax is 0).
+
+    rounding "up":    e = ceil(log2(amax / fmax)), the smallest that does not clip amax;
+                      TE's `float_to_e8m0` (MXFP8) and its power-of-two block scales
+                      (`compute_scale_from_amax`, which rounds the reciprocal down) do this.
+    rounding "floor": e = floor(log2(amax)) - floor(log2(fmax)), the OCP MX v1.0 spec's
+                      shared exponent (section 6.3); amax / 2^e lands in [256, 512) for E4M3,
+                      so a block's top values above 448 are clipped.
+    Exact: read from frexp's exponent and mantissa, not from a rounded log2.
+    """
+    import jax.numpy as jnp
+
+    mantissa, exponent = jnp.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
+    fmax_mantissa, fmax_exponent = math.frexp(fmt.max)
+    e = exponent - fmax_exponent
+    if rounding == "up":
+        e = e + (mantissa > fmax_mantissa)
+    elif rounding != "floor":
+        raise ValueError(f"unknown rounding {rounding!r}; choose 'up' or 'floor'")
+    e = jnp.clip(e, -126, 127)
+    return jnp.where(amax > 0, jnp.ldexp(jnp.ones_like(amax), e), 1.0)
+
+
+# -- the recipes, on matrices blocked along their last axis ----------------------------------
+# Each takes a float32 matrix and returns (dequantized, saturated) of that shape.
+
+
+def _delayed(m, scale, fmt):
+    import jax.numpy as jnp
+
+    return _qdq(m, jnp.asarray(scale, jnp.float32), fmt)
+
+
+def _tiled(m, rows, cols, fmt, scale_rule):
+    return _qdq(m, scale_rule(_tile_amax(m, rows, cols)), fmt)
+
+
+def _current(m, fmt):
+    return _tiled(m, None, None, fmt, lambda amax: _fitting_scale(amax, fmt))
+
+
+def _rowwise(m, fmt):
+    return _tiled(m, 1, None, fmt, lambda amax: _fitting_scale(amax, fmt))
+
+
+def _block(m, tile, fmt):
+    return _tiled(m, tile[0], tile[1], fmt, lambda amax: _power_of_two_scale(amax, fmt, "up"))
+
+
+def _mxfp8(m, rounding, fmt):
+    return _tiled(m, 1, 32, fmt, lambda amax: _power_of_two_scale(amax, fmt, rounding))
+
+
+def _nvfp4(m):
+    import jax.numpy as jnp
+
+    block_amax = _tile_amax(m, 1, 16)
+    tensor_amax = jnp.max(block_amax, initial=0.0)
+    # Per-tensor FP32 scale: maps the largest block scale onto E4M3's max.
+    global_scale = jnp.where(tensor_amax > 0, tensor_amax / (E4M3.max * E2M1.max), 1.0)
+    # Per-block E4M3 scale, in units of the global one; it may round to 0 for tiny blocks.
+    block_scale = jnp.clip(block_amax / E2M1.max / global_scale, 0.0, E4M3.max)
+    block_scale = block_scale.astype(jnp.float8_e4m3fn).astype(jnp.float32)
+    return _qdq(m, block_scale * global_scale, E2M1)
+
+
+def _on_last_axis(recipe, x, *args):
+    """`recipe` applied to x viewed as rows x last axis; the dequantized array in x's shape."""
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x, jnp.float32)
+    matrix = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else x.reshape(1, 1)
+    return recipe(matrix, *args)[0].reshape(x.shape)
+
+
+def _compiled(*static):
+    """Decorator: run the function through jax.jit, compiled once per input shape and value
+    of the `static` (hashable) arguments. It may still be called inside another jit, where
+    it is simply traced along; jax is imported on first use."""
+
+    def wrap(function):
+        jitted = None
+
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            nonlocal jitted
+            if jitted is None:
+                import jax
+
+                jitted = jax.jit(function, static_argnames=static)
+            return jitted(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
+# -- public per-recipe functions: blocks along the last axis --------------------------------
+
+
+@_compiled("fmt")
+def qdq_delayed(x, scale, fmt: Format = E4M3):
+    """Keras' float8 quantize-dequantize with a given scalar `scale` (amax / fmax).
+
+    The scale comes from earlier steps' amax history (`keras.src.quantizers.quantizers.
+    compute_float8_scale`); this step's values beyond fmax x scale are clipped.
+    """
+    return _on_last_axis(_delayed, x, scale, fmt)
+
+
+@_compiled("fmt")
+def qdq_current(x, fmt: Format = E4M3):
+    """Per-tensor current scaling: scale = amax(x) / fmax (TE `Float8CurrentScaling`)."""
+    return _on_last_axis(_current, x, fmt)
+
+
+@_compiled("fmt")
+def qdq_rowwise(x, fmt: Format = E4M3):
+    """One scale amax / fmax per slice along the last axis (torchao float8 `rowwise`)."""
+    return _on_last_axis(_rowwise, x, fmt)
+
+
+@_compiled("tile", "fmt")
+def qdq_block(x, tile=(1, 128), fmt: Format = E4M3):
+    """Block scaling over rows x cols tiles of x viewed as rows x last axis
+    (TE `Float8BlockScaling`).
+
+    TE: 1x128 tiles for activations and gradients, 128x128 for weights; per tile
+    s = fmax / amax rounded down to a power of two, i.e. the divisor amax / fmax rounded up,
+    so nothing clips (docs `features/low_precision_training/fp8_blockwise_scaling`).
+    """
+    return _on_last_axis(_block, x, tile, fmt)
+
+
+@_compiled("round", "fmt")
+def qdq_mxfp8(x, round: str = "up", fmt: Format = E4M3):
+    """MXFP8: 32 consecutive values along the last axis share a power-of-two (E8M0) scale.
+
+    round="up": TE `MXFP8BlockScaling` and the MXFP8 pre-training recipe (arXiv 2506.08027),
+    scale 2^ceil(log2(amax / fmax)). round="floor": the OCP Microscaling Formats v1.0 spec,
+    scale 2^(floor(log2 amax) - emax_elem) with emax_elem = 8 for E4M3, which clips a block's
+    values between 448 and its amax (up to 512 x scale).
+    """
+    return _on_last_axis(_mxfp8, x, round, fmt)
+
+
+@_compiled()
+def qdq_nvfp4(x):
+    """NVFP4: E2M1 values (max 6), 16-value blocks along the last axis, two-level scales.
+
+    TE `NVFP4BlockScaling` (docs `features/low_precision_training/nvfp4`):
+    s_global = amax(x) / (448 * 6) in FP32; s_block = E4M3(amax(block) / 6 / s_global);
+    x ~ E2M1(x / (s_block * s_global)) * s_block * s_global. Round to nearest even; TE's
+    stochastic rounding of gradients, Hadamard transforms and 16x16 weight blocks are not
+    modelled.
+    """
+    return _on_last_axis(_nvfp4, x)
+
+
+# -- by recipe and tensor role --------------------------------------------------------------
+
+
+def _to_blocked(x, role: str, block_dims: int):
+    """x as a matrix whose last axis is the blocked dimension, and the inverse reshape.
+
+    inputs (..., K) and output gradients (..., N): the trailing `block_dims` axes;
+    kernels (K, N): the leading `block_dims` axes, transposed to (N, K) so rows are the
+    output channels.
+    """
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x, jnp.float32)
+    shape = x.shape
+    if not 1 <= block_dims <= max(len(shape), 1):
+        raise ValueError(
+            f"block_dims must be between 1 and the tensor's rank {len(shape)}, got {block_dims}"
+        )
+    if role == "kernel":
+        k, n = math.prod(shape[:block_dims]), math.prod(shape[block_dims:])
+        return x.reshape(k, n).T, lambda m: m.T.reshape(shape)
+    split = len(shape) - block_dims
+    matrix = x.reshape(math.prod(shape[:split]), math.prod(shape[split:]))
+    return matrix, lambda m: m.reshape(shape)
+
+
+def _apply(x, recipe, role, delayed_scale, block_dims):
+    """(dequantized, saturated) of `x` under `recipe` as the given tensor role."""
+    _check(recipe, role)
+    fmt = recipe_format(recipe, role)
+    if recipe == "delayed" and delayed_scale is None:
+        raise ValueError("recipe 'delayed' needs delayed_scale (the scale the run used)")
+    matrix, restore = _to_blocked(x, role, block_dims)
+    if recipe == "delayed":
+        result = _delayed(matrix, delayed_scale, fmt)
+    elif recipe == "current":
+        result = _current(matrix, fmt)
+    elif recipe == "rowwise":
+        result = _rowwise(matrix, fmt)
+    elif recipe == "block128":
+        result = _block(matrix, (128, 128) if role == "kernel" else (1, 128), fmt)
+    elif recipe in ("mxfp8", "mxfp8-floor"):
+        result = _mxfp8(matrix, "floor" if recipe == "mxfp8-floor" else "up", fmt)
+    else:
+        result = _nvfp4(matrix)
+    dequantized, saturated = result
+    return restore(dequantized), restore(saturated)
+
+
+@_compiled("recipe", "role", "block_dims")
+def quantize(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1):
+    """`x` quantized under `recipe` as an "inputs", "kernel" or "outputs_grad" tensor, and
+    dequantized back (float32, x's shape). `delayed_scale` is needed by "delayed" only;
+    `block_dims`: how many axes form the blocked dimension (see the module docstring)."""
+    return _apply(x, recipe, role, delayed_scale, block_dims)[0]
+
+
+@_compiled("recipe", "role", "block_dims")
+def what_if(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1) -> dict:
+    """{"underflow_pct", "saturation_pct", "snr_db"} of `x` quantized under `recipe`.
+
+    underflow_pct:  % of the finite nonzero values that quantize to zero;
+    saturation_pct: % of the non-NaN values beyond fmax x scale by more than half a step
+                    (±inf included);
+    snr_db:         10 log10(sum x^2 / sum (x - q(x))^2) over the finite values, +inf when
+                    quantization is exact (an all-zero tensor, for one).
+    Values are float32 scalars (jax arrays), so this works inside jax.jit.
+    """
+    import jax.numpy as jnp
+
+    x = jnp.asarray(x, jnp.float32)
+    dequantized, saturated = _apply(x, recipe, role, delayed_scale, block_dims)
+    finite = jnp.isfinite(x)
+    nonzero = finite & (x != 0)
+    underflow = jnp.sum(nonzero & (dequantized == 0)) / jnp.maximum(jnp.sum(nonzero), 1)
+    saturation = jnp.sum(saturated) / jnp.maximum(jnp.sum(~jnp.isnan(x)), 1)
+    # Normalized by the amax so that squares neither overflow nor underflow float32.
+    amax = jnp.max(jnp.where(finite, jnp.abs(x), 0.0), initial=0.0)
+    norm = jnp.where(amax > 0, amax, 1.0)
+    signal = jnp.sum(jnp.where(finite, x / norm, 0.0) ** 2)
+    noise = jnp.sum(jnp.where(finite, (x - dequantized) / norm, 0.0) ** 2)
+    snr = jnp.where(noise > 0, 10 * jnp.log10(signal / jnp.where(noise > 0, noise, 1.0)), jnp.inf)
+    return {
+        "underflow_pct": (100 * underflow).astype(jnp.float32),
+        "saturation_pct": (100 * saturation).astype(jnp.float32),
+        "snr_db": snr.astype(jnp.float32),
+    }
