@@ -167,7 +167,7 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
     and weighted, and the metrics are those of single-device evaluation. A training split of
     odd size is refused in plain words."""
     from fp8demo import model as model_lib
-    from fp8demo import tokenizer
+    from fp8demo import tokenizer, training
     from fp8demo.predict import load_run
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
@@ -201,7 +201,8 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
     run = store.runs(uneven)[0]
     assert run["status"] == "finished", run["error"]
     assert run["summary"]["data"]["sizes"] == {"train": 44, "validation": 11, "test": 33}
-    assert set(run["summary"]["ptq"]) == {"int8", "int4"}  # evaluated data-parallel too
+    # Its post-training quantization, evaluated on first request (here, on one device).
+    assert set(training.post_training_results(store, run["id"])) == {"int8", "int4"}
     # The saved weights evaluated here, on one device, without padding.
     prepared = tokenizer.prepare(store.comparison(uneven)["config"], home)
     model = model_lib.compile(load_run(store, run["id"]).model, config)
@@ -254,7 +255,9 @@ def test_cancel_while_compiling_or_evaluating_ends_the_run_promptly(home, phase)
     wait_for(lambda: store.run(run_id)["status"] != "running", 60, "the run to stop")
     run = store.run(run_id)
     assert run["status"] == "cancelled", run["error"]
-    assert run["finished_at"] - asked < 15
+    # The steps and the missing accuracy below show where it stopped; the time bound only
+    # catches a run that went on to its end (generous: a loaded CPU compiles slowly).
+    assert run["finished_at"] - asked < 60
     assert run["test_accuracy"] is None  # no result from a cancelled evaluation
     if phase == "compiling":
         assert run["step"] <= 1  # seen at the end of the first (compiling) step
