@@ -73,6 +73,23 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def cpu_model() -> str:
+    """The CPU model name as lscpu reports it, with the number of CPUs."""
+    import subprocess
+
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        text = ""
+    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+    return f"{fields.get('Model name', 'unknown CPU').strip()}, {os.cpu_count()} CPUs"
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages: other processes slow every timing."""
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else None

@@ -117,7 +117,15 @@ def build_model(
     return keras.Model(inputs=token_id_input, outputs=outputs)
 
 
-def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True) -> dict:
+def run(
+    archive=None,
+    subset=0,
+    epochs=EPOCHS,
+    seed=42,
+    log=print,
+    cleanup=True,
+    vocabulary_size=VOCABULARY_SIZE,
+) -> dict:
     """The whole example, timed by phase. Returns phases, accuracies, steps/s, wall time.
 
     cleanup=False leaves the extracted reviews (result["workdir"]) for the caller to delete
@@ -127,7 +135,7 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
     phases = _common.Phases(log)
     started = time.perf_counter()
     workdir = Path(tempfile.mkdtemp(prefix="example-pipeline-"))
-    result = {"subset": subset, "epochs": epochs}
+    result = {"subset": subset, "epochs": epochs, "vocabulary_size": vocabulary_size}
     try:
         with phases("extract archive"):
             root = extract(archive, workdir)
@@ -155,7 +163,7 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
                 word_piece_ds = train_ds.unbatch().map(lambda x, y: x)
                 vocab = keras_hub.tokenizers.compute_word_piece_vocabulary(
                     word_piece_ds.batch(1000).prefetch(2),
-                    vocabulary_size=VOCABULARY_SIZE,
+                    vocabulary_size=vocabulary_size,
                     reserved_tokens=reserved_tokens,
                 )
             result["vocabulary"] = len(vocab)
@@ -175,7 +183,7 @@ def run(archive=None, subset=0, epochs=EPOCHS, seed=42, log=print, cleanup=True)
                 train_ds, val_ds, test_ds = map(make_dataset, (train_ds, val_ds, test_ds))
 
             kwargs = dict(
-                vocabulary_size=VOCABULARY_SIZE,
+                vocabulary_size=vocabulary_size,
                 max_sequence_length=MAX_SEQUENCE_LENGTH,
                 **MODEL_KWARGS,
             )

@@ -16,13 +16,25 @@ from plotly.subplots import make_subplots
 
 from fp8demo.fp8 import ROLES
 
-COLORS = {"bf16": "#1f77b4", "fp8": "#ff7f0e", "float32": "#7f7f7f"}
+COLORS = {
+    "bf16": "#1f77b4",
+    "fp8": "#ff7f0e",
+    "fp8-current": "#d62728",
+    "fp8-rowwise": "#9467bd",
+    "fp8-block128": "#8c564b",
+    "mxfp8": "#e377c2",
+    "float32": "#7f7f7f",
+}
 FALLBACK_COLOR = "#2ca02c"
 # The three tensors each float8 layer scales, as the store orders them, with readable names.
 ROLE_TITLES = dict(zip(ROLES, ("inputs", "kernel", "output gradient")))
 # Fixed colour range of the amax heatmaps, in log2 units: 2^-16 .. 2^16. A fixed range keeps
-# colours comparable between refreshes, roles and runs.
+# colours comparable between refreshes, roles and runs, but one role's amaxes span a few binary
+# orders of it, so by default each heatmap colours its own range (amax_color_range).
 AMAX_LOG2_RANGE = (-16.0, 16.0)
+# The automatic range spans these percentiles of a role's log2 amaxes, so a lone spike does not
+# squeeze every other step into one colour (the spike takes the top colour).
+AMAX_PERCENTILES = (1.0, 99.0)
 # Headroom heatmaps, log2 units: white at 0 (the scale fits the tensor tightly: healthy), red
 # below (clipped; barely tinted within rounding, -0.1), blue above (spare range; deep blue =
 # small values underflow). 0 sits at 4/20 of the range, -1 at 3/20.
@@ -190,70 +202,11 @@ def metric_figure(
         raise ValueError(f"x_axis must be 'step' or 'time', got {x_axis!r}")
     fig = go.Figure()
     for c in curves:
-        col = color(c["precision"])
         x_all = c["steps"] if x_axis == "step" else c["times"]
         if len(c["values"]):
-            keep = minmax_indices(c["values"], max_points)
-            fig.add_trace(
-                go.Scattergl(
-                    x=_f32(x_all[keep]),
-                    y=_f32(c["values"][keep]),
-                    mode="lines",
-                    line=dict(color=col, width=1, dash=c["dash"]),
-                    opacity=0.25,
-                    name=f"{c['label']} (raw)",
-                    legendgroup=c["label"],
-                    showlegend=False,
-                    hovertemplate=f"{c['label']} raw<br>%{{x}}: %{{y:.4f}}<extra></extra>",
-                )
-            )
-            smooth = ema(c["values"], smoothing)
-            keep = minmax_indices(smooth, max_points)
-            fig.add_trace(
-                go.Scattergl(
-                    x=_f32(x_all[keep]),
-                    y=_f32(smooth[keep]),
-                    mode="lines",
-                    line=dict(color=col, width=2, dash=c["dash"]),
-                    name=c["label"],
-                    legendgroup=c["label"],
-                    hovertemplate=f"{c['label']}<br>%{{x}}: %{{y:.4f}}<extra></extra>",
-                )
-            )
+            _add_step_traces(fig, c, x_all, smoothing, max_points)
         if len(c["val_values"]):
-            vx = c["val_steps"]
-            if x_axis == "time":
-                # Epoch rows carry wall-clock times; place them on the run's own time axis.
-                vx = np.interp(vx, c["steps"], c["times"]) if len(c["steps"]) else vx * np.nan
-            fig.add_trace(
-                go.Scatter(
-                    x=_f32(vx),
-                    y=_f32(c["val_values"]),
-                    mode="markers",
-                    marker=dict(
-                        color=col, size=10, symbol="diamond", line=dict(color="white", width=1)
-                    ),
-                    name=f"{c['label']} validation",
-                    legendgroup=c["label"],
-                    hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>",
-                )
-            )
-            if c.get("best") is not None:  # the epoch with the best validation accuracy
-                b = c["best"]
-                fig.add_trace(
-                    go.Scatter(
-                        x=_f32(vx[b : b + 1]),
-                        y=_f32(c["val_values"][b : b + 1]),
-                        mode="markers",
-                        marker=dict(
-                            color=col, size=18, symbol="star", line=dict(color="black", width=1)
-                        ),
-                        name=f"{c['label']} best epoch",
-                        legendgroup=c["label"],
-                        hovertemplate=f"{c['label']} best epoch ({b + 1})<br>%{{x}}: %{{y:.4f}}"
-                        "<extra></extra>",
-                    )
-                )
+            _add_validation_traces(fig, c, x_axis)
     _layout(
         fig,
         title or METRIC_TITLES.get(metric, metric),
@@ -269,6 +222,65 @@ def metric_figure(
     return fig
 
 
+def _add_step_traces(fig, c, x_all, smoothing, max_points):
+    """One curve's raw values (faint, no legend entry) and their EMA (bold, in the legend)."""
+    col = color(c["precision"])
+    smooth = ema(c["values"], smoothing)
+    for values, width, opacity, name in (
+        (c["values"], 1, 0.25, f"{c['label']} (raw)"),
+        (smooth, 2, 1.0, c["label"]),
+    ):
+        keep = minmax_indices(values, max_points)
+        fig.add_trace(
+            go.Scattergl(
+                x=_f32(x_all[keep]),
+                y=_f32(values[keep]),
+                mode="lines",
+                line=dict(color=col, width=width, dash=c["dash"]),
+                opacity=opacity,
+                name=name,
+                legendgroup=c["label"],
+                showlegend=name == c["label"],
+                hovertemplate=f"{name.replace(' (raw)', ' raw')}<br>%{{x}}: %{{y:.4f}}"
+                "<extra></extra>",
+            )
+        )
+
+
+def _add_validation_traces(fig, c, x_axis):
+    """One curve's per-epoch validation diamonds and a star on its best epoch."""
+    col = color(c["precision"])
+    vx = c["val_steps"]
+    if x_axis == "time":
+        # Epoch rows carry wall-clock times; place them on the run's own time axis.
+        vx = np.interp(vx, c["steps"], c["times"]) if len(c["steps"]) else vx * np.nan
+    fig.add_trace(
+        go.Scatter(
+            x=_f32(vx),
+            y=_f32(c["val_values"]),
+            mode="markers",
+            marker=dict(color=col, size=10, symbol="diamond", line=dict(color="white", width=1)),
+            name=f"{c['label']} validation",
+            legendgroup=c["label"],
+            hovertemplate=f"{c['label']} validation<br>%{{x}}: %{{y:.4f}}<extra></extra>",
+        )
+    )
+    if c.get("best") is not None:  # the epoch with the best validation accuracy
+        b = c["best"]
+        fig.add_trace(
+            go.Scatter(
+                x=_f32(vx[b : b + 1]),
+                y=_f32(c["val_values"][b : b + 1]),
+                mode="markers",
+                marker=dict(color=col, size=18, symbol="star", line=dict(color="black", width=1)),
+                name=f"{c['label']} best epoch",
+                legendgroup=c["label"],
+                hovertemplate=f"{c['label']} best epoch ({b + 1})<br>%{{x}}: %{{y:.4f}}"
+                "<extra></extra>",
+            )
+        )
+
+
 # -- float8 state -------------------------------------------------------------------------
 
 
@@ -281,28 +293,61 @@ def amax_log2(amax) -> np.ndarray:
     return out
 
 
+def amax_color_range(amax_role, percentiles=AMAX_PERCENTILES) -> tuple[float, float]:
+    """Colour range (log2 units) that fits one role's amaxes: the given percentiles of the
+    log2 of its positive, finite amaxes, rounded outward to whole binary orders.
+
+    Zeros (unfilled history slots) are ignored. Equal values get one order either side;
+    with no positive amax at all, the fixed AMAX_LOG2_RANGE.
+    """
+    logs = amax_log2(amax_role)
+    logs = logs[np.isfinite(logs)]
+    if not logs.size:
+        return AMAX_LOG2_RANGE
+    low, high = np.percentile(logs, percentiles)
+    low, high = math.floor(low), math.ceil(high)
+    if low == high:
+        low, high = low - 1, high + 1
+    return float(low), float(high)
+
+
+def _log2_ticks(z_range) -> list:
+    """Whole binary orders across a colour range, at most about eight of them."""
+    low, high = int(z_range[0]), int(z_range[1])
+    return list(range(low, high + 1, max(1, math.ceil((high - low) / 8))))
+
+
 def amax_heatmap(
-    steps, amax_role, layer_names, role="inputs", *, max_columns=MAX_COLUMNS, height=None
+    steps,
+    amax_role,
+    layer_names,
+    role="inputs",
+    *,
+    fixed_scale=False,
+    max_columns=MAX_COLUMNS,
+    height=None,
 ) -> go.Figure:
     """Heatmap of one role's amax: rows = float8 layers, columns = steps (oldest left).
 
-    steps: (T,), amax_role: (T, layers). Colour is log2(amax) on a fixed range; zero amax
-    is blank. Long runs are bucketed by max so a single large amax stays visible.
+    steps: (T,), amax_role: (T, layers). Colour is log2(amax) over the range of this role's
+    values (amax_color_range), or over AMAX_LOG2_RANGE with fixed_scale, the same for every
+    role and run; zero amax is blank. Long runs are bucketed by max so a single large amax
+    stays visible.
     """
     steps, amax_role = bucket_max(steps, np.asarray(amax_role, dtype=np.float32), max_columns)
     z = amax_log2(amax_role).T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
-    zmin, zmax = AMAX_LOG2_RANGE
+    z_range = AMAX_LOG2_RANGE if fixed_scale else amax_color_range(amax_role)
     return _layer_heatmap(
         steps,
         z,
         layer_names,
         f"amax per step — {ROLE_TITLES.get(role, role)}",
-        AMAX_LOG2_RANGE,
+        z_range,
         "Viridis",
         "log2 amax",
         uirevision=f"amax-{role}",
         height=height,
-        tickvals=list(range(int(zmin), int(zmax) + 1, 4)),
+        tickvals=_log2_ticks(z_range),
     )
 
 
@@ -319,7 +364,7 @@ def _layer_heatmap(
     height=None,
     tickvals=None,
 ) -> go.Figure:
-    """Rows = float8 layers (the model's order, top down), columns = steps; fixed colour range."""
+    """Rows = float8 layers (the model's order, top down), columns = steps; colours span z_range."""
     fig = go.Figure(
         go.Heatmap(
             x=_f32(steps),
@@ -612,3 +657,106 @@ def headroom_heatmap(
         uirevision=uirevision,
         height=height,
     )
+
+
+# -- scaling recipes (what-if on the probe batch) ------------------------------------------
+
+# One colour per recipe; a recipe some precision trains with shares that precision's colour.
+RECIPE_COLORS = {
+    "delayed": "#ff7f0e",  # fp8
+    "current": "#d62728",  # fp8-current
+    "rowwise": "#9467bd",  # fp8-rowwise
+    "block128": "#8c564b",  # fp8-block128
+    "mxfp8": "#e377c2",  # mxfp8
+    "mxfp8-floor": "#bcbd22",
+    "nvfp4": "#17becf",
+}
+# Fixed SNR colour range, dB: E4M3 rounding alone gives about 31 dB, E5M2 25, E2M1 (4-bit)
+# about 20; lower means values lost to underflow or clipping. Exact cells take the top colour.
+SNR_RANGE = (0.0, 40.0)
+
+
+def _snr_text(value, unit="") -> str:
+    if np.isnan(value):
+        return ""
+    return "exact" if value == np.inf else f"{value:.1f}{unit}"
+
+
+def recipe_heatmap(latest, layer_names, recipes, step=None, *, height=None) -> go.Figure:
+    """SNR (dB) of every float8 tensor (rows: layer · role) under every recipe (columns), at
+    one probe; the hover shows underflow %, saturation % and SNR.
+
+    latest: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)], as one probe of
+    Store.fp8_recipes; SNR is +inf where quantization is exact (shown as "exact").
+    """
+    latest = np.asarray(latest, np.float32)
+    rows = [f"{name} · {ROLE_TITLES[role]}" for name in layer_names for role in ROLES]
+    by_tensor = latest.reshape(len(rows), len(recipes), 3)
+    snr = by_tensor[:, :, 2]
+    fig = go.Figure(
+        go.Heatmap(
+            x=list(recipes),
+            y=rows,
+            z=_f32(np.clip(snr, *SNR_RANGE)),
+            zmin=SNR_RANGE[0],
+            zmax=SNR_RANGE[1],
+            colorscale="Viridis",
+            colorbar=dict(title=dict(text="SNR dB")),
+            text=[[_snr_text(v) for v in row] for row in snr],
+            texttemplate="%{text}",
+            customdata=[
+                [[u, s, _snr_text(v, " dB")] for u, s, v in row.tolist()] for row in by_tensor
+            ],
+            hoverongaps=False,
+            hovertemplate="%{y}<br>recipe %{x}<br>SNR %{customdata[2]}<br>"
+            "underflow %{customdata[0]:.3~g} %<br>saturation %{customdata[1]:.3~g} %"
+            "<extra></extra>",
+        )
+    )
+    when = "" if step is None else f" (probe at step {int(step):,})"
+    _layout(
+        fig,
+        f"What-if: SNR of each float8 tensor under each scaling recipe{when}",
+        "scaling recipe",
+        None,
+        uirevision="recipe-heatmap",
+        height=height or max(320, 90 + 22 * len(rows)),
+    )
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+def recipe_probe_figure(steps, stats_tensor, recipes, tensor, *, height=360) -> go.Figure:
+    """One tensor over the probes: SNR, underflow % and saturation %, a line per recipe.
+
+    stats_tensor: [probes, recipes, (underflow_pct, saturation_pct, snr_db)]; exact
+    quantization (SNR +inf) leaves a gap in the SNR panel.
+    """
+    stats_tensor = np.asarray(stats_tensor, np.float32)
+    panels = ((2, "SNR (dB)"), (0, "underflow: % of nonzero flushed to 0"), (1, "saturation: %"))
+    fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title in panels])
+    steps = _f32(steps)
+    for k, recipe in enumerate(recipes):
+        line = dict(width=1.5, color=RECIPE_COLORS.get(recipe, FALLBACK_COLOR))
+        for c, (n, _) in enumerate(panels):
+            values = stats_tensor[:, k, n] if len(steps) else np.zeros(0, np.float32)
+            fig.add_trace(
+                go.Scatter(
+                    x=steps,
+                    y=_f32(np.where(np.isfinite(values), values, np.nan)),
+                    mode="lines+markers",
+                    marker=dict(size=4),
+                    line=line,
+                    name=recipe,
+                    legendgroup=recipe,
+                    showlegend=c == 0,
+                    hovertemplate=f"{recipe}<br>step %{{x}}: %{{y:.3g}}<extra></extra>",
+                ),
+                row=1,
+                col=c + 1,
+            )
+    fig.update_xaxes(title_text="step")
+    fig.update_yaxes(rangemode="tozero")
+    _layout(fig, f"{tensor} over the probes, by recipe", None, None, uirevision=f"recipes-{tensor}")
+    fig.update_layout(height=height, margin=dict(t=80))
+    return _legend_below(fig)

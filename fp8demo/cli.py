@@ -67,6 +67,17 @@ def parse_args(argv):
         action="store_true",
         help="also replay the run's amaxes under other amax history lengths",
     )
+    health.add_argument(
+        "--recipes",
+        action="store_true",
+        help="instead: underflow %%, saturation %% and SNR (dB) of every float8 tensor on the "
+        "probe batch under every scaling recipe, at the latest probe; with --json, rows of "
+        "layer, role, recipe, step, underflow_pct, saturation_pct, snr_db, where snr_db is "
+        "null when quantization was exact (SNR +inf)",
+    )
+    health.add_argument(
+        "--all-probes", action="store_true", help="with --recipes: every probe, not the latest"
+    )
     health.add_argument("--json", action="store_true")
 
     cancel = commands.add_parser("cancel", help="cancel a queued or running run")
@@ -106,7 +117,7 @@ def progress_line(run) -> str:
     filled = int(width * done / total) if total else 0
     bar = "█" * filled + "·" * (width - filled)
     parts = [
-        f"run {run['id']:>3} {run['precision']:<7} [{bar}] {done}/{total or '?'}",
+        f"run {run['id']:>3} {run['precision']:<12} [{bar}] {done}/{total or '?'}",
         f"epoch {run['epoch']}/{run['config'].epochs}",
         run["phase"],
     ]
@@ -118,8 +129,10 @@ def progress_line(run) -> str:
 
 
 def results_table(runs) -> str:
+    from fp8demo import training
+
     header = (
-        f"{'precision':<10}{'status':<12}{'test acc':>10}{'test loss':>11}{'fit s':>9}"
+        f"{'precision':<13}{'status':<12}{'test acc':>10}{'test loss':>11}{'fit s':>9}"
         f"{'steps/s':>9}"
     )
     lines = [header, "-" * len(header)]
@@ -128,7 +141,7 @@ def results_table(runs) -> str:
         loss = f"{r['test_loss']:.4f}" if r["test_loss"] is not None else "-"
         fit = f"{r['fit_seconds']:.1f}" if r["fit_seconds"] is not None else "-"
         rate = f"{r['steps_per_sec']:.1f}" if r["steps_per_sec"] is not None else "-"
-        lines.append(f"{r['precision']:<10}{r['status']:<12}{acc:>10}{loss:>11}{fit:>9}{rate:>9}")
+        lines.append(f"{r['precision']:<13}{r['status']:<12}{acc:>10}{loss:>11}{fit:>9}{rate:>9}")
         if r["error"]:
             lines.append(f"    {r['error']}")
         for mode, result in (r["summary"].get("ptq") or {}).items():
@@ -136,6 +149,8 @@ def results_table(runs) -> str:
                 f"{mode + ' PTQ':<10}{'(of bf16)':<12}{result['test_accuracy']:>10.4f}"
                 f"{result['test_loss']:>11.4f}"
             )
+        if training.post_training_pending(r):
+            lines.append(f"    int8/int4 PTQ: python -m fp8demo show {r['id']} evaluates them")
     return "\n".join(lines)
 
 
@@ -246,13 +261,13 @@ def cmd_runs(args, store: Store) -> int:
         print(json.dumps([run_json(r) for r in runs], indent=2))
         return 0
     print(
-        f"{'run':>4} {'cmp':>4} {'precision':<9} {'status':<12} {'pid':>7} {'epoch':>5} "
+        f"{'run':>4} {'cmp':>4} {'precision':<12} {'status':<12} {'pid':>7} {'epoch':>5} "
         f"{'step':>6} {'test acc':>9}"
     )
     for r in runs:
         acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
         print(
-            f"{r['id']:>4} {r['comparison_id']:>4} {r['precision']:<9} {r['status']:<12} "
+            f"{r['id']:>4} {r['comparison_id']:>4} {r['precision']:<12} {r['status']:<12} "
             f"{r['worker_pid'] or '-':>7} {r['epoch']:>5} {r['step']:>6} {acc:>9}"
         )
     if not runs:
@@ -261,7 +276,16 @@ def cmd_runs(args, store: Store) -> int:
 
 
 def cmd_show(args, store: Store) -> int:
+    from fp8demo import training
+
     run = store.run(args.run)
+    if training.post_training_pending(run):  # evaluated on first request, then kept
+        print(f"Evaluating run {run['id']}'s post-training quantization …", file=sys.stderr)
+        try:
+            training.post_training_results(store, run["id"])
+            run = store.run(run["id"])
+        except Exception as e:  # the rest of the run is still worth showing
+            print(f"Post-training quantization not evaluated: {e}", file=sys.stderr)
     summary = run["summary"]
     layers = summary.get("fp8_layers", [])
     after = summary.get("fp8_after") or summary.get("fp8_before") or {}
@@ -439,6 +463,10 @@ def cmd_health(args, store: Store) -> int:
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     if not layers:
         raise CliError(f"Run {run['id']} ({run['precision']}) has no float8 layers.")
+    if args.recipes:
+        return health_recipes(args, store, run, layers)
+    if args.all_probes:
+        raise CliError("--all-probes goes with --recipes.")
     _, amax = store.fp8_amax(run["id"])
     probe_steps, probe_stats = store.fp8_probe(run["id"])
     rows = fp8.health_summary(
@@ -483,6 +511,44 @@ def cmd_health(args, store: Store) -> int:
     print()
     for name, text in fp8.HEALTH_HELP.items():
         print(f"{name}: {text}.")
+    return 0
+
+
+def health_recipes(args, store: Store, run: dict, layers: list) -> int:
+    """The probe's tensors under every scaling recipe: JSON rows, or a table of SNR (dB) per
+    tensor and recipe at the latest probe with the summary in words."""
+    from fp8demo import probe, recipes
+
+    if args.replay:
+        raise CliError("--recipes and --replay are separate views: ask for one at a time.")
+    steps, names, stats = store.fp8_recipes(run["id"])
+    if not len(steps):
+        raise CliError(
+            f"Run {run['id']} has no recipe statistics"
+            + (
+                " (its probe was off: probe every 0 steps)."
+                if run["config"].probe_every == 0
+                else " yet: they are recorded at each probe."
+            )
+        )
+    rows = probe.recipe_records(steps, names, stats, layers, all_probes=args.all_probes)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"SNR (dB) on the probe batch at step {int(steps[-1])}, under each scaling recipe:")
+    print(f"{'layer':<40}{'role':<13}" + "".join(f"{name:>12}" for name in names))
+    for i, layer in enumerate(layers):
+        for j, role in enumerate(probe.ROLES):
+            cells = (probe.snr_words(v) for v in stats[-1, i, j, :, 2])
+            print(f"{layer:<40}{role:<13}" + "".join(f"{c:>12}" for c in cells))
+    print()
+    for sentence in probe.recipe_summary(names, stats[-1], layers):
+        print(sentence.replace("`", ""))
+    print()
+    for name in names:
+        print(f"{name}: {recipes.RECIPE_HELP.get(name, '')}")
+    for name, text in recipes.STATISTICS_HELP.items():
+        print(f"{name}: {text}")
     return 0
 
 

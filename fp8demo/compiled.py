@@ -6,6 +6,12 @@ E5M2 output gradients). Only the compiler can turn that pattern into FP8 tensor-
 matched, the values are rounded to float8 and multiplied in bf16/f32: the numerics change,
 the speed does not. So instead of inferring a speed-up from the device, each fp8 run reads its
 own optimized HLO and counts.
+
+Scaling recipes (model.use_recipe) differ here. XLA's rewrite needs one scalar scale per
+operand: per-tensor current scaling ("current") emits Keras' pattern and may be matched, and
+the count decides; per-row and per-block scales ("rowwise", "block128", "mxfp8") multiply each
+value by its own scale before the matmul, so these recipes are emulated, and their verdict
+never suggests FP8 GEMMs, whatever float8 conversions the step holds.
 """
 
 import re
@@ -24,6 +30,12 @@ _COMPUTATION_EDGE = re.compile(
 )
 _CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
+# Recipes whose scales vary within an operand, by what one scale covers.
+EMULATED_RECIPES = {
+    "rowwise": "one scale per row",
+    "block128": "one power-of-two scale per 128-value tile",
+    "mxfp8": "one power-of-two scale per 32 values",
+}
 
 
 def train_step_hlo(model, x_batch, y_batch) -> str:
@@ -110,9 +122,12 @@ def count_matmuls(hlo: str) -> dict:
 
 
 def inspect(model, x_batch, y_batch) -> dict:
-    """count_matmuls of the model's compiled training step, with the backend and the time taken;
-    {"error": ...} instead of raising (an inspection must never end a training run)."""
+    """count_matmuls of the model's compiled training step, with the backend, the scaling
+    recipe of its float8 layers and the time taken; {"error": ...} instead of raising (an
+    inspection must never end a training run)."""
     import jax
+
+    from fp8demo.model import scaling_recipe
 
     started = time.perf_counter()
     try:
@@ -122,6 +137,7 @@ def inspect(model, x_batch, y_batch) -> dict:
     return {
         **found,
         "backend": jax.devices()[0].platform,
+        "recipe": scaling_recipe(model),
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -140,11 +156,24 @@ def _describe_others(others: dict) -> str:
     return ", ".join(parts)
 
 
+def runs_fp8_gemms(found: dict | None) -> bool:
+    """Whether an inspected step counts FP8 GEMMs that its recipe really computes with
+    (never for an emulated recipe)."""
+    return bool(
+        found
+        and "error" not in found
+        and found["fp8_matmuls"]
+        and found.get("recipe") not in EMULATED_RECIPES
+    )
+
+
 def headline(found: dict | None) -> str | None:
     """A few words for a run card, e.g. "FP8 GEMMs: 20 of 29 matmuls on tensor cores"."""
     if not found or "error" in found:
         return None
     fp8, total = found["fp8_matmuls"], found["matmuls"]
+    if found.get("recipe") in EMULATED_RECIPES:
+        return f"{found['recipe']} scaling emulated (numerics, not speed)"
     return f"FP8 GEMMs: {fp8} of {total} matmuls" + (
         " on tensor cores" if fp8 else " (fp8 simulated: numerics, not speed)"
     )
@@ -161,6 +190,20 @@ def verdict(found: dict | None) -> str:
         return f"The compiled training step could not be inspected: {found['error']}"
     total, fp8 = found["matmuls"], found["fp8_matmuls"]
     others = _describe_others(found["other_matmuls"])
+    recipe = found.get("recipe")
+    if recipe in EMULATED_RECIPES:
+        operands = (
+            f"{fp8} of the {total} matmuls take float8 operands, but the scales are applied "
+            "around them"
+            if fp8
+            else f"all {total} matmuls run in higher precision ({others})"
+        )
+        return (
+            f"The {recipe} recipe is emulated: it scales with {EMULATED_RECIPES[recipe]}, which "
+            "XLA's FP8 GEMM rewrite (one scalar scale per operand) does not take, so the values "
+            f"are rounded to float8 ({found['float8_values']} float8 conversions) and "
+            f"{operands}. It shows the recipe's numerics; no FP8 speed-up is counted for it."
+        )
     if fp8:
         return (
             f"{fp8} of the {total} matmuls in the compiled training step run as FP8 GEMMs "

@@ -51,8 +51,15 @@ class Imdb:
 # -- finding the data --------------------------------------------------------------------
 
 
-def resolve_source(data: str = "", home: Path | None = None, progress=print) -> tuple[Path, str]:
-    """Return (aclImdb folder, fingerprint) for a user-named path, the cache, or a download."""
+def resolve_source(
+    data: str = "", home: Path | None = None, progress=print, extract: bool = True
+) -> tuple[Path, str]:
+    """Return (aclImdb folder, fingerprint) for a user-named path, the cache, or a download.
+
+    extract=False leaves a named archive packed: the path returned is then the archive
+    itself unless an extraction of it exists (read_splits reads the reviews from either, and
+    unpacking 50,000 small files costs far more than reading them from the archive once).
+    """
     from fp8demo.store import default_home
 
     home = Path(home) if home else default_home()
@@ -65,14 +72,39 @@ def resolve_source(data: str = "", home: Path | None = None, progress=print) -> 
             root = _find_root(path)
             check_layout(root)
             return root, "dir-" + _listing_hash(root)
+        if not extract:
+            return packed_archive(path, home / "data")
         return extract_archive(path, home / "data", progress=progress)
 
-    cached = sorted((home / "data").glob("*/aclImdb/.complete"))
+    cached = _cached_extractions(home)
     if cached:
         root = cached[0].parent
         return root, root.parent.name
     archive = download(home / "data", progress=progress)
     return extract_archive(archive, home / "data", progress=progress)
+
+
+def _cached_extractions(home: Path) -> list:
+    """The completion markers of the extractions already in the cache, in a stable order."""
+    return sorted((home / "data").glob("*/aclImdb/.complete"))
+
+
+def default_source_description(home: Path | None = None) -> str:
+    """What an empty data source uses, in words: resolve_source's choice when no path is named.
+
+    FP8DEMO_IMDB when set (a launch records it as the runs' data), else an extraction already
+    in the cache, else the original archive downloaded once into the cache.
+    """
+    from fp8demo.store import default_home
+
+    home = Path(home) if home else default_home()
+    named = os.environ.get("FP8DEMO_IMDB", "")
+    if named:
+        gone = " (which does not exist)" if missing_path(named) else ""
+        return f"FP8DEMO_IMDB = {Path(named).expanduser()}{gone}"
+    if _cached_extractions(home):
+        return f"the IMDB reviews already extracted in {home / 'data'}"
+    return f"the IMDB archive, downloaded once into {home / 'data'}"
 
 
 def missing_path(named: str) -> str:
@@ -117,6 +149,18 @@ def sha256_of(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def packed_archive(archive: Path, folder: Path) -> tuple[Path, str]:
+    """(the archive's extraction if there is one, else the archive; its fingerprint)."""
+    if not tarfile.is_tarfile(archive):
+        raise DataError(
+            f"{archive} is not a tar archive (a corrupted or truncated download?). "
+            "Download aclImdb_v1.tar.gz again or name the extracted folder."
+        )
+    fingerprint = sha256_of(archive)[:16]  # the same as extract_archive's
+    extracted = folder / fingerprint / "aclImdb"
+    return (extracted if (extracted / ".complete").exists() else archive), fingerprint
 
 
 def extract_archive(archive: Path, folder: Path, progress=print) -> tuple[Path, str]:
@@ -297,7 +341,7 @@ def read_texts(paths) -> list:
 
 def load(data: str = "", subset: int = 0, home=None, progress=print) -> Imdb:
     """The three splits (train 20,000 / validation 5,000 / test 25,000 unless `subset`)."""
-    root, fingerprint = resolve_source(data, home, progress=progress)
+    root, fingerprint = resolve_source(data, home, progress=progress, extract=False)
     splits = read_splits(root, fingerprint, subset, home)
     return Imdb(root, fingerprint, splits["train"], splits["validation"], splits["test"])
 
@@ -325,19 +369,77 @@ def read_splits(root: Path, fingerprint: str, subset: int = 0, home=None) -> dic
             return read_reviews_cache(path)
         except Exception:  # a damaged cache file (truncated, foreign) is rebuilt below
             pass
-    splits = {}
-    for name in SPLITS:
-        paths, labels = list_split(root, name)
-        keep = balanced_subset(labels, subset)
-        paths = [paths[i] for i in keep]
-        splits[name] = Split(
-            read_texts(paths), labels[keep], [os.path.relpath(p, root) for p in paths]
-        )
+    if root.is_file():
+        splits = read_archive_splits(root, subset)
+    else:
+        splits = {}
+        for name in SPLITS:
+            paths, labels = list_split(root, name)
+            keep = balanced_subset(labels, subset)
+            paths = [paths[i] for i in keep]
+            splits[name] = Split(
+                read_texts(paths), labels[keep], [os.path.relpath(p, root) for p in paths]
+            )
     try:
         write_reviews_cache(path, splits)
     except OSError:  # a full disk or read-only home costs speed next time, nothing else
         pass
     return splits
+
+
+def read_archive_splits(archive: Path, subset: int = 0) -> dict:
+    """{split name: Split} read straight from an aclImdb archive, in one pass, with the same
+    texts, labels, order and paths as list_split gives for its extraction."""
+    reviews = {}  # "train/neg/0_3.txt" -> raw bytes, for the class folders' .txt files
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for member in tar:
+                parts = member.name.split("/")
+                if len(parts) < 4 or parts[-4:-2] == ["train", "unsup"] or not member.isfile():
+                    continue
+                split, cls, name = parts[-3:]
+                if split in ("train", "test") and cls in CLASSES and name.lower().endswith(".txt"):
+                    reviews[f"{split}/{cls}/{name}"] = tar.extractfile(member).read()
+    except (tarfile.TarError, EOFError, OSError, zlib_error()) as e:
+        raise DataError(
+            f"{archive} could not be read completely ({e}): the archive is corrupted "
+            "or truncated. Download aclImdb_v1.tar.gz again."
+        ) from e
+    splits = {}
+    for name in SPLITS:
+        paths, labels = list_archive_split(reviews, name)
+        if not paths:
+            raise DataError(
+                f"{archive} holds no aclImdb/{name if name == 'test' else 'train'}/{{neg,pos}} "
+                "reviews: expected the aclImdb layout (train/pos, train/neg, test/pos, test/neg)."
+            )
+        keep = balanced_subset(labels, subset)
+        paths = [paths[i] for i in keep]
+        texts = lowercase([reviews[p] for p in paths])
+        splits[name] = Split(texts, labels[keep], paths)
+    return splits
+
+
+def list_archive_split(reviews, split: str) -> tuple[list, np.ndarray]:
+    """list_split for the relative paths of an archive's reviews: index_directory's order
+    (class by class, files sorted, then one seeded shuffle) and validation split."""
+    from keras.src.utils import dataset_utils
+
+    folder = "test" if split == "test" else "train"
+    paths, labels = [], []
+    for label, cls in enumerate(CLASSES):
+        names = sorted(p.rsplit("/", 1)[1] for p in reviews if p.startswith(f"{folder}/{cls}/"))
+        paths += [f"{folder}/{cls}/{name}" for name in names]
+        labels += [label] * len(names)
+    labels = np.asarray(labels, dtype=np.int32)
+    np.random.RandomState(SPLIT_SEED).shuffle(paths)
+    np.random.RandomState(SPLIT_SEED).shuffle(labels)
+    if split != "test":
+        subset = "training" if split == "train" else "validation"
+        paths, labels = dataset_utils.get_training_or_validation_split(
+            paths, labels, VALIDATION_SPLIT, subset
+        )
+    return list(paths), np.asarray(labels, dtype=np.int32)
 
 
 def write_reviews_cache(path: Path, splits: dict):

@@ -11,18 +11,28 @@ Precisions:
   fp8     the same model, then model.quantize("float8"): every Dense/EinsumDense gets
           E4M3 forward / E5M2 gradient quantize-dequantize with delayed scaling
   float32 a full-precision reference
+  fp8-current, fp8-rowwise, fp8-block128, mxfp8
+          the fp8 model, whose float8 layers quantize the same operands with another
+          scaling recipe (recipes.py) instead of delayed scaling: see use_recipe
 By default the sigmoid head is quantized too, as the example's quantize() does;
 TrainConfig.quantize_head=False keeps it in bf16.
 """
 
 import contextlib
+import functools
 import math
 import warnings
 
 import fp8demo.env  # noqa: F401
-from fp8demo.config import TrainConfig
+from fp8demo import fp8
+from fp8demo import recipes as recipes_lib
+from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, TrainConfig
 
-POLICIES = {"bf16": "mixed_bfloat16", "fp8": "mixed_bfloat16", "float32": "float32"}
+POLICIES = {
+    "bf16": "mixed_bfloat16",
+    **dict.fromkeys(FLOAT8_PRECISIONS, "mixed_bfloat16"),
+    "float32": "float32",
+}
 HEAD = "classifier"
 
 
@@ -57,8 +67,10 @@ def build(config: TrainConfig, precision: str):
         model = keras.Model(token_ids, outputs, name=f"imdb_transformer_{precision}")
     finally:
         keras.config.set_dtype_policy(previous)
-    if precision == "fp8":
+    if precision in FLOAT8_PRECISIONS:
         quantize_fp8(model, config)
+    if precision in RECIPE_PRECISIONS:
+        use_recipe(model, RECIPE_PRECISIONS[precision])
     return model
 
 
@@ -82,6 +94,152 @@ def quantize_fp8(model, config: TrainConfig):
             model.quantize("float8", filters=selected)
     finally:
         QuantizedFloat8DTypePolicy.default_amax_history_length = default
+
+
+# -- other scaling recipes -------------------------------------------------------------------
+#
+# A recipe precision is the fp8 model (same layers, variables and saved weights) whose float8
+# layers run `recipe_float8_call` instead of Keras' `_float8_call`. The structure is Keras':
+# inputs and kernel quantize-dequantized around the matmul (the gradient passes straight
+# through), then an identity whose backward quantize-dequantizes the output gradient, placed
+# right after the matmul as Keras places it. Only the scales differ: the recipe computes them
+# from the tensor being quantized (per tensor, row, 128-value tile or 32-value block).
+#
+# Keras' delayed-scaling bookkeeping keeps running unused by the recipe: each step still writes
+# every tensor's amax into its `<role>_amax_history` and the delayed scale into `<role>_scale`.
+# The recorded amax histories are the tensors' own and the scales what delayed scaling would
+# have used, so the FP8 health charts and the delayed what-if read the same as for fp8.
+
+
+RECIPES = tuple(RECIPE_PRECISIONS.values())  # the recipes a precision trains with
+
+
+def use_recipe(model, recipe: str):
+    """Make every float8 layer of `model` quantize with `recipe` (one of RECIPES); each
+    layer remembers it as `scaling_recipe`."""
+    if recipe not in RECIPES:
+        raise ValueError(f"no training recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
+    for layer in fp8.float8_layers(model):
+        layer._float8_call = functools.partial(recipe_float8_call, layer, recipe)
+        layer.scaling_recipe = recipe
+
+
+def scaling_recipe(model) -> str | None:
+    """The recipe `model`'s float8 layers scale with: "delayed" (Keras), another name from
+    recipes.RECIPES, or None without float8 layers."""
+    layers = fp8.float8_layers(model)
+    return getattr(layers[0], "scaling_recipe", "delayed") if layers else None
+
+
+def operand_axes(layer) -> dict:
+    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer.
+
+    Blocks run along what a matmul contracts: for inputs and kernel the contracted axes, for
+    the output gradient the kernel's output axes (the input-gradient matmul contracts those).
+    A Dense layer reads as the einsum "...a,ab->...b"; "..." stands for unblocked axes.
+    """
+    equation = getattr(layer, "equation", None) or "...a,ab->...b"
+    inputs, rest = equation.split(",")
+    kernel, outputs = rest.split("->")
+    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
+    return {
+        "inputs": (inputs, contracted),
+        "kernel": (kernel, contracted),
+        "outputs_grad": (outputs, "".join(c for c in kernel if c not in contracted)),
+    }
+
+
+def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
+    """`x` quantize-dequantized under `recipe` as `role`, blocked along `axes`' letters, in
+    `dtype`.
+
+    recipes.quantize blocks the trailing axes of inputs and output gradients and the leading
+    axes of kernels, so the blocked axes are moved there and back. "current" uses Keras' own
+    quantize-dequantize with the current tensor's scalar scale instead: the graph Keras' fp8
+    emits, the pattern XLA's GPU rewrite turns into FP8 GEMMs (like Keras, it applies the
+    scale in `dtype`, bf16 in the model).
+    """
+    import jax.numpy as jnp
+    import numpy as np
+    from keras import quantizers
+
+    fmt = recipes_lib.recipe_format(recipe, role)
+    if recipe == "current":
+        magnitude = jnp.where(jnp.isfinite(x), jnp.abs(x), 0).astype(jnp.float32)
+        amax = jnp.max(magnitude, initial=0.0)
+        scale = jnp.where(amax > 0, amax / fmt.max, 1.0)
+        return quantizers.quantize_and_dequantize(x, scale, fmt.dtype, dtype)
+    letters, blocked = axes
+    explicit = letters.replace("...", "")
+    offset = x.ndim - len(explicit)  # axes the ellipsis stands for
+    block_axes = [offset + explicit.index(c) for c in blocked] or [x.ndim - 1]
+    others = [a for a in range(x.ndim) if a not in block_axes]
+    order = block_axes + others if role == "kernel" else others + block_axes
+    moved = jnp.transpose(x, order)
+    quantized = recipes_lib.quantize(moved, recipe, role, block_dims=len(block_axes))
+    return jnp.transpose(quantized, np.argsort(order)).astype(dtype)
+
+
+def recipe_float8_call(layer, recipe: str, inputs, training=None):
+    """A float8 Dense/EinsumDense layer's call with `recipe`'s scales (see use_recipe)."""
+    from keras import ops, quantizers
+
+    axes = operand_axes(layer)
+
+    def delayed_bookkeeping(x, scale, history, role):
+        """Keras' update: the delayed scale from the history, and the history with x's amax."""
+        fmax = ops.cast(fp8.FORMAT_MAX[role], "float32")
+        new_scale = quantizers.compute_float8_scale(ops.max(history, axis=0), scale, fmax)
+        return new_scale, quantizers.compute_float8_amax_history(x, history)
+
+    def quantized_operand(role):
+        @ops.custom_gradient
+        def qdq(x, scale, history):
+            updates = delayed_bookkeeping(x, scale, history, role) if training else (None, None)
+
+            def grad(*args, upstream=None, variables=None):
+                if upstream is None:
+                    (upstream,) = args
+                return upstream, *updates
+
+            return recipe_qdq(x, recipe, role, axes[role], layer.compute_dtype), grad
+
+        return qdq
+
+    @ops.custom_gradient
+    def quantized_output_gradient(outputs, scale, history):
+        def grad(*args, upstream=None, variables=None):
+            if upstream is None:
+                (upstream,) = args
+            role = "outputs_grad"
+            gradient = recipe_qdq(upstream, recipe, role, axes[role], upstream.dtype)
+            return gradient, *delayed_bookkeeping(upstream, scale, history, role)
+
+        return outputs, grad
+
+    def operand(role, value):
+        return quantized_operand(role)(
+            value,
+            ops.convert_to_tensor(getattr(layer, f"{role}_scale")),
+            ops.convert_to_tensor(getattr(layer, f"{role}_amax_history")),
+        )
+
+    x, kernel = operand("inputs", inputs), operand("kernel", ops.convert_to_tensor(layer._kernel))
+    equation = getattr(layer, "equation", None)
+    x = ops.einsum(equation, x, kernel) if equation else ops.matmul(x, kernel)
+    x = quantized_output_gradient(
+        x,
+        ops.convert_to_tensor(layer.outputs_grad_scale),
+        ops.convert_to_tensor(layer.outputs_grad_amax_history),
+    )
+    if layer.bias is not None:
+        bias = layer.bias
+        if layer.dtype_policy.compute_dtype == "float32":  # as Keras: a bf16-rounded bias
+            bias = ops.cast(ops.cast(bias, "bfloat16"), bias.dtype)
+        x = ops.add(x, bias)
+    if layer.activation is not None:
+        x = layer.activation(x)
+    return x
 
 
 # -- dropout masks ---------------------------------------------------------------------------

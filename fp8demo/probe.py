@@ -15,16 +15,24 @@ gradient is taken where Keras quantizes it: at the matmul's output (the gradient
 equals the gradient after the bias, before the activation), flowing back through the
 other layers' float8 backward passes as in training. These are the statistics Transformer
 Engine's FP8 debug tools log for PyTorch; one compiled function computes them all.
+
+The same function also asks what-if: the same tensors quantized under every scaling recipe
+of recipes.py (Transformer Engine's `mxfp8_underflows%` and friends), giving underflow %,
+saturation % and SNR (dB) per tensor and recipe. Block recipes group values along the axes
+the layer's matmul contracts, read from its einsum equation (see `contraction_layout`).
 """
 
 import contextlib
+import math
 
 import numpy as np
 
 from fp8demo import fp8
+from fp8demo import recipes as recipes_lib
 from fp8demo.fp8 import ROLES
 
 STATISTICS = ("saturation", "underflow")
+RECIPE_STATISTICS = recipes_lib.STATISTICS  # underflow_pct, saturation_pct, snr_db
 
 
 def tensor_stats(values, scale, role):
@@ -46,6 +54,80 @@ def tensor_stats(values, scale, role):
     flushed = jnp.sum(nonzero & (quantized == 0))
     underflow = flushed / jnp.maximum(jnp.sum(nonzero), 1)
     return saturation, underflow
+
+
+# -- where each tensor's blocks lie ----------------------------------------------------------
+
+
+def contraction_layout(layer) -> dict:
+    """{role: (axis letters, letters a block runs along, blocks lead)} for one float8 layer.
+
+    Block recipes group values along the dimension a matmul contracts: inputs and kernel
+    along the contracted axes, output gradients along the kernel's output axes (what the
+    input-gradient matmul contracts). A Dense layer reads as the einsum "...a,ab->...b";
+    "..." stands for leading axes, which are never blocked.
+    """
+    equation = getattr(layer, "equation", None) or "...a,ab->...b"
+    inputs, rest = equation.split(",")
+    kernel, outputs = rest.split("->")
+    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
+    kernel_free = "".join(c for c in kernel if c not in contracted)
+    return {
+        "inputs": (inputs, contracted, False),
+        "kernel": (kernel, contracted, True),
+        "outputs_grad": (outputs, kernel_free, False),
+    }
+
+
+def blocked_matrix(x, letters: str, blocked: str, leading: bool):
+    """x as a matrix whose blocked dimension (the `blocked` axes, flattened in that order)
+    is the last axis, or the first when `leading` (kernels: K x N)."""
+    import jax.numpy as jnp
+
+    explicit = letters.replace("...", "")
+    offset = x.ndim - len(explicit)  # axes the ellipsis stands for
+    block_axes = [offset + explicit.index(c) for c in blocked]
+    others = [a for a in range(x.ndim) if a not in block_axes]
+    order = block_axes + others if leading else others + block_axes
+    if order != list(range(x.ndim)):
+        x = jnp.transpose(x, order)
+    k = math.prod(x.shape[: len(block_axes)] if leading else x.shape[len(others) :])
+    return x.reshape((k, -1) if leading else (-1, k))
+
+
+def recipe_table(matrices, scales, role: str, recipes):
+    """[tensors, recipes, (underflow_pct, saturation_pct, snr_db)] of one role's matrices.
+
+    The matrices are padded with NaN to one shape and stacked, so each recipe compiles once
+    per role (vmapped over the tensors), not once per layer. NaN padding at the end of an
+    axis changes no statistic: recipes pick scales from finite values only, padded blocks
+    are the partial blocks recipes.py describes, and each statistic counts non-NaN values
+    only. "delayed" uses `scales`, the scale the run itself applies to each tensor.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    rows = max(m.shape[0] for m in matrices)
+    cols = max(m.shape[1] for m in matrices)
+    stacked = jnp.stack(
+        [
+            jnp.pad(m, ((0, rows - m.shape[0]), (0, cols - m.shape[1])), constant_values=jnp.nan)
+            for m in matrices
+        ]
+    )
+    scales = jnp.stack([jnp.asarray(s, jnp.float32) for s in scales])
+
+    def statistics(recipe):
+        def one_tensor(x, scale):
+            out = recipes_lib.what_if(x, recipe, role, scale, 1)
+            return jnp.stack([out[name] for name in RECIPE_STATISTICS])
+
+        return jax.vmap(one_tensor)(stacked, scales)
+
+    return jnp.stack([statistics(recipe) for recipe in recipes], axis=1)
+
+
+# -- the probe --------------------------------------------------------------------------------
 
 
 @contextlib.contextmanager
@@ -83,19 +165,26 @@ def _tapped(layers, captured, taps):
 
 
 class Probe:
-    """Saturation and underflow of every float8 tensor on one fixed batch.
+    """Saturation and underflow of every float8 tensor on one fixed batch, and the same
+    tensors' what-if statistics under each of `recipes` (() for none).
 
         probe = Probe(model, x_val[:32], y_val[:32])
-        stats = probe()  # [layers, roles, (saturation, underflow)], fractions in [0, 1]
+        stats, by_recipe = probe.measure()
+        # stats:     [layers, roles, (saturation, underflow)], fractions in [0, 1]
+        # by_recipe: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)]
+        stats = probe()  # stats alone
 
     Call it between training steps (in a callback, after `self.model` synced the state).
     """
 
-    def __init__(self, model, x, y):
+    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES):
         self.model = model
         self.layers = fp8.float8_layers(model)
         self.x = np.asarray(x)
         self.y = np.asarray(y, np.float32).reshape(len(self.x), -1)
+        self.recipes = tuple(recipes)
+        for recipe in self.recipes:
+            recipes_lib.recipe_format(recipe, ROLES[0])  # refuses an unknown recipe now
         self._compiled = None
 
     def _scale_positions(self):
@@ -120,8 +209,9 @@ class Probe:
         import jax.numpy as jnp
         import keras
 
-        model, layers = self.model, self.layers
+        model, layers, recipes = self.model, self.layers, self.recipes
         positions = self._scale_positions()
+        layouts = [contraction_layout(layer) for layer in layers]
 
         def loss(taps, trainable, non_trainable, x, y):
             captured = {}
@@ -136,28 +226,151 @@ class Probe:
                 jnp.zeros(shapes[f"z{i}"].shape, shapes[f"z{i}"].dtype) for i in range(len(layers))
             ]
             grads, captured = jax.grad(loss, has_aux=True)(taps, trainable, non_trainable, x, y)
-            rows = []
-            for i in range(len(layers)):
-                tensors = {
-                    "inputs": captured[f"inputs{i}"],
-                    "kernel": captured[f"kernel{i}"],
-                    "outputs_grad": grads[i],
-                }
-                row = []
-                for j, role in enumerate(ROLES):
-                    is_trainable, k = positions[i][j]
-                    scale = (trainable if is_trainable else non_trainable)[k]
-                    row.append(jnp.stack(tensor_stats(tensors[role], scale, role)))
-                rows.append(jnp.stack(row))
-            return jnp.stack(rows)
+            tensors = {
+                "inputs": [captured[f"inputs{i}"] for i in range(len(layers))],
+                "kernel": [captured[f"kernel{i}"] for i in range(len(layers))],
+                "outputs_grad": grads,
+            }
+
+            def scale(i, j):  # the scale layer i applies to role j
+                is_trainable, k = positions[i][j]
+                return (trainable if is_trainable else non_trainable)[k]
+
+            stats = jnp.stack(
+                [
+                    jnp.stack(
+                        [
+                            jnp.stack(tensor_stats(tensors[role][i], scale(i, j), role))
+                            for j, role in enumerate(ROLES)
+                        ]
+                    )
+                    for i in range(len(layers))
+                ]
+            )
+            if not recipes:
+                return stats, jnp.zeros((len(layers), len(ROLES), 0, len(RECIPE_STATISTICS)))
+            by_recipe = []
+            for j, role in enumerate(ROLES):
+                matrices = [
+                    blocked_matrix(jnp.asarray(t, jnp.float32), *layouts[i][role])
+                    for i, t in enumerate(tensors[role])
+                ]
+                scales = [scale(i, j) for i in range(len(layers))]
+                by_recipe.append(recipe_table(matrices, scales, role, recipes))
+            return stats, jnp.stack(by_recipe, axis=1)  # [layers, roles, recipes, 3]
 
         return jax.jit(probe)
 
-    def __call__(self) -> np.ndarray:
+    def measure(self) -> tuple[np.ndarray, np.ndarray]:
+        """(stats, by_recipe) of the model's current weights and scales, in one dispatch."""
         if not self.layers:
-            return np.zeros((0, len(ROLES), len(STATISTICS)), np.float32)
+            return (
+                np.zeros((0, len(ROLES), len(STATISTICS)), np.float32),
+                np.zeros((0, len(ROLES), len(self.recipes), len(RECIPE_STATISTICS)), np.float32),
+            )
         if self._compiled is None:
             self._compiled = self._build()
         trainable = [v.value for v in self.model.trainable_variables]
         non_trainable = [v.value for v in self.model.non_trainable_variables]
-        return np.asarray(self._compiled(trainable, non_trainable, self.x, self.y), np.float32)
+        stats, by_recipe = self._compiled(trainable, non_trainable, self.x, self.y)
+        return np.asarray(stats, np.float32), np.asarray(by_recipe, np.float32)
+
+    def __call__(self) -> np.ndarray:
+        return self.measure()[0]
+
+
+# -- recipe statistics as rows and words ----------------------------------------------------
+
+NOTABLE_PCT = 0.01  # % of a tensor's values below which the summary calls a loss negligible
+ROLE_PHRASES = {  # "the output gradients of `query` lose 9 % of their values"
+    "inputs": ("the inputs of", "lose", "their"),
+    "kernel": ("the kernel of", "loses", "its"),
+    "outputs_grad": ("the output gradients of", "lose", "their"),
+}
+
+
+def recipe_records(steps, recipes, stats, layer_names, all_probes: bool = False) -> list[dict]:
+    """One dict per probe (the latest only, unless `all_probes`), float8 tensor and recipe:
+    layer, role, recipe, step, underflow_pct, saturation_pct, snr_db.
+
+    stats: [probes, layers, roles, recipes, 3] as Store.fp8_recipes returns it. A value that
+    is not finite becomes None (snr_db is +inf where quantization is exact), so the rows are
+    valid JSON.
+    """
+    stats = np.asarray(stats, np.float32)
+    picked = range(len(steps)) if all_probes else range(len(steps))[-1:]
+    return [
+        {
+            "layer": layer,
+            "role": role,
+            "recipe": recipe,
+            "step": int(steps[p]),
+            **{name: _finite(stats[p, i, j, k, n]) for n, name in enumerate(RECIPE_STATISTICS)},
+        }
+        for p in picked
+        for i, layer in enumerate(layer_names)
+        for j, role in enumerate(ROLES)
+        for k, recipe in enumerate(recipes)
+    ]
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def _percent(value: float) -> str:
+    if value == 0:
+        return "none"
+    if value < NOTABLE_PCT:
+        return f"under {NOTABLE_PCT} %"
+    return f"{value:.2g} %" if value < 10 else f"{value:.0f} %"
+
+
+def snr_words(value) -> str:
+    """An SNR for people: "25.5 dB", "exact" (+inf), "-" (not measured)."""
+    if np.isnan(value) or value == -np.inf:
+        return "-"
+    return "exact" if value == np.inf else f"{value:.1f} dB"
+
+
+def recipe_summary(recipes, latest, layer_names) -> list[str]:
+    """Plain-words sentences about one probe's recipe statistics (latest: [layers, roles,
+    recipes, 3]): for underflow and for saturation, the tensor delayed scaling loses most
+    values of and the recipe that loses fewest of them; then each recipe's median SNR."""
+    latest = np.asarray(latest, np.float32)
+    recipes = list(recipes)
+    if not recipes or latest.size == 0:
+        return []
+    base = "delayed" if "delayed" in recipes else recipes[0]
+    b = recipes.index(base)
+    snr = np.nan_to_num(latest[..., 2], nan=-np.inf)  # [layers, roles, recipes]
+    sentences, quiet = [], []
+    for n, loss in enumerate(("underflow", "saturation")):
+        values = np.nan_to_num(latest[..., n], nan=0.0)
+        i, j = np.unravel_index(np.argmax(values[:, :, b]), values.shape[:2])
+        worst = float(values[i, j, b])
+        if worst < NOTABLE_PCT:
+            quiet.append(loss)
+            continue
+        what, verb, their = ROLE_PHRASES[ROLES[j]]
+        name = layer_names[i].rsplit("/", 1)[-1]
+        sentence = f"{what} `{name}` {verb} {_percent(worst)} of {their} values to {loss}"
+        sentence = sentence[0].upper() + sentence[1:] + f" under {base} scaling"
+        others = [k for k in range(len(recipes)) if k != b]
+        if others:  # the fewest lost; of equals, the best SNR
+            best = min(others, key=lambda k: (values[i, j, k], -snr[i, j, k]))
+            sentence += f"; `{recipes[best]}` loses {_percent(float(values[i, j, best]))}"
+        sentences.append(sentence + ".")
+    if quiet:
+        sentences.insert(
+            0,
+            f"Under {base} scaling no tensor loses {NOTABLE_PCT} % of its values or more "
+            f"to {' or '.join(quiet)}.",
+        )
+    median = np.median(snr, axis=(0, 1))
+    ranked = sorted(range(len(recipes)), key=lambda k: -median[k])
+    listed = ", ".join(f"`{recipes[k]}` {snr_words(median[k])}" for k in ranked)
+    tensors = latest.shape[0] * latest.shape[1]
+    sentences.append(f"Median SNR over the {tensors} tensors, best first: {listed}.")
+    return sentences

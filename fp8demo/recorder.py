@@ -111,12 +111,15 @@ class Recorder(keras.callbacks.Callback):
         self.pending = []  # PendingStep rows not yet in the store
         self.last_means = None  # running means of the last step taken out of `pending`
         self.probe_rows = []  # (step, stats) not yet in the store
+        self.recipe_rows = []  # (step, what-if stats per scaling recipe) not yet in the store
+        self.recipes = self.probe.recipes if self.probe is not None else ()
         self.fp8_step = 0  # last step whose amax is in the store
         self.last_flush = 0.0
         self.started = None
         self.first_step_time = None  # the first step includes XLA compilation
         self.last_step_time = None
         self.validation_seconds = 0.0  # spent validating between epochs (not in steps)
+        self.validation_seconds_at_last_step = 0.0  # the last epoch's validation comes after
         self.validation_started = None
 
     # -- fit --------------------------------------------------------------------------------
@@ -136,6 +139,7 @@ class Recorder(keras.callbacks.Callback):
         now = time.time()
         self.step += 1
         self.last_step_time = now
+        self.validation_seconds_at_last_step = self.validation_seconds
         if self.first_step_time is None:
             self.first_step_time = now
             self.store.update_run(self.run_id, phase="training")
@@ -246,6 +250,9 @@ class Recorder(keras.callbacks.Callback):
         if self.probe_rows:
             self.store.add_fp8_probe(self.run_id, self.probe_rows)
             self.probe_rows = []
+        if self.recipe_rows:
+            self.store.add_fp8_recipes(self.run_id, self.recipes, self.recipe_rows)
+            self.recipe_rows = []
 
     def report_progress(self, now: float):
         fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
@@ -269,12 +276,16 @@ class Recorder(keras.callbacks.Callback):
     # -- measuring --------------------------------------------------------------------------
 
     def run_probe(self):
-        """Saturation/underflow on the fixed batch; a failing probe only turns itself off."""
+        """Saturation/underflow on the fixed batch, and the same tensors under every scaling
+        recipe (one compiled call); a failing probe only turns itself off."""
         if self.probe is None:
             return
         try:
             _ = self.model  # sync the training state into the variables
-            self.probe_rows.append((self.step, self.probe()))
+            stats, by_recipe = self.probe.measure()
+            self.probe_rows.append((self.step, stats))
+            if self.recipes:
+                self.recipe_rows.append((self.step, by_recipe))
         except Exception as e:  # monitoring must never end a training run
             self.probe = None
             self.store.merge_summary(self.run_id, probe_error=f"{type(e).__name__}: {e}"[:500])
@@ -284,6 +295,9 @@ class Recorder(keras.callbacks.Callback):
         up to `until` (default: the last step); None before two steps."""
         if self.first_step_time is None or self.step < 2:
             return None
-        until = self.last_step_time if until is None else until
-        seconds = until - self.first_step_time - self.validation_seconds
+        if until is None:
+            until, validation = self.last_step_time, self.validation_seconds_at_last_step
+        else:
+            validation = self.validation_seconds
+        seconds = until - self.first_step_time - validation
         return (self.step - 1) / max(seconds, 1e-9)

@@ -26,7 +26,7 @@ from fp8demo.config import TrainConfig
 from fp8demo.fp8 import ROLES
 from fp8demo.resources import min_free_bytes
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 # PRAGMA application_id of every store ("fp8d" in ASCII): tells a run store apart from another
 # program's SQLite database that happens to sit at the same path.
 APPLICATION_ID = 0x66703864
@@ -36,6 +36,7 @@ MOVE_IT = "Move it away or set FP8DEMO_HOME to another folder."
 MIGRATIONS = {
     1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
     2: [],  # fp8_probe is a new table, created with the others
+    3: [],  # so is fp8_recipes
 }
 ACTIVE = ("queued", "running")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
@@ -103,6 +104,12 @@ CREATE TABLE IF NOT EXISTS fp8_scales (
 CREATE TABLE IF NOT EXISTS fp8_probe (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, stats BLOB NOT NULL,
     PRIMARY KEY (run_id, step)
+) WITHOUT ROWID;
+-- One row per probe and scaling recipe (recipes.py): the probe's tensors quantized under that
+-- recipe, float32, shape (layers, 3 roles, 3: underflow %, saturation %, SNR dB (inf: exact)).
+CREATE TABLE IF NOT EXISTS fp8_recipes (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, recipe TEXT NOT NULL, stats BLOB NOT NULL,
+    PRIMARY KEY (run_id, step, recipe)
 ) WITHOUT ROWID;
 """
 
@@ -575,6 +582,40 @@ class Store:
         """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
         return self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
 
+    def add_fp8_recipes(self, run_id: int, recipes, rows):
+        """rows: (step, stats[layers, 3 roles, recipes, 3]) of probe.Probe.measure, the
+        recipes in the order of `recipes`."""
+        self._conn().executemany(
+            "INSERT OR REPLACE INTO fp8_recipes VALUES (?, ?, ?, ?)",
+            [
+                (int(run_id), int(step), recipe, np.ascontiguousarray(stats[:, :, k]).tobytes())
+                for step, stats in ((s, np.asarray(v, np.float32)) for s, v in rows)
+                for k, recipe in enumerate(recipes)
+            ],
+        )
+
+    def fp8_recipes(self, run_id: int, since_step: int = -1):
+        """(steps, recipes, stats[probes, layers, roles, recipes, (underflow_pct,
+        saturation_pct, snr_db)]) in time order; recipes in recipes.RECIPES' order, a recipe
+        missing at a probe NaN."""
+        from fp8demo.recipes import RECIPES
+
+        n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
+        rows = self._execute(
+            "SELECT step, recipe, stats FROM fp8_recipes WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step),
+        ).fetchall()
+        steps = sorted({r[0] for r in rows})
+        known = {name: k for k, name in enumerate(RECIPES)}  # others (older names) last
+        names = sorted({r[1] for r in rows}, key=lambda n: (known.get(n, len(known)), n))
+        stats = np.full((len(steps), n_layers, len(ROLES), len(names), 3), np.nan, np.float32)
+        at_step = {step: i for i, step in enumerate(steps)}
+        at_recipe = {name: k for k, name in enumerate(names)}
+        for step, recipe, blob in rows:
+            values = np.frombuffer(blob, np.float32).reshape(n_layers, len(ROLES), 3)
+            stats[at_step[step], :, :, at_recipe[recipe]] = values
+        return np.array(steps, np.int64), tuple(names), stats
+
     def _fp8_series(self, table, column, run_id, since_step, extra=()):
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
         rows = self._execute(
@@ -609,6 +650,7 @@ class Store:
                     "fp8_amax",
                     "fp8_scales",
                     "fp8_probe",
+                    "fp8_recipes",
                 ):
                     conn.execute(f"DELETE FROM {table} WHERE run_id=?", (run["id"],))
                 conn.execute("DELETE FROM runs WHERE id=?", (run["id"],))

@@ -55,6 +55,12 @@ def vocabulary_key(config: TrainConfig, fingerprint: str) -> str:
     )
 
 
+def tokens_cache_path(config: TrainConfig, fingerprint: str, home=None) -> Path:
+    """Where the tokenized splits of these settings and data are cached."""
+    key = _key(vocab=vocabulary_key(config, fingerprint), seq_len=config.seq_len)
+    return cache_dir(home) / f"tokens-{key}.npz"
+
+
 def cache_dir(home=None) -> Path:
     from fp8demo.store import default_home
 
@@ -139,12 +145,12 @@ def prepare(
     seconds = {}
     started = time.time()
     on_phase("loading data")
-    root, fingerprint = data.resolve_source(config.data, home, progress=progress)
+    root, fingerprint = data.resolve_source(config.data, home, progress=progress, extract=False)
     seconds["locate data"] = time.time() - started
     cache = cache_dir(home)
     vocab_key = vocabulary_key(config, fingerprint)
     vocab_path = cache / f"vocab-{vocab_key}.txt"
-    tokens_path = cache / f"tokens-{_key(vocab=vocab_key, seq_len=config.seq_len)}.npz"
+    tokens_path = tokens_cache_path(config, fingerprint, home)
     from_cache = {"vocabulary": vocab_path.exists(), "tokens": tokens_path.exists()}
 
     if from_cache["vocabulary"] and from_cache["tokens"]:
@@ -194,7 +200,9 @@ def cached_vocabulary(config: TrainConfig, home=None) -> list | None:
     named = config.data or os.environ.get("FP8DEMO_IMDB", "")
     try:
         if named or list((home / "data").glob("*/aclImdb/.complete")):
-            _, fingerprint = data.resolve_source(config.data, home, progress=lambda *_: None)
+            _, fingerprint = data.resolve_source(
+                config.data, home, progress=lambda *_: None, extract=False
+            )
         else:
             return None
     except data.DataError:

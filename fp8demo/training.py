@@ -3,7 +3,8 @@
 Narrative order, as the Keras example: prepare data and tokenizer (cached) → build the
 model (bf16, or bf16 + quantize("float8")) → fit with a recording callback (recorder.py) →
 evaluate the final weights, and the best epoch's, on the test split → save what prediction
-needs (weights + config + vocabulary) → post-training quantization of a bf16 model.
+needs (weights + config + vocabulary). The post-training quantization of a bf16 model is
+evaluated later, when first asked for (post_training_results), so it never delays a comparison.
 """
 
 import json
@@ -153,19 +154,12 @@ def _train_run(store: Store, run: dict, record: bool, progress, on_trained, call
     stop_if_cancel_requested(store, run_id)
     save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
 
-    # 6. Post-training quantization of the trained bf16 model: the calibration-free INT8 the
-    #    example contrasts FP8 training with, and int4 weight-only.
-    ptq, modes = {}, model_lib.PTQ_MODES if precision == "bf16" and config.ptq else ()
-    for mode in modes:
-        show(f"evaluating {mode} post-training quantization")
-        stop_if_cancel_requested(store, run_id)
-        ptq[mode] = evaluate_post_training(store.run_dir(run_id), config, mode, test, eval_batch)
-
+    # 6. The post-training quantization of a bf16 run waits for its first viewer
+    #    (post_training_results): the comparison ends without it.
     kept = best if (config.restore_best and best) else final
     store.merge_summary(
         run_id,
         phase_seconds=timer.seconds(),
-        ptq=ptq,
         fp8_after=fp8.variables_summary(layers),
         weights_bytes=model_lib.weights_bytes(model),
         test={"loss": kept["test_loss"], "accuracy": kept["test_accuracy"]},
@@ -404,6 +398,75 @@ def save_artifacts(store: Store, run_id: int, model, config, precision: str, voc
 
 
 # -- 6. post-training quantization ----------------------------------------------------------
+#
+# The calibration-free INT8 the example contrasts FP8 training with, and int4 weight-only, of
+# a finished bf16 run's saved weights. Evaluated on first request (Results, Predict, `show`)
+# and kept in the run's summary: a comparison does not wait for numbers nobody may look at.
+
+PTQ_LOCK = "ptq.lock"
+
+
+def post_training_pending(run: dict) -> bool:
+    """Whether a run has post-training quantization results still to evaluate."""
+    config = run["config"]
+    return (
+        run["status"] == "finished"
+        and run["precision"] == "bf16"
+        and bool(config.ptq)
+        and set(run["summary"].get("ptq") or {}) != set(model_lib.PTQ_MODES)
+    )
+
+
+def post_training_results(store: Store, run_id: int) -> dict:
+    """{mode: test results, weight bytes and seconds} of a finished bf16 run's post-training
+    quantization: from its summary, else evaluated now and stored there.
+
+    A file lock makes concurrent requests (two browser tabs, the CLI) evaluate once; the
+    others wait and read the stored result. Runs without PTQ give {}.
+    """
+    import fcntl
+
+    run = store.run(run_id)
+    if not post_training_pending(run):
+        return run["summary"].get("ptq") or {}
+    folder = store.run_dir(run["id"])
+    with open(folder / PTQ_LOCK, "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        run = store.run(run["id"])  # another request may have finished meanwhile
+        if not post_training_pending(run):
+            return run["summary"].get("ptq") or {}
+        config = run["config"]
+        fp8demo.env.use_compilation_cache(store.home)
+        test = test_set_of(store, run)
+        batch = eval_batch_size(config.seq_len)
+        results = {}
+        for mode in model_lib.PTQ_MODES:
+            started = time.time()
+            results[mode] = evaluate_post_training(folder, config, mode, test, batch)
+            results[mode]["seconds"] = time.time() - started
+        store.merge_summary(run["id"], ptq=results)
+    return results
+
+
+def test_set_of(store: Store, run: dict) -> EvaluationSet:
+    """The test split a run was evaluated on, tokenized with the vocabulary it saved: from the
+    token cache of the data it recorded, else prepared again from its data source."""
+    fingerprint = (run["summary"].get("data") or {}).get("fingerprint")
+    if fingerprint:
+        path = tokenizer.tokens_cache_path(run["config"], fingerprint, store.home)
+        try:
+            with np.load(path) as arrays:
+                return EvaluationSet(arrays["x_test"], arrays["y_test"])
+        except (OSError, KeyError, ValueError):  # evicted or damaged: prepare it again
+            pass
+    prepared = tokenizer.prepare(run["config"], store.home, progress=lambda *_: None)
+    saved = (store.run_dir(run["id"]) / "vocabulary.txt").read_text(encoding="utf-8")
+    if saved.split("\n") != list(prepared.vocabulary):
+        raise ConfigError(
+            f"Run {run['id']}'s saved vocabulary differs from the one its settings give now "
+            "(was the data changed?): its post-training quantization cannot be evaluated."
+        )
+    return EvaluationSet(prepared.x_test, prepared.y_test)
 
 
 def evaluate_post_training(folder, config, mode: str, test: EvaluationSet, batch_size: int) -> dict:

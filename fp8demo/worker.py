@@ -214,13 +214,14 @@ def main(store: Store | None = None, idle_exit: float = IDLE_EXIT_SECONDS) -> in
     try:
         handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
         store.reap()
-        from fp8demo.env import tensorflow
-
-        tensorflow()  # hide GPUs from TensorFlow before anything initialises it
         idle_since = time.time()
         while True:
+            # Claimed first: the run shows its phase while the libraries are still loading.
             run = store.claim_next_run(os.getpid())
             if run is not None:
+                from fp8demo.env import tensorflow
+
+                tensorflow()  # hide GPUs from TensorFlow before anything initialises it
                 execute(store, run)
                 idle_since = time.time()
             elif time.time() - idle_since > idle_exit:

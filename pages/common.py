@@ -246,6 +246,27 @@ def query_int(name):
         return None
 
 
+QUICK_DEMO_HINT = "the “Quick demo” preset takes about a minute"
+
+
+def next_step(text: str, page: str = "pages/train.py", query_params=None):
+    """What a page with nothing to show yet says: the next step, and a link to take it."""
+    st.info(text, icon=":material/arrow_forward:")
+    path, title, icon = next(entry for entry in PAGES if entry[0] == page)
+    st.page_link(path, label=f"Go to {title}", icon=icon, query_params=query_params)
+
+
+def fixed_scale_toggle(key: str) -> bool:
+    """The amax heatmaps' choice: each role's own colour range, or one fixed range for all."""
+    return st.toggle(
+        "Fixed amax scale (−16…16, for comparing runs)",
+        key=key,
+        help="Colour every amax heatmap on the same log2 range, 2^-16 to 2^16, so a colour "
+        "means the same amax in every role and run. Off: each role's colours span its own "
+        "values.",
+    )
+
+
 def plot(fig, key=None):
     """st.plotly_chart with the dashboard's modebar settings (PNG export kept)."""
     from fp8demo.charts import PLOTLY_CONFIG

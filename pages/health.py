@@ -3,8 +3,9 @@
 For every float8 layer and role (inputs, kernel, output gradient): headroom over time,
 overflow events (steps whose amax exceeded what the delayed scale could represent, marked
 on the amax heatmap), saturation and underflow % of the actual values on a fixed probe
-batch, and a summary table flagging the tensors at risk. Computed from the run store, so
-it works live and for finished runs alike.
+batch, and a summary table flagging the tensors at risk; then what the same probe tensors
+would lose under other scaling recipes (recipes.py). Computed from the run store, so it
+works live and for finished runs alike.
 """
 
 import dataclasses
@@ -12,7 +13,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, fp8
+from fp8demo import charts, fp8, probe, recipes
 from fp8demo.config import ConfigError
 from fp8demo.fp8 import ROLES
 from fp8demo.store import StoreError
@@ -67,6 +68,7 @@ def health_view(store, run, refreshing):
             "- The scale in use at step t comes from the largest amax of steps up to t−2 "
             f"(a window of {history_length} steps); the first two steps use 1.0."
         )
+    fixed_scale = common.fixed_scale_toggle("health_amax_fixed_scale")
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES])
     for j, role in enumerate(ROLES):
         with tabs[j]:
@@ -79,11 +81,49 @@ def health_view(store, run, refreshing):
                     charts.probe_figure(probe_steps, probe_stats[:, :, j], layers, role),
                     key=f"probe-{role}",
                 )
-            heatmap = charts.amax_heatmap(steps, amax[:, :, j], layers, role)
+            heatmap = charts.amax_heatmap(
+                steps, amax[:, :, j], layers, role, fixed_scale=fixed_scale
+            )
             common.plot(
                 charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
                 key=f"health-amax-{role}",
             )
+    recipe_section(store, run, layers)
+
+
+def recipe_section(store, run, layers):
+    """The probe's tensors quantized under every scaling recipe: words, heatmap, lines."""
+    st.subheader("Scaling recipes")
+    steps, names, stats = store.fp8_recipes(run["id"])
+    if not len(steps):
+        st.caption(
+            "No recipe statistics for this run: they are measured at each probe"
+            + (" (the probe is off)." if run["config"].probe_every == 0 else ".")
+        )
+        return
+    st.caption(
+        "The same probe tensors quantized as each recipe would (delayed: the run's own scales). "
+        "Colour: SNR in dB, higher is better; hover a cell for underflow and saturation."
+    )
+    for sentence in probe.recipe_summary(names, stats[-1], layers):
+        st.markdown(f"- {sentence}")
+    common.plot(charts.recipe_heatmap(stats[-1], layers, names, steps[-1]), key="recipe-heatmap")
+    tensors = [(i, j) for i in range(len(layers)) for j in range(len(ROLES))]
+    i, j = st.selectbox(
+        "Tensor",
+        tensors,
+        format_func=lambda t: f"{layers[t[0]]} · {charts.ROLE_TITLES[ROLES[t[1]]]}",
+        key="recipe_tensor",
+    )
+    tensor = f"{layers[i]} · {charts.ROLE_TITLES[ROLES[j]]}"
+    common.plot(
+        charts.recipe_probe_figure(steps, stats[:, i, j], names, tensor), key="recipe-lines"
+    )
+    with st.expander("The recipes and the statistics", expanded=False):
+        for name in names:
+            st.markdown(f"- **{name}**: {recipes.RECIPE_HELP.get(name, '')}.")
+        for name, text in recipes.STATISTICS_HELP.items():
+            st.markdown(f"- **{name}**: {text}.")
 
 
 def same_but_history(a, b) -> bool:
@@ -213,7 +253,11 @@ st.caption(
 )
 comparisons = [c for c in store.comparisons() if any(r["precision"] == "fp8" for r in c["runs"])]
 if not comparisons:
-    st.info("No comparison with an fp8 run yet. Launch one on the Train page.")
+    common.next_step(
+        "No fp8 run yet: launch a comparison on Train with fp8 among its precisions (it is "
+        f"by default; {common.QUICK_DEMO_HINT}). Its float8 statistics appear here as it "
+        "trains."
+    )
     st.stop()
 cid = common.pick_comparison(
     comparisons, key="health_comparison", preferred=common.query_int("comparison")

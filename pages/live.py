@@ -61,8 +61,11 @@ def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
     )
 
 
-def fp8_figures(store, run) -> dict:
-    """The fp8 run's amax heatmaps (one per role) and scales, or a note why there are none."""
+def fp8_figures(store, run, fixed_scale=False) -> dict:
+    """The fp8 run's amax heatmaps (one per role) and scales, or a note why there are none.
+
+    fixed_scale: every heatmap on the same log2 range, instead of each role's own.
+    """
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     if not layers:
         return {"note": "The amax heatmaps appear once the fp8 model has been built and quantized."}
@@ -72,7 +75,7 @@ def fp8_figures(store, run) -> dict:
     s_steps, scales = store.fp8_scales(run["id"])
     return {
         "amax": {
-            role: charts.amax_heatmap(steps, amax[:, :, j], layers, role)
+            role: charts.amax_heatmap(steps, amax[:, :, j], layers, role, fixed_scale=fixed_scale)
             for j, role in enumerate(ROLES)
         },
         "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None,
@@ -98,6 +101,7 @@ def shared_figures(
     smoothing: float,
     log_y: bool,
     x_axis: str,
+    fixed_scale: bool,
 ) -> dict:
     """Every chart of one refresh, built at most once per `moment` (when its time slot began)
     and settings and shared by all sessions watching (the figures are read-only): ten viewers
@@ -110,7 +114,7 @@ def shared_figures(
     return {
         "loss": metric_curves(metrics, runs, "loss", smoothing, log_y, x_axis),
         "accuracy": metric_curves(metrics, runs, "accuracy", smoothing, log_y, x_axis),
-        "fp8": fp8_figures(_store, fp8_runs[0]) if fp8_runs else None,
+        "fp8": fp8_figures(_store, fp8_runs[0], fixed_scale) if fp8_runs else None,
     }
 
 
@@ -122,8 +126,10 @@ def fp8_panel(figures: dict):
     st.caption(
         "Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
         f"output gradient per step; its scale is amax / fmax ({E4M3_MAX:g} for E4M3, "
-        f"{E5M2_MAX:g} for E5M2). Colour is log2(amax), blank where amax is 0."
+        f"{E5M2_MAX:g} for E5M2). Colour is log2(amax), blank where amax is 0; each role's "
+        "colours span its own values unless the scale is fixed."
     )
+    common.fixed_scale_toggle("amax_fixed_scale")
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES] + ["scales"])
     for j, role in enumerate(ROLES):
         with tabs[j]:
@@ -163,8 +169,10 @@ def charts_view(store, cid, smoothing, log_y, x_axis, interval, viewers=1):
     # Live: one shared build per time slot of `interval` seconds, keyed by when the slot began
     # (sessions on other intervals never share a key). Paused or ended: fresh, drawn once.
     moment = time.time() // interval * interval if interval else -time.time()
+    # The toggle is drawn further down (with the heatmaps); its value is known already.
+    fixed_scale = st.session_state.get("amax_fixed_scale", False)
     figures = shared_figures(
-        store, str(store.home), cid, runs_key, moment, smoothing, log_y, x_axis
+        store, str(store.home), cid, runs_key, moment, smoothing, log_y, x_axis, fixed_scale
     )
     left, right = st.columns(2)
     with left:
@@ -191,7 +199,10 @@ store = common.page_store()
 st.title("Live")
 comparisons = store.comparisons()
 if not comparisons:
-    st.info("No comparisons yet. Launch one on the Train page and watch it here.")
+    common.next_step(
+        f"No runs yet: launch a comparison on Train ({common.QUICK_DEMO_HINT}) and watch it "
+        "train here, step by step."
+    )
     st.stop()
 
 preferred = st.session_state.pop("live_comparison", None) or common.query_int("comparison")

@@ -35,8 +35,8 @@ def load_models(runs) -> dict:
         except PredictError as e:
             st.error(f"{r['precision']}: {e}")
         # The bf16 model after post-training int8 quantization: the calibration-free
-        # alternative the example contrasts FP8 training with.
-        if r["precision"] == "bf16" and "int8" in (r["summary"].get("ptq") or {}):
+        # alternative the example contrasts FP8 training with (quantized here, on first use).
+        if r["precision"] == "bf16" and r["status"] == "finished" and r["config"].ptq:
             try:
                 models["int8 (PTQ)"] = load_model(str(default_home()), r["id"], "int8")
             except PredictError as e:
@@ -120,12 +120,22 @@ def many_reviews(models):
 
 store = common.page_store()
 st.title("Predict")
-finished = [c for c in store.comparisons() if any(r["status"] == "finished" for r in c["runs"])]
+comparisons = store.comparisons()
+finished = [c for c in comparisons if any(r["status"] == "finished" for r in c["runs"])]
 if not finished:
-    st.info(
-        "No finished comparisons yet. Train one (the “Quick demo” preset takes about a "
-        "minute) and its models can be asked here."
-    )
+    training = next((c for c in comparisons if common.is_active(c)), None)
+    if training:
+        common.next_step(
+            f"No finished runs yet: comparison #{training['id']} is training. Follow it on "
+            "Live; its models can be asked here once a run finishes.",
+            page="pages/live.py",
+            query_params={"comparison": str(training["id"])},
+        )
+    else:
+        common.next_step(
+            f"No finished runs yet: launch a comparison on Train ({common.QUICK_DEMO_HINT}); "
+            "its models can be asked here once a run finishes."
+        )
     st.stop()
 
 cid = common.pick_comparison(finished, key="predict_comparison")

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from fp8demo import charts, compiled, report
-from fp8demo.config import TrainConfig
+from fp8demo.config import RECIPE_PRECISIONS, TrainConfig
 from pages import common
 
 
@@ -58,8 +58,17 @@ def run_rows(runs) -> pd.DataFrame:
 
 
 def phase_table(runs) -> pd.DataFrame:
-    """Seconds each run spent per phase (data, model, fit, evaluation, saving, PTQ)."""
-    recorded = {r["precision"]: r["summary"].get("phase_seconds") or {} for r in runs}
+    """Seconds each run spent per phase (data, model, fit, evaluation, saving), and the
+    post-training quantization evaluated on the comparison's first view."""
+    recorded = {}
+    for r in runs:
+        seconds = dict(r["summary"].get("phase_seconds") or {})
+        for mode, result in (r["summary"].get("ptq") or {}).items():
+            if result.get("seconds") is not None:
+                seconds[f"evaluating {mode} post-training quantization (first view)"] = result[
+                    "seconds"
+                ]
+        recorded[r["precision"]] = seconds
     names = list(dict.fromkeys(name for seconds in recorded.values() for name in seconds))
     return pd.DataFrame(
         {"phase": names, **{p: [seconds.get(n) for n in names] for p, seconds in recorded.items()}}
@@ -212,6 +221,17 @@ def fp8_details(run):
     common.plot(charts.scale_change_figure(before, after, role), key="scale-change")
 
 
+def recipe_verdicts(runs):
+    """Per recipe run: did its compiled step run FP8 GEMMs (counted), or emulate the recipe?"""
+    for r in runs:
+        found = r["summary"].get("compiled_step")
+        if found is None and r["status"] != "finished":
+            st.caption(f"{r['precision']}: its compiled step is read once its fit ends.")
+            continue
+        show = st.success if compiled.runs_fp8_gemms(found) else st.info
+        show(f"**{r['precision']}**: {compiled.verdict(found)}", icon=":material/memory:")
+
+
 def curves(metrics, runs, metric, smoothing, labels=None, dashes=None):
     curves = [
         charts.curve_from_store(
@@ -229,6 +249,8 @@ def curves(metrics, runs, metric, smoothing, labels=None, dashes=None):
 def repeats_summary(store, comparison):
     """Mean ± std over the seeds this comparison was launched with."""
     group = store.group(comparison["group_id"])
+    if evaluate_post_training(store, group):
+        group = store.group(comparison["group_id"])
     stats = report.repeat_statistics(group)
     finished = sum(all(r["status"] == "finished" for r in c["runs"]) for c in group)
     st.markdown(
@@ -261,7 +283,29 @@ def repeats_summary(store, comparison):
         )
 
 
+def evaluate_post_training(store, comparisons) -> bool:
+    """Evaluate the post-training quantization of the comparisons' finished bf16 runs that
+    still lack it (their first view), and keep it in their summaries. A comparison still
+    training waits, so as not to take CPU from the training. True when any was evaluated."""
+    from fp8demo import training
+
+    evaluated = False
+    for comparison in comparisons:
+        if common.is_active(comparison):
+            continue
+        for r in filter(training.post_training_pending, comparison["runs"]):
+            with st.spinner(f"Evaluating the post-training quantization of run {r['id']}…"):
+                try:
+                    training.post_training_results(store, r["id"])
+                    evaluated = True
+                except Exception as e:  # shown, not raised: the rest of the page still works
+                    st.warning(f"Post-training quantization of run {r['id']} failed: {e}")
+    return evaluated
+
+
 def detail(store, comparison):
+    if evaluate_post_training(store, [comparison]):
+        comparison = store.comparison(comparison["id"])
     runs = comparison["runs"]
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
     if comparison.get("group_id"):
@@ -305,6 +349,10 @@ def detail(store, comparison):
     if fp8 is not None:
         with st.expander("Float8 layers and variables", expanded=True):
             fp8_details(fp8)
+    recipe_runs = [r for r in runs if r["precision"] in RECIPE_PRECISIONS]
+    if recipe_runs:
+        with st.expander("Scaling recipes: how each run's matmuls ran", expanded=True):
+            recipe_verdicts(recipe_runs)
     st.markdown("**Downloads**")
     downloads(store, comparison)
     delete_button(store, comparison)
@@ -384,7 +432,10 @@ store = common.page_store()
 st.title("Results")
 comparisons = store.comparisons()
 if not comparisons:
-    st.info("No comparisons yet. Launch one on the Train page; its results appear here.")
+    common.next_step(
+        f"No runs yet: launch a comparison on Train ({common.QUICK_DEMO_HINT}); its "
+        "accuracy, curves and downloads appear here."
+    )
     st.stop()
 
 st.dataframe(

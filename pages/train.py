@@ -11,7 +11,9 @@ import streamlit as st
 from fp8demo.config import (
     DROPOUT_MASKS,
     EXAMPLE,
+    FLOAT8_PRECISIONS,
     PRECISIONS,
+    PRESET_NOTES,
     PRESETS,
     VOCAB_METHODS,
     ConfigError,
@@ -20,6 +22,7 @@ from fp8demo.config import (
     preset,
     to_query,
 )
+from fp8demo.data import default_source_description
 from fp8demo.store import StoreError
 from pages import common
 
@@ -114,6 +117,8 @@ def settings_form():
         on_change=apply_preset,
         help="Fills the settings below; precisions and data source are kept.",
     )
+    if note := PRESET_NOTES.get(st.session_state.get("preset")):
+        st.caption(f"{st.session_state['preset']}: {note}")
     st.markdown("**Training**")
     c = st.columns(4)
     c[0].number_input("Epochs", min_value=1, step=1, key="epochs")
@@ -143,19 +148,23 @@ def settings_form():
     )
     st.checkbox("Quantize the sigmoid head too (as the example does)", key="quantize_head")
     st.markdown("**Runs and data**")
+    empty_source = default_source_description()
     c = st.columns([2, 3, 1])
     c[0].multiselect(
         "Precisions",
         PRECISIONS,
         key="precisions",
-        help="One run per precision, trained one after another on the same data.",
+        help="One run per precision, trained one after another on the same data. fp8 "
+        "scales as Keras does (delayed, from an amax history); fp8-current, fp8-rowwise, "
+        "fp8-block128 and mxfp8 quantize the same matmul operands with the scaling recipe "
+        "they name.",
     )
     c[1].text_input(
         "Data source",
         key="data",
-        placeholder="empty: download the IMDB archive (cached)",
-        help="Empty downloads (once) and caches the archive; or a local aclImdb "
-        "folder or aclImdb_v1.tar.gz path.",
+        placeholder=f"empty: {empty_source}",
+        help=f"Empty uses {empty_source}. Or name a local aclImdb folder or "
+        "aclImdb_v1.tar.gz path.",
     )
     c[2].number_input(
         "Subset (0 = all)",
@@ -254,7 +263,9 @@ def show_model_summary(config: TrainConfig):
     if not box.open:
         return
     with box:
-        precision = "fp8" if "fp8" in config.precisions else config.precisions[0]
+        # Every float8 precision has the fp8 model's layers: summarize that one.
+        float8 = any(p in FLOAT8_PRECISIONS for p in config.precisions)
+        precision = "fp8" if float8 else config.precisions[0]
         try:
             layers = model_summary(config, precision)
         except Exception as e:
@@ -266,7 +277,7 @@ def show_model_summary(config: TrainConfig):
         st.markdown(
             f"**{total:,} parameters**, {len(layers)} layers"
             + (
-                f"; in the fp8 run **{n_fp8}** of them compute in float8."
+                f"; in the float8 runs **{n_fp8}** of them compute in float8."
                 if precision == "fp8"
                 else "."
             )
@@ -329,15 +340,16 @@ if not problems:
     if platform == "cpu" and not config.subset:
         st.info(
             "Training runs on the CPU here: the full data takes a while. The “Quick demo” "
-            "preset trains on a 2,000-review subset in about a minute; “Keras example, "
+            "preset trains on 12,000 reviews in about a minute; “Keras example, "
             "fast” trains the full example with the fast dropout masks and vocabulary."
         )
-    if config.hidden_dim >= LARGE_HIDDEN and "fp8" in config.precisions:
+    if config.hidden_dim >= LARGE_HIDDEN and set(config.precisions) & set(FLOAT8_PRECISIONS):
         st.info(
             "Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
-            "if XLA runs the float8 layers as FP8 GEMMs. After its fit, the fp8 run says how "
-            "many of its matmuls did (Live card, Results), and Results compares the training "
-            "speed of fp8 with bf16."
+            "if XLA runs the float8 layers as FP8 GEMMs. After its fit, each float8 run says "
+            "how many of its matmuls did (Live card, Results), and Results compares the training "
+            "speed of fp8 with bf16 (and of every other precision). Row- and block-scaled "
+            "recipes (fp8-rowwise, fp8-block128, mxfp8) are emulated: numerics, not speed."
             + (
                 " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
                 if platform != "gpu"

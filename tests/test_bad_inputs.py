@@ -23,6 +23,7 @@ from fp8demo.config import ConfigError, TrainConfig
 from fp8demo.predict import MAX_REVIEW_CHARS, MAX_REVIEWS, PredictError, check_texts, load_run
 from fp8demo.store import SCHEMA_VERSION, Store, StoreError
 
+CHOOSE_PRECISION = "choose from bf16, fp8, fp8-current, fp8-rowwise, fp8-block128, mxfp8, float32."
 LAYOUT = "expected the aclImdb layout (train/pos, train/neg, test/pos, test/neg)."
 VOCAB_WHY = (
     ": the vocabulary holds the reserved tokens [PAD] and [UNK] plus the single "
@@ -73,10 +74,10 @@ TYPED = [
     (dict(lr=float("inf")), "lr must be greater than 0 (and at most 10), got inf."),
     (dict(lr=float("nan")), "lr must be a number, got nan."),
     (dict(lr=100.0), "lr must be greater than 0 (and at most 10), got 100.0."),
-    (dict(precisions=("fp16",)), "Unknown precision fp16: choose from bf16, fp8, float32."),
+    (dict(precisions=("fp16",)), f"Unknown precision fp16: {CHOOSE_PRECISION}"),
     (
         dict(precisions=("bf16", "int4", "fp4")),
-        "Unknown precision int4, fp4: choose from bf16, fp8, float32.",
+        f"Unknown precision int4, fp4: {CHOOSE_PRECISION}",
     ),
     (dict(precisions=()), "Choose at least one precision (bf16, fp8 or float32)."),
     (dict(precisions=("bf16", "bf16")), "Each precision may appear only once."),
@@ -173,7 +174,7 @@ OUT_OF_RANGE = [
     ({"lr": "-0.01"}, "lr must be greater than 0 (and at most 10), got -0.01."),
     ({"precisions": ""}, "Choose at least one precision (bf16, fp8 or float32)."),
     ({"precisions": " , "}, "Choose at least one precision (bf16, fp8 or float32)."),
-    ({"precisions": "bf16,int3"}, "Unknown precision int3: choose from bf16, fp8, float32."),
+    ({"precisions": "bf16,int3"}, f"Unknown precision int3: {CHOOSE_PRECISION}"),
     ({"precisions": "fp8,fp8"}, "Each precision may appear only once."),
     ({"vocab_method": "bpe"}, "vocab_method must be one of keras, fast, got 'bpe'."),
     ({"dropout_masks": "8"}, "dropout_masks must be one of keras, fast, got '8'."),
@@ -786,7 +787,7 @@ CLI = [
     (["train", "--lr", "inf", "--no-wait"], "error: lr must be a finite number, got 'inf'."),
     (
         ["train", "--precision", "fp16", "--no-wait"],
-        "error: Unknown precision fp16: choose from bf16, fp8, float32.",
+        f"error: Unknown precision fp16: {CHOOSE_PRECISION}",
     ),
 ]
 

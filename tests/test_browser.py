@@ -159,6 +159,21 @@ def wait_for_heatmap(page, timeout=30_000):
     )
 
 
+RECIPE_HEATMAP = "What-if: SNR"  # the title of the scaling recipes' heatmap on FP8 health
+
+
+def wait_for_recipe_heatmap(page, timeout=30_000):
+    """Until the recipe heatmap is drawn: a heatmap trace and its painted cells."""
+    page.wait_for_function(
+        "(title) => Array.from(document.querySelectorAll('.js-plotly-plot')).some(el => "
+        "((el.layout || {}).title || {}).text?.includes(title) "
+        "&& (el.data || []).some(t => t.type === 'heatmap') "
+        "&& el.querySelector('.heatmaplayer image'))",
+        arg=RECIPE_HEATMAP,
+        timeout=timeout,
+    )
+
+
 def type_review(page, text):
     """Type a review on the Predict page and submit it (Ctrl+Enter, as a user would)."""
     review = page.locator(".st-key-review textarea")
@@ -169,6 +184,23 @@ def type_review(page, text):
 def heatmap_columns(page) -> int:
     widths = [w for chart in plot_traces(page) for kind, w in chart if kind == "heatmap"]
     return max(widths, default=0)
+
+
+def test_the_audience_sees_no_deploy_button_and_an_empty_store_says_what_next(server, page):
+    """Viewer toolbar (.streamlit/config.toml): no Deploy button. A fresh server's first
+    page, here Live on an empty store, points at Train, and the link goes there."""
+    from playwright.sync_api import expect
+
+    url, _ = server
+    page.goto(url + "/live")
+    idle(page)
+    main = page.locator('[data-testid="stMain"]')
+    expect(main).to_contain_text("No runs yet: launch a comparison on Train", timeout=30_000)
+    assert page.locator('[data-testid="stAppDeployButton"]').count() == 0
+    assert page.get_by_role("button", name="Deploy").count() == 0
+    page.get_by_role("link", name="Go to Train").click()
+    expect(page.locator(".st-key-epochs input")).to_have_value("3", timeout=30_000)
+    assert not page.locator('[data-testid="stException"]').count()
 
 
 def test_quick_demo_from_launch_to_prediction(server, page):
@@ -186,7 +218,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     expect(page.locator(".st-key-epochs input")).to_have_value("3", timeout=30_000)
     page.locator(".st-key-preset").click()
     page.get_by_role("option", name="Quick demo").click()
-    expect(page.locator(".st-key-seq_len input")).to_have_value("128", timeout=15_000)
+    expect(page.locator(".st-key-vocab_size input")).to_have_value("5000", timeout=15_000)
     idle(page)
     set_number(page, "subset", 1200)
     set_number(page, "epochs", 3)
@@ -251,6 +283,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
         timeout=30_000,
     )
     assert "tensors at risk" in page.locator('[data-testid="stMain"]').inner_text()
+    wait_for_recipe_heatmap(page)
     shot(page, "4b-health")
 
     # Predict: a typed review gets a probability from each model.
@@ -271,6 +304,97 @@ def test_quick_demo_from_launch_to_prediction(server, page):
         assert any(m.startswith(name) and "%" in m for m in metrics), metrics
     assert not page.locator('[data-testid="stException"]').count()
     assert not errors, errors
+
+
+def test_health_draws_the_recipe_heatmap_with_all_three_numbers_on_hover(
+    trained, tmp_path, imdb_folder, browser
+):
+    """FP8 health of a finished fp8 run: the scaling recipes' summary, the SNR heatmap drawn
+    by Plotly, a hover that shows underflow, saturation and SNR, and no browser error."""
+    import shutil
+
+    home = tmp_path / "home"
+    shutil.copytree(trained["home"], home)
+    process, url = start_server(home, imdb_folder)
+    try:
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/health")
+        idle(page)
+        wait_for_recipe_heatmap(page)
+        body = page.locator('[data-testid="stMain"]').inner_text()
+        assert "Scaling recipes" in body and "Median SNR over the 24 tensors" in body
+        chart = page.locator(".js-plotly-plot").filter(has=page.locator(f"text={RECIPE_HEATMAP}"))
+        chart.scroll_into_view_if_needed()
+        box = chart.locator(".nsewdrag").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.3, box["y"] + box["height"] * 0.2)
+        hover = chart.locator(".hoverlayer .hovertext")
+        hover.wait_for(timeout=10_000)
+        text = hover.text_content()
+        assert "SNR" in text and "underflow" in text and "saturation" in text, text
+        shot(page, "4c-health-recipes")
+        assert not page.locator('[data-testid="stException"]').count()
+        assert not errors, errors
+        page.context.close()
+    finally:
+        process.terminate()
+        process.wait(20)
+
+
+def test_the_quick_demo_preset_learns_from_a_fresh_server(tmp_path, imdb_folder, browser):
+    """The Quick demo preset as it is, launched from a fresh server and an empty store: Live
+    shows the run's phase, both precisions finish, and Results shows test accuracies of at
+    least 78 % on at least 2,000 reviews (training is deterministic given the seed), with the
+    post-training quantization evaluated on that first view."""
+    from playwright.sync_api import expect
+
+    from fp8demo.config import preset
+
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store(home)
+    process, url = start_server(home, imdb_folder)
+    try:
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(url)
+        idle(page)
+        expect(page.locator(".st-key-epochs input")).to_have_value("3", timeout=30_000)
+        page.locator(".st-key-preset").click()
+        page.get_by_role("option", name="Quick demo").click()
+        subset = preset("Quick demo").subset
+        expect(page.locator(".st-key-subset input")).to_have_value(str(subset), timeout=15_000)
+        idle(page)
+        page.get_by_role("button", name="Launch").click()
+        page.wait_for_url("**/live**", timeout=30_000)
+        comparison_id = store.comparisons()[0]["id"]
+        # Live: each run's phase in its progress text while it trains.
+        page.wait_for_selector('[data-testid="stProgress"]', timeout=60_000)
+        shot(page, "7-quick-demo-live")
+        deadline = time.time() + 900
+        while any(r["status"] in ("queued", "running") for r in store.runs(comparison_id)):
+            assert time.time() < deadline, "the Quick demo did not finish"
+            time.sleep(1)
+        runs = store.runs(comparison_id)
+        assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
+
+        page.goto(url + "/results")
+        idle(page, timeout=180_000)  # the first view evaluates the post-training quantization
+        page.wait_for_selector('[data-testid="stMetric"]', timeout=30_000)
+        shot(page, "8-quick-demo-results")
+        body = page.locator('[data-testid="stMain"]').inner_text()
+        for run in runs:
+            assert f"{run['precision']} test accuracy" in body
+            assert f"{run['test_accuracy'] * 100:.2f}%" in body
+            assert run["summary"]["data"]["sizes"]["test"] >= 2000
+            assert run["test_accuracy"] >= 0.78, (run["precision"], run["test_accuracy"])
+        bf16 = next(r for r in runs if r["precision"] == "bf16")
+        assert set(store.run(bf16["id"])["summary"]["ptq"]) == {"int8", "int4"}
+        assert not page.locator('[data-testid="stException"]').count()
+        page.context.close()
+    finally:
+        process.terminate()
+        process.wait(20)
 
 
 def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):

@@ -178,7 +178,7 @@ def test_empty_curves_still_make_a_titled_figure():
 def test_amax_heatmap_is_log2_with_nan_for_zero_and_fixed_range():
     steps = np.arange(4)
     amax = np.array([[0.0, 1.0], [2.0, 0.5], [4.0, 0.0], [1024.0, 0.25]], dtype=np.float32)
-    fig = charts.amax_heatmap(steps, amax, ["query", "key"], role="kernel")
+    fig = charts.amax_heatmap(steps, amax, ["query", "key"], role="kernel", fixed_scale=True)
     heat = fig.data[0]
     z = _decode(heat.z)
     assert z.shape == (2, 4)  # rows = layers, columns = steps
@@ -297,3 +297,83 @@ def test_probe_figure_plots_percent_per_layer_and_statistic():
     assert len(fig.data) == 4 and "output gradient" in fig.layout.title.text
     underflow_b = next(t for t in fig.data if t.name == "b" and t.xaxis == "x2")
     np.testing.assert_allclose(underflow_b.y, [50, 10, 0], rtol=1e-6)
+
+
+# -- amax colour range per role -------------------------------------------------------------
+
+
+def test_amax_color_range_of_equal_values_is_one_order_either_side():
+    assert charts.amax_color_range(np.full((50, 4), 8.0, np.float32)) == (2.0, 4.0)
+    # Not a power of two: the orders around it.
+    assert charts.amax_color_range(np.full((50, 4), 3.0, np.float32)) == (1.0, 2.0)
+
+
+def test_amax_color_range_ignores_zeros_and_non_finite_values():
+    amax = np.zeros((100, 3), np.float32)  # unfilled history slots
+    amax[10:, 0] = 0.25
+    amax[10:, 1] = 2.0
+    amax[5, 2] = np.inf
+    amax[6, 2] = np.nan
+    assert charts.amax_color_range(amax) == (-2.0, 1.0)
+    assert charts.amax_color_range(np.zeros((10, 2), np.float32)) == charts.AMAX_LOG2_RANGE
+    assert charts.amax_color_range(np.zeros((0, 2), np.float32)) == charts.AMAX_LOG2_RANGE
+
+
+def test_amax_color_range_rounds_outward_and_leaves_rare_outliers_out():
+    rng = np.random.default_rng(0)
+    amax = (2.0 ** rng.uniform(-3.3, 5.2, (1000, 4))).astype(np.float32)
+    assert charts.amax_color_range(amax) == (-4.0, 6.0)
+    amax[123, 2] = 2.0**14  # one spike: it takes the top colour, the rest keeps its spread
+    amax[456, 1] = 2.0**-15
+    assert charts.amax_color_range(amax) == (-4.0, 6.0)
+    assert charts.amax_color_range(amax, percentiles=(0, 100)) == (-15.0, 14.0)
+
+
+def test_amax_heatmap_colours_follow_each_roles_own_values():
+    steps = np.arange(200)
+    rng = np.random.default_rng(1)
+    kernel = (2.0 ** rng.uniform(-6.5, -4.5, (200, 3))).astype(np.float32)
+    grads = (2.0 ** rng.uniform(-30.5, -27.2, (200, 3))).astype(np.float32)
+    grads[0] = 0.0
+    layers = ["a", "b", "c"]
+    heat = charts.amax_heatmap(steps, kernel, layers, "kernel").data[0]
+    assert (heat.zmin, heat.zmax) == (-7.0, -4.0)
+    assert list(heat.colorbar.tickvals) == [-7, -6, -5, -4]
+    heat = charts.amax_heatmap(steps, grads, layers, "outputs_grad").data[0]
+    assert (heat.zmin, heat.zmax) == (-31.0, -27.0)  # outside the fixed range altogether
+    # The displayed values sit inside the automatic range, not squeezed into a sliver of it.
+    z = _decode(heat.z)
+    assert np.nanmin(z) >= heat.zmin - 0.1 and np.nanmax(z) <= heat.zmax
+    fixed = charts.amax_heatmap(steps, grads, layers, "outputs_grad", fixed_scale=True).data[0]
+    assert (fixed.zmin, fixed.zmax) == charts.AMAX_LOG2_RANGE
+    assert list(fixed.colorbar.tickvals) == list(range(-16, 17, 4))
+
+
+def test_recipe_heatmap_colours_snr_and_hovers_all_three_numbers():
+    recipes = ("delayed", "mxfp8")
+    latest = np.zeros((2, 3, 2, 3), np.float32)  # [layers, roles, recipes, statistics]
+    latest[..., 2] = 31.0
+    latest[1, 2, 0] = [9.0, 0.5, 12.25]  # b's output gradients under delayed scaling
+    latest[0, 1, 1, 2] = np.inf  # exact
+    fig = charts.recipe_heatmap(latest, ["a", "b"], recipes, step=250)
+    heatmap = fig.data[0]
+    assert heatmap.type == "heatmap" and list(heatmap.x) == list(recipes)
+    assert list(heatmap.y)[5] == "b · output gradient" and len(heatmap.y) == 6
+    z = np.asarray(heatmap.z)
+    assert z[5, 0] == 12.25 and z[1, 1] == charts.SNR_RANGE[1]  # exact: the top colour
+    assert (heatmap.zmin, heatmap.zmax) == charts.SNR_RANGE
+    assert heatmap.text[1][1] == "exact" and heatmap.customdata[5][0] == [9.0, 0.5, "12.2 dB"]
+    assert "underflow" in heatmap.hovertemplate and "saturation" in heatmap.hovertemplate
+    assert "step 250" in fig.layout.title.text
+
+
+def test_recipe_probe_figure_draws_a_line_per_recipe_and_statistic():
+    stats = np.zeros((3, 2, 3), np.float32)  # [probes, recipes, statistics]
+    stats[:, 0, 0] = [50.0, 5.0, 0.0]  # delayed underflow falls
+    stats[:, :, 2] = [[20.0, 30.0], [25.0, np.inf], [28.0, 31.0]]
+    fig = charts.recipe_probe_figure([0, 250, 500], stats, ("delayed", "mxfp8"), "b · kernel")
+    assert len(fig.data) == 6 and "b · kernel" in fig.layout.title.text
+    delayed_underflow = next(t for t in fig.data if t.name == "delayed" and t.xaxis == "x2")
+    np.testing.assert_allclose(delayed_underflow.y, [50, 5, 0])
+    mxfp8_snr = next(t for t in fig.data if t.name == "mxfp8" and t.xaxis == "x")
+    assert np.isnan(mxfp8_snr.y[1]) and mxfp8_snr.line.color == charts.RECIPE_COLORS["mxfp8"]

@@ -178,7 +178,7 @@ def test_every_setting_is_a_flag_and_a_url_parameter():
     # A preset is the base the flags change.
     quick = fp8demo_cli.parse_args(["train", "--preset", "Quick demo", "--epochs", "4"])
     assert fp8demo_cli.config_from_args(quick) == dataclasses.replace(
-        TrainConfig(subset=2000, vocab_size=5000, seq_len=128), epochs=4
+        TrainConfig(subset=12000, vocab_size=5000, lr=3e-3, dropout_masks="fast"), epochs=4
     )
 
 
@@ -269,3 +269,43 @@ def test_export_tensorboard_writes_one_folder_per_run(trained, tmp_path):
         f"error: Cannot write {blocked}: Not a directory."
     )
     assert blocked.read_text() == "not a folder"
+
+
+def test_health_recipes_json_has_every_tensor_and_recipe(trained):
+    import math
+    import os
+
+    from fp8demo import recipes
+    from fp8demo.store import Store
+
+    env = dict(os.environ, FP8DEMO_HOME=str(trained["home"]))
+    run_id = str(trained["run_ids"]["fp8"])
+    store = Store(trained["home"])
+    steps, _, stats = store.fp8_recipes(int(run_id))
+    layers = [layer["name"] for layer in store.run(int(run_id))["summary"]["fp8_layers"]]
+    shown = cli("health", run_id, "--recipes", "--json", env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert "Infinity" not in shown.stdout and "NaN" not in shown.stdout  # strict JSON
+    rows = json.loads(shown.stdout)
+    keys = ["layer", "role", "recipe", "step", "underflow_pct", "saturation_pct", "snr_db"]
+    assert all(list(r) == keys for r in rows)
+    assert [(r["layer"], r["role"], r["recipe"]) for r in rows] == [
+        (layer, role, recipe)
+        for layer in layers
+        for role in ("inputs", "kernel", "outputs_grad")
+        for recipe in recipes.RECIPES
+    ]
+    assert {r["step"] for r in rows} == {int(steps[-1])}
+    assert all(0 <= r["underflow_pct"] <= 100 and 0 <= r["saturation_pct"] <= 100 for r in rows)
+    # snr_db is null exactly where the store holds +inf (exact quantization).
+    exact = [not math.isfinite(v) for v in stats[-1, :, :, :, 2].ravel()]
+    assert [r["snr_db"] is None for r in rows] == exact
+    every = json.loads(cli("health", run_id, "--recipes", "--all-probes", "--json", env=env).stdout)
+    assert len(every) == len(steps) * len(rows)
+    assert sorted({r["step"] for r in every}) == [int(s) for s in steps]
+    text = cli("health", run_id, "--recipes", env=env)
+    assert text.returncode == 0 and "Median SNR over the 24 tensors" in text.stdout
+    refused = cli("health", run_id, "--all-probes", env=env)
+    assert refused.returncode == 2 and "--all-probes goes with --recipes" in refused.stderr
+    refused = cli("health", str(trained["run_ids"]["bf16"]), "--recipes", "--json", env=env)
+    assert refused.returncode == 2 and "has no float8 layers" in refused.stderr

@@ -104,6 +104,24 @@ def test_empty_class_folder(tmp_path, imdb_folder):
         data.resolve_source(str(root), tmp_path)
 
 
+def test_a_named_archive_is_read_without_extracting_it(imdb_archive, imdb_folder, tmp_path):
+    """Reviews read straight from the archive, in one pass: the same paths, labels, order and
+    texts as its extraction gives, and nothing unpacked."""
+    import os
+
+    home = tmp_path / "home"
+    packed = data.load(str(imdb_archive), subset=2000, home=home)
+    assert not list((home / "data").glob("*/aclImdb"))
+    assert packed.fingerprint == data.sha256_of(imdb_archive)[:16]  # the extraction's too
+    for split in data.SPLITS:
+        paths, labels = data.list_split(imdb_folder, split)
+        keep = data.balanced_subset(labels, 2000)
+        ours = getattr(packed, split)
+        assert ours.paths == [os.path.relpath(paths[i], imdb_folder) for i in keep]
+        assert ours.labels.tolist() == labels[keep].tolist()
+        assert ours.texts[:200] == data.read_texts([paths[i] for i in keep[:200]])
+
+
 def test_unsup_is_skipped_when_extracting(tmp_path):
     members = {
         f"aclImdb/{s}/{c}/{i}_7.txt": f"review {s} {c} {i}"

@@ -8,6 +8,7 @@ awkward to reach for real (a run in flight, a failed run, several comparisons).
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ import streamlit as st
 from conftest import backend
 from streamlit.testing.v1 import AppTest
 
-from fp8demo import compiled
+from fp8demo import charts, compiled
 from fp8demo.config import PRESETS, TrainConfig, preset
 from fp8demo.store import Store
 
@@ -132,9 +133,24 @@ def _train(store, run_id, steps=40, finish=True, seed=0):
         )
 
 
+_worker_locks = []  # held for the test session: this process is the stores' "worker"
+
+
+def act_as_worker(home):
+    """Hold the store's worker lock, as the worker of a "running" run does, so pages see a
+    live worker and start none (a real one would claim the queued run under the test)."""
+    from fp8demo import worker
+
+    handle = worker._try_lock(Path(home) / worker.LOCK_NAME)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    _worker_locks.append(handle)
+
+
 def fill_store(home) -> dict:
     """Three comparisons: #1 finished (bf16+fp8), #2 with a failed run, #3 in flight."""
     store = Store(home)
+    act_as_worker(home)
     pid = os.getpid()  # a live pid, so reap() leaves the "running" run alone
     done, (bf, fp) = store.create_comparison(preset("Quick demo"), label="done")
     for run_id, seed in ((bf, 0), (fp, 1)):
@@ -227,6 +243,38 @@ def test_train_refuses_a_data_path_that_does_not_exist(store_home, tmp_path):
     missing.mkdir()  # now it is there: only its existence is checked before the launch
     at.text_input("data").set_value(str(missing)).run()
     assert not at.error and not at.button("launch").disabled
+
+
+def test_train_data_field_says_what_an_empty_value_uses(store_home, tmp_path, monkeypatch):
+    monkeypatch.delenv("FP8DEMO_IMDB", raising=False)
+    at = page("pages/train.py").run()
+    assert not at.exception
+    field = at.text_input("data")
+    data_folder = store_home / "data"
+    assert field.placeholder == f"empty: the IMDB archive, downloaded once into {data_folder}"
+    assert field.help.startswith(
+        f"Empty uses the IMDB archive, downloaded once into {data_folder}."
+    )
+    # An extraction already in the cache is what an empty field uses next.
+    (data_folder / "0123abcd" / "aclImdb").mkdir(parents=True)
+    (data_folder / "0123abcd" / "aclImdb" / ".complete").touch()
+    at = page("pages/train.py").run()
+    assert at.text_input("data").placeholder == (
+        f"empty: the IMDB reviews already extracted in {data_folder}"
+    )
+    # FP8DEMO_IMDB, when set, comes first.
+    folder = tmp_path / "my-imdb"
+    folder.mkdir()
+    monkeypatch.setenv("FP8DEMO_IMDB", str(folder))
+    at = page("pages/train.py").run()
+    assert not at.exception
+    assert at.text_input("data").placeholder == f"empty: FP8DEMO_IMDB = {folder}"
+    assert at.text_input("data").help.startswith(f"Empty uses FP8DEMO_IMDB = {folder}.")
+    folder.rmdir()
+    at = page("pages/train.py").run()
+    assert at.text_input("data").placeholder == (
+        f"empty: FP8DEMO_IMDB = {folder} (which does not exist)"
+    )
 
 
 def test_train_writes_settings_to_the_url_and_reads_them_back(store_home):
@@ -382,19 +430,55 @@ def test_app_shell_shows_device_versions_and_queue(store_home):
 # -- Live ---------------------------------------------------------------------------------
 
 
+def in_app(name, **query) -> AppTest:
+    """A page run through app.py's navigation, which its links to other pages need."""
+    at = page("app.py", **query)
+    at.switch_page(f"pages/{name}.py")
+    return at
+
+
+def _page_links(at) -> list:
+    """(label, URL path) of each page link; the default page, Train, has the path ""."""
+    return [(link.proto.label, link.proto.page) for link in at.get("page_link")]
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
-        ("live", "No comparisons yet"),
-        ("results", "No comparisons yet"),
-        ("predict", "No finished comparisons yet"),
-        ("health", "No comparison with an fp8 run"),
+        ("live", "No runs yet: launch a comparison on Train (the “Quick demo” preset takes"),
+        ("results", "No runs yet: launch a comparison on Train (the “Quick demo” preset takes"),
+        ("predict", "No finished runs yet: launch a comparison on Train (the “Quick demo”"),
+        ("health", "No fp8 run yet: launch a comparison on Train with fp8 among its precisions"),
     ],
 )
-def test_pages_with_an_empty_store(store_home, name, message):
-    at = page(f"pages/{name}.py").run()
+def test_pages_with_an_empty_store_say_what_to_do_next(store_home, name, message):
+    at = in_app(name).run()
     assert not at.exception
-    assert message in at.info[0].value
+    assert at.main.info[0].value.startswith(message)
+    assert _page_links(at) == [("Go to Train", "")]
+
+
+def test_predict_with_nothing_finished_points_to_the_training_comparison(store_home):
+    store = Store(store_home)
+    # One run, claimed by a live pid: nothing queued, so no training process is started.
+    cid, (bf16,) = store.create_comparison(preset("Quick demo", precisions=("bf16",)))
+    store.claim_next_run(os.getpid())
+    _train(store, bf16, finish=False)
+    at = in_app("predict").run()
+    assert not at.exception
+    assert at.main.info[0].value.startswith(f"No finished runs yet: comparison #{cid} is training.")
+    assert _page_links(at) == [("Go to Live", "live")]
+
+
+def test_health_without_an_fp8_run_says_how_to_get_one(store_home):
+    store = Store(store_home)
+    _, (bf16,) = store.create_comparison(preset("Quick demo", precisions=("bf16",)))
+    store.claim_next_run(os.getpid())
+    _train(store, bf16)
+    at = in_app("health").run()
+    assert not at.exception
+    assert at.main.info[0].value.startswith("No fp8 run yet")
+    assert _page_links(at) == [("Go to Train", "")]
 
 
 def test_live_follows_the_running_comparison(store_home):
@@ -441,7 +525,18 @@ def test_live_fp8_heatmaps_and_finished_runs(store_home):
     heatmaps = [s for s in specs if s["data"] and s["data"][0]["type"] == "heatmap"]
     assert len(heatmaps) == 3
     assert heatmaps[0]["data"][0]["y"] == FP8_LAYERS
-    assert heatmaps[0]["data"][0]["zmin"] == -16 and heatmaps[0]["data"][0]["zmax"] == 16
+    # Each role's colours span its own amaxes (|N(1, 0.5)|: a few orders around 2^0) ...
+    amax = ids["store"].fp8_amax(ids["fp8"])[1]
+    for j, heatmap in enumerate(heatmaps):
+        wanted = charts.amax_color_range(amax[:, :, j])
+        assert (heatmap["data"][0]["zmin"], heatmap["data"][0]["zmax"]) == wanted
+        assert -6 <= wanted[0] < wanted[1] <= 2
+    # ... or, for comparing runs, the fixed -16 .. 16.
+    at.toggle("amax_fixed_scale").set_value(True).run()
+    assert not at.exception
+    heatmaps = [s for s in _plotly_specs(at) if s["data"] and s["data"][0]["type"] == "heatmap"]
+    assert len(heatmaps) == 3
+    assert all((h["data"][0]["zmin"], h["data"][0]["zmax"]) == (-16, 16) for h in heatmaps)
     assert any("scales" in s["layout"]["title"]["text"] for s in specs)
     assert at.button("stop").disabled  # nothing left to stop
 
@@ -624,7 +719,10 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
     for precision, run_id in trained["run_ids"].items():
         recorded = store.run(run_id)["summary"]["phase_seconds"]
         assert phases.loc["saving", precision] == recorded["saving"]
-    assert "evaluating int8 post-training quantization" in phases.index  # bf16 only
+    # Evaluated when the finished comparison was first shown, not while it trained.
+    assert "evaluating int8 post-training quantization (first view)" in phases.index
+    bf16_phases = store.run(trained["run_ids"]["bf16"])["summary"]["phase_seconds"]
+    assert not any("post-training" in phase for phase in bf16_phases)
     # Whether fp8 ran as FP8 GEMMs, read from the run's compiled step (none on a CPU).
     found = store.run(trained["run_ids"]["fp8"])["summary"]["compiled_step"]
     assert found["backend"] == backend()
@@ -665,6 +763,18 @@ def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):
     assert "decoder/self_attention/query" in names  # headroom lines per layer
     titles = [spec["layout"]["title"]["text"] for spec in specs]
     assert any(t.startswith("Probe batch: inputs") for t in titles)
+    # Scaling recipes: the latest probe in words and as a heatmap, one tensor's lines.
+    recipe_steps, names, _ = store.fp8_recipes(run["id"])
+    heatmap = next(s for s in specs if s["layout"]["title"]["text"].startswith("What-if: SNR"))
+    assert heatmap["data"][0]["x"] == list(names) and len(heatmap["data"][0]["y"]) == 8 * 3
+    assert f"step {int(recipe_steps[-1]):,}" in heatmap["layout"]["title"]["text"]
+    assert any(m.value.startswith("- Median SNR over the 24 tensors") for m in at.markdown)
+    at.selectbox(key="recipe_tensor").set_value((4, 2)).run()
+    assert not at.exception
+    lines = [s["layout"]["title"]["text"] for s in _plotly_specs(at)]
+    assert "decoder/feedforward_intermediate_dense · output gradient over the probes" in " ".join(
+        lines
+    )
     # The history length section: replayed windows (the run's own marked), two heatmaps.
     replay = at.dataframe[1].value
     assert 1024 in list(replay["history length"]) and 1 in list(replay["history length"])
@@ -682,6 +792,23 @@ def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):
     changed = queued["config"].differences(run["config"])
     changed.pop("data", None)  # the launch records the data source it sees
     assert changed == {"amax_history_length": 64, "precisions": ["fp8"]}
+
+
+def test_health_amax_heatmaps_on_their_own_range_or_the_fixed_one(store_home):
+    ids = fill_store(store_home)
+    at = page("pages/health.py", comparison=str(ids["done"])).run()
+    assert not at.exception
+
+    def amax_heatmaps():
+        specs = _plotly_specs(at)
+        return [s["data"][0] for s in specs if s["layout"]["title"]["text"].startswith("amax")]
+
+    amax = ids["store"].fp8_amax(ids["fp8"])[1]
+    ranges = [(h["zmin"], h["zmax"]) for h in amax_heatmaps()]
+    assert ranges == [charts.amax_color_range(amax[:, :, j]) for j in range(3)]
+    at.toggle("health_amax_fixed_scale").set_value(True).run()
+    assert not at.exception
+    assert [(h["zmin"], h["zmax"]) for h in amax_heatmaps()] == [(-16, 16)] * 3
 
 
 def test_results_show_repeats_over_seeds(store_home):

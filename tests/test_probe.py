@@ -1,8 +1,10 @@
 """probe.py: saturation and underflow of float8 tensors, on known values and on a model."""
 
+import jax
 import numpy as np
+import pytest
 
-from fp8demo import fp8
+from fp8demo import fp8, recipes
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
 from fp8demo.config import TrainConfig
@@ -99,3 +101,142 @@ def test_training_records_probes_for_the_fp8_run(trained):
     )
     assert {"saturation %", "underflow %", "peak saturation %"} <= set(rows[0])
     np.testing.assert_allclose(rows[0]["underflow %"], stats[-1, 0, 0, 1] * 100, rtol=1e-6)
+
+
+# -- what-if statistics under every scaling recipe ------------------------------------------
+
+
+def test_blocks_run_along_the_contracted_axes_of_each_layer():
+    layers = {
+        layer.path.rsplit("/", 1)[-1]: layer
+        for layer in fp8.float8_layers(model_lib.build(SMALL, "fp8"))
+    }
+    query = probe_lib.contraction_layout(layers["query"])  # abc,cde->abde
+    assert query == {
+        "inputs": ("abc", "c", False),
+        "kernel": ("cde", "c", True),
+        "outputs_grad": ("abde", "de", False),
+    }
+    output = probe_lib.contraction_layout(layers["attention_output"])  # abcd,cde->abe
+    assert output["inputs"][1] == output["kernel"][1] == "cd" and output["outputs_grad"][1] == "e"
+    assert probe_lib.contraction_layout(layers["classifier"])["kernel"] == ("ab", "a", True)
+    x = np.arange(2 * 3 * 4 * 5, dtype=np.float32).reshape(2, 3, 4, 5)
+    # Inputs of attention_output: heads x head_dim is K, flattened in that order.
+    np.testing.assert_array_equal(probe_lib.blocked_matrix(x, *output["inputs"]), x.reshape(6, 20))
+    # A contracted axis that is not trailing is moved last: "bca,cd->bad" contracts c.
+    moved = probe_lib.blocked_matrix(x[0], "bca", "c", False)
+    np.testing.assert_array_equal(moved, x[0].transpose(0, 2, 1).reshape(15, 4))
+    kernel = x[0, 0]  # (K, N) = (4, 5): K leads
+    np.testing.assert_array_equal(probe_lib.blocked_matrix(kernel, "ab", "a", True), kernel)
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_recipe_table_pads_without_changing_any_statistic(role):
+    rng = np.random.default_rng(1)
+    # Different shapes (partial blocks of every size), tiny and huge values, one inf.
+    big = rng.normal(size=(70, 200)).astype(np.float32) * 10.0 ** rng.integers(-9, 3, (70, 1))
+    small = rng.normal(size=(9, 45)).astype(np.float32) * 1e-4
+    small[3, 7] = np.inf
+    scales = [np.float32(0.002), np.float32(1e-6)]
+    table = np.asarray(
+        jax.jit(lambda a, b: probe_lib.recipe_table([a, b], scales, role, recipes.RECIPES))(
+            big, small
+        )
+    )
+    assert table.shape == (2, len(recipes.RECIPES), 3)
+    for t, (x, scale) in enumerate(zip((big, small), scales)):
+        for k, recipe in enumerate(recipes.RECIPES):
+            expected = recipes.what_if(x, recipe, role, scale)
+            np.testing.assert_allclose(
+                table[t, k],
+                [float(expected[name]) for name in recipes.STATISTICS],
+                rtol=1e-5,
+                err_msg=f"{recipe}, tensor {t}",
+            )
+    assert table[:, :, 0].max() > 1  # the tiny values do underflow somewhere
+
+
+def test_probe_measures_the_recipes_in_the_same_call():
+    model = model_lib.compile(model_lib.build(SMALL, "fp8"), SMALL)
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, SMALL.vocab_size, size=(16, SMALL.seq_len), dtype=np.int32)
+    y = rng.integers(0, 2, size=(16, 1)).astype(np.float32)
+    layers = fp8.float8_layers(model)
+    for layer in layers:
+        layer.inputs_scale.assign(8.0 / 448)
+        layer.kernel_scale.assign(0.05 / 448)  # clips the larger kernel values
+        layer.outputs_grad_scale.assign(1e-3 / 57344)
+    probe = probe_lib.Probe(model, x, y)
+    stats, by_recipe = probe.measure()
+    assert by_recipe.shape == (len(layers), 3, len(recipes.RECIPES), 3)
+    np.testing.assert_array_equal(stats, probe())
+    # "delayed" is the probe's own saturation and underflow, in %.
+    delayed = by_recipe[:, :, recipes.RECIPES.index("delayed")]
+    np.testing.assert_allclose(delayed[..., 1], stats[..., 0] * 100, atol=1e-4)
+    np.testing.assert_allclose(delayed[..., 0], stats[..., 1] * 100, atol=1e-4)
+    assert delayed[:, 1, 1].max() > 1  # the kernels do clip
+    # Kernels are at hand: each row matches what_if on the kernel as the layer computes with
+    # it (cast to its compute dtype), blocked along K (two axes for attention_output).
+    for i, layer in enumerate(layers):
+        _, contracted, _ = probe_lib.contraction_layout(layer)["kernel"]
+        kernel = np.asarray(jax.numpy.asarray(layer._kernel.value, layer.compute_dtype), np.float32)
+        for k, recipe in enumerate(recipes.RECIPES):
+            expected = recipes.what_if(kernel, recipe, "kernel", 0.05 / 448, len(contracted))
+            expected = [float(expected[name]) for name in recipes.STATISTICS]
+            np.testing.assert_allclose(
+                by_recipe[i, 1, k], expected, rtol=1e-5, err_msg=f"{layer.path} {recipe}"
+            )
+    assert probe_lib.Probe(model, x, y, recipes=()).measure()[1].shape == (len(layers), 3, 0, 3)
+    with pytest.raises(ValueError, match="unknown recipe 'fp16'"):
+        probe_lib.Probe(model, x, y, recipes=("fp16",))
+
+
+def test_training_records_recipe_statistics_at_every_probe(trained):
+    store = Store(trained["home"])
+    run = store.run(trained["run_ids"]["fp8"])
+    layers = [layer["name"] for layer in run["summary"]["fp8_layers"]]
+    steps, names, stats = store.fp8_recipes(run["id"])
+    probe_steps, probe_stats = store.fp8_probe(run["id"])
+    assert list(steps) == list(probe_steps) and names == recipes.RECIPES
+    assert stats.shape == (len(steps), len(layers), 3, len(names), 3)
+    assert ((stats[..., :2] >= 0) & (stats[..., :2] <= 100)).all()
+    snr = stats[..., 2]
+    # Rounding keeps signs and clipping shrinks: the error never exceeds the signal.
+    assert not np.isnan(snr).any() and (snr >= 0).all()
+    np.testing.assert_allclose(snr[stats[..., 0] == 100], 0, atol=1e-6)  # all lost: 0 dB
+    # The run's own recipe agrees with the probe on the same tensors.
+    delayed = stats[:, :, :, names.index("delayed")]
+    np.testing.assert_allclose(delayed[..., 0], probe_stats[..., 1] * 100, atol=1e-4)
+    np.testing.assert_allclose(delayed[..., 1], probe_stats[..., 0] * 100, atol=1e-4)
+    # 8-bit recipes keep more signal than the 4-bit one on almost every tensor.
+    mxfp8, nvfp4 = names.index("mxfp8"), names.index("nvfp4")
+    assert np.mean(snr[-1, :, :, mxfp8] > snr[-1, :, :, nvfp4]) > 0.9
+    assert len(store.fp8_recipes(trained["run_ids"]["bf16"])[0]) == 0
+
+    latest = probe_lib.recipe_records(steps, names, stats, layers)
+    every = probe_lib.recipe_records(steps, names, stats, layers, all_probes=True)
+    assert len(latest) == len(layers) * 3 * len(names) and len(every) == len(steps) * len(latest)
+    assert {r["step"] for r in latest} == {int(steps[-1])}
+    summary = probe_lib.recipe_summary(names, stats[-1], layers)
+    assert summary[-1].startswith(f"Median SNR over the {len(layers) * 3} tensors")
+
+
+def test_recipe_summary_names_the_worst_tensor_in_plain_words():
+    names = ("delayed", "current", "mxfp8")
+    latest = np.zeros((2, 3, 3, 3), np.float32)
+    latest[..., 2] = 30.0
+    latest[1, 2, :, 0] = [9.2, 4.0, 0.1]  # output gradients of `query`: underflow
+    latest[0, 1, 0, 2] = np.inf  # an exact kernel
+    summary = probe_lib.recipe_summary(names, latest, ["x/dense", "x/query"])
+    assert (
+        summary[0]
+        == "Under delayed scaling no tensor loses 0.01 % of its values or more to saturation."
+    )
+    assert summary[1] == (
+        "The output gradients of `query` lose 9.2 % of their values to underflow under "
+        "delayed scaling; `mxfp8` loses 0.1 %."
+    )
+    assert summary[2] == (
+        "Median SNR over the 6 tensors, best first: `delayed` 30.0 dB, `current` 30.0 dB, "
+        "`mxfp8` 30.0 dB."
+    )

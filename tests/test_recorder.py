@@ -96,3 +96,35 @@ def test_a_cancel_request_stops_fit_at_the_next_flush(home, record):
     assert recorder.cancelled
     assert recorder.step == 1  # the first step's flush saw the request
     assert len(store.step_metrics(run_id)["step"]) == (1 if record else 0)
+
+
+def test_steps_per_second_leaves_out_validation_before_and_after_the_steps(home):
+    """Two epochs with a slow validation after each: the first falls between steps and is
+    left out, the last comes after the last step and is not subtracted from the steps' time."""
+    import time
+
+    import keras
+
+    class SlowValidation(keras.callbacks.Callback):  # runs inside the recorder's window
+        def on_test_begin(self, logs=None):
+            time.sleep(1.0)
+
+    store, run_id = running_run(home)
+    x, y = reviews_as_features(home, 64)
+    recorder = Recorder(store, run_id, n_train=48, batch_size=16, epochs=2)
+    small_model().fit(
+        x[:48],
+        y[:48],
+        batch_size=16,
+        epochs=2,
+        validation_data=(x[48:], y[48:]),
+        shuffle=False,
+        callbacks=[recorder, SlowValidation()],
+        verbose=0,
+    )
+
+    stepping = recorder.last_step_time - recorder.first_step_time
+    assert recorder.validation_seconds >= 2.0  # both validations were timed
+    measured = (recorder.step - 1) / recorder.steps_per_second()
+    assert 0 < measured <= stepping - 1.0  # the first epoch's validation only
+    assert measured == pytest.approx(stepping - recorder.validation_seconds_at_last_step)

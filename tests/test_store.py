@@ -92,3 +92,32 @@ def test_a_whole_number_names_a_run_in_any_form(run_id, tmp_path):
     store.create_comparison(TrainConfig(precisions=("bf16", "fp8")))
     run = store.run(run_id)
     assert run["id"] == 2 and run["precision"] == "fp8"
+
+
+def test_a_version_3_store_gets_the_recipe_table_and_keeps_its_probes(tmp_path):
+    store = Store(tmp_path)
+    _, (run_id,) = store.create_comparison(TrainConfig(precisions=("fp8",)))
+    store.merge_summary(run_id, fp8_layers=[{"name": "a"}, {"name": "b"}])
+    probe = np.full((2, 3, 2), 0.25, np.float32)
+    store.add_fp8_probe(run_id, [(0, probe)])
+    with sqlite3.connect(store.path) as conn:  # the store as schema 3 left it
+        conn.execute("DROP TABLE fp8_recipes")
+        conn.execute("UPDATE meta SET value='3' WHERE key='schema_version'")
+    conn.close()
+
+    store = Store(tmp_path)
+    np.testing.assert_array_equal(store.fp8_probe(run_id)[1], [probe])
+    steps, names, stats = store.fp8_recipes(run_id)
+    assert len(steps) == 0 and names == () and stats.shape == (0, 2, 3, 0, 3)
+    # [layers, roles, recipes, (underflow %, saturation %, SNR dB)], +inf SNR kept as is.
+    measured = np.arange(2 * 3 * 2 * 3, dtype=np.float32).reshape(2, 3, 2, 3)
+    measured[1, 2, 0, 2] = np.inf
+    store.add_fp8_recipes(run_id, ("mxfp8", "delayed"), [(0, measured), (4, measured + 1)])
+    steps, names, stats = store.fp8_recipes(run_id)
+    assert list(steps) == [0, 4] and names == ("delayed", "mxfp8")  # recipes.RECIPES' order
+    np.testing.assert_array_equal(stats[0], measured[:, :, ::-1])
+    np.testing.assert_array_equal(stats[1], measured[:, :, ::-1] + 1)
+    assert len(store.fp8_recipes(run_id, since_step=0)[0]) == 1
+    with sqlite3.connect(store.path) as conn:
+        assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
+    conn.close()

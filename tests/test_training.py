@@ -114,18 +114,44 @@ def test_predictions_after_reload_equal_predictions_before_saving(trained):
         assert loaded.tokens("A great film")[:3] == ["a", "great", "film"]
 
 
-def test_post_training_quantization_of_the_bf16_run(trained):
+def test_post_training_quantization_is_evaluated_on_first_request_and_kept(
+    trained, tmp_path, monkeypatch, imdb_folder
+):
+    """Training ends without it; the first request evaluates int8 and int4 on the run's test
+    split and stores them in the summary; later requests read them back."""
+    import shutil
+
+    from fp8demo import training
     from fp8demo.predict import PredictError, load_run
 
-    store = Store(trained["home"])
-    bf16 = store.run(trained["run_ids"]["bf16"])
-    ptq = bf16["summary"]["ptq"]
+    home = tmp_path / "home"  # a copy: other tests may already have asked for the results
+    shutil.copytree(trained["home"], home)
+    monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
+    store = Store(home)
+    bf16_id, fp8_id = trained["run_ids"]["bf16"], trained["run_ids"]["fp8"]
+    store.merge_summary(bf16_id, ptq=None)  # as training left it
+    bf16 = store.run(bf16_id)
+    assert training.post_training_pending(bf16)
+    assert not any("post-training" in phase for phase in bf16["summary"]["phase_seconds"])
+
+    ptq = training.post_training_results(store, bf16_id)
     assert set(ptq) == {"int8", "int4"}
     for result in ptq.values():
-        assert 0.0 <= result["test_accuracy"] <= 1.0
+        assert 0.0 <= result["test_accuracy"] <= 1.0 and result["seconds"] > 0
         # int8 stores one byte per kernel weight, int4 half a byte: both smaller than float32.
         assert result["weights_bytes"] < bf16["summary"]["weights_bytes"]
     assert ptq["int4"]["weights_bytes"] < ptq["int8"]["weights_bytes"]
+    assert store.run(bf16_id)["summary"]["ptq"] == ptq
+    assert not training.post_training_pending(store.run(bf16_id))
+    # The int8 model evaluated again by hand gives the stored result.
+    test = training.test_set_of(store, store.run(bf16_id))
+    model = training.model_lib.compile(load_run(store, bf16_id, "int8").model, trained["config"])
+    _, accuracy = model.evaluate(test.x, test.y, verbose=0)
+    assert accuracy == pytest.approx(ptq["int8"]["test_accuracy"], abs=1e-6)
+    # Kept: a second request reads the summary (a marked value comes back unchanged).
+    store.merge_summary(bf16_id, ptq={**ptq, "int8": {**ptq["int8"], "test_accuracy": 0.5}})
+    assert training.post_training_results(store, bf16_id)["int8"]["test_accuracy"] == 0.5
+    assert training.post_training_results(store, fp8_id) == {}  # only bf16 runs have one
     int8 = load_run(store, bf16["id"], "int8")
     probabilities = int8.predict(trained["texts"])
     assert ((0 <= probabilities) & (probabilities <= 1)).all()
