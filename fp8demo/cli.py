@@ -286,10 +286,20 @@ def cmd_show(args, store: Store) -> int:
             run = store.run(run["id"])
         except Exception as e:  # the rest of the run is still worth showing
             print(f"Post-training quantization not evaluated: {e}", file=sys.stderr)
+    detail = run_record(store, run)
+    if args.json:
+        print(json.dumps(detail, indent=2))
+        return 0
+    print_run_record(detail)
+    return 0
+
+
+def run_record(store: Store, run: dict) -> dict:
+    """Everything Results shows for one run, as JSON-ready values."""
     summary = run["summary"]
     layers = summary.get("fp8_layers", [])
     after = summary.get("fp8_after") or summary.get("fp8_before") or {}
-    detail = {
+    return {
         **run_json(run),
         "config": run["config"].to_dict(),
         "epochs": store.epoch_metrics(run["id"]),
@@ -317,9 +327,10 @@ def cmd_show(args, store: Store) -> int:
             for layer in layers
         ],
     }
-    if args.json:
-        print(json.dumps(detail, indent=2))
-        return 0
+
+
+def print_run_record(detail: dict):
+    """The record of `run_record` as aligned text."""
     for key in RUN_FIELDS:
         if detail[key] is not None:
             print(f"{key:>16}: {detail[key]}")
@@ -356,12 +367,11 @@ def cmd_show(args, store: Store) -> int:
             f"{'fp8 health':>16}: {health['overflows']} overflows; at risk: {at_risk or 'none'}"
             " (python -m fp8demo health RUN for the table)"
         )
-    if layers:
-        print(f"{'float8 layers':>16}: {len(layers)}")
+    if detail["float8_layers"]:
+        print(f"{'float8 layers':>16}: {len(detail['float8_layers'])}")
         for layer in detail["float8_layers"]:
             scales = "  ".join(f"{role}_scale={v:.3g}" for role, v in layer["scales"].items())
             print(f"  {layer['name']:<44} {layer['policy']:<28} {scales}")
-    return 0
 
 
 def best_epoch_record(summary: dict) -> dict | None:

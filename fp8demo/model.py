@@ -131,24 +131,6 @@ def scaling_recipe(model) -> str | None:
     return getattr(layers[0], "scaling_recipe", "delayed") if layers else None
 
 
-def operand_axes(layer) -> dict:
-    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer.
-
-    Blocks run along what a matmul contracts: for inputs and kernel the contracted axes, for
-    the output gradient the kernel's output axes (the input-gradient matmul contracts those).
-    A Dense layer reads as the einsum "...a,ab->...b"; "..." stands for unblocked axes.
-    """
-    equation = getattr(layer, "equation", None) or "...a,ab->...b"
-    inputs, rest = equation.split(",")
-    kernel, outputs = rest.split("->")
-    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
-    return {
-        "inputs": (inputs, contracted),
-        "kernel": (kernel, contracted),
-        "outputs_grad": (outputs, "".join(c for c in kernel if c not in contracted)),
-    }
-
-
 def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
     """`x` quantize-dequantized under `recipe` as `role`, blocked along `axes`' letters, in
     `dtype`.
@@ -184,7 +166,7 @@ def recipe_float8_call(layer, recipe: str, inputs, training=None):
     """A float8 Dense/EinsumDense layer's call with `recipe`'s scales (see use_recipe)."""
     from keras import ops, quantizers
 
-    axes = operand_axes(layer)
+    axes = recipes_lib.operand_axes(layer)
 
     def delayed_bookkeeping(x, scale, history, role):
         """Keras' update: the delayed scale from the history, and the history with x's amax."""

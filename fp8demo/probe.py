@@ -60,22 +60,11 @@ def tensor_stats(values, scale, role):
 
 
 def contraction_layout(layer) -> dict:
-    """{role: (axis letters, letters a block runs along, blocks lead)} for one float8 layer.
-
-    Block recipes group values along the dimension a matmul contracts: inputs and kernel
-    along the contracted axes, output gradients along the kernel's output axes (what the
-    input-gradient matmul contracts). A Dense layer reads as the einsum "...a,ab->...b";
-    "..." stands for leading axes, which are never blocked.
-    """
-    equation = getattr(layer, "equation", None) or "...a,ab->...b"
-    inputs, rest = equation.split(",")
-    kernel, outputs = rest.split("->")
-    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
-    kernel_free = "".join(c for c in kernel if c not in contracted)
+    """{role: (axis letters, letters a block runs along, blocks lead)} for one float8 layer:
+    recipes.operand_axes, with kernels blocked along their leading (K) axes."""
     return {
-        "inputs": (inputs, contracted, False),
-        "kernel": (kernel, contracted, True),
-        "outputs_grad": (outputs, kernel_free, False),
+        role: (letters, blocked, role == "kernel")
+        for role, (letters, blocked) in recipes_lib.operand_axes(layer).items()
     }
 
 

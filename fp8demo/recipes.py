@@ -398,3 +398,21 @@ def what_if(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1) 
         "saturation_pct": (100 * saturation).astype(jnp.float32),
         "snr_db": snr.astype(jnp.float32),
     }
+
+
+def operand_axes(layer) -> dict:
+    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer.
+
+    Blocks run along what a matmul contracts: for inputs and kernel the contracted axes, for
+    the output gradient the kernel's output axes (the input-gradient matmul contracts those).
+    A Dense layer reads as the einsum "...a,ab->...b"; "..." stands for unblocked axes.
+    """
+    equation = getattr(layer, "equation", None) or "...a,ab->...b"
+    inputs, rest = equation.split(",")
+    kernel, outputs = rest.split("->")
+    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
+    return {
+        "inputs": (inputs, contracted),
+        "kernel": (kernel, contracted),
+        "outputs_grad": (outputs, "".join(c for c in kernel if c not in contracted)),
+    }

@@ -74,32 +74,26 @@ def home(tmp_path, monkeypatch, imdb_folder) -> Path:
     return tmp_path / "home"
 
 
-@pytest.fixture(scope="session")
-def trained(tmp_path_factory, imdb_folder):
-    """A finished bf16 + fp8 comparison on a small subset, trained in-process by the engine.
+def train_comparison(home, imdb_folder, config, texts) -> dict:
+    """Train `config`'s comparison in-process by the engine into the store at `home`.
 
-    Returns a dict with the store home, run ids, and each model's predictions on a few
-    texts taken just before its weights were saved.
+    Returns the store home, comparison and run ids, and each model's predictions on `texts`
+    taken just before its weights were saved.
     """
-    from fp8demo.config import TrainConfig
+    from fp8demo import tokenizer
+    from fp8demo.data import lowercase
     from fp8demo.predict import check_texts
     from fp8demo.store import Store
     from fp8demo.worker import execute
 
-    home = tmp_path_factory.mktemp("trained-home")
     old = {k: os.environ.get(k) for k in ("FP8DEMO_HOME", "FP8DEMO_IMDB")}
     os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), str(imdb_folder)
     store = Store(home)
-    config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
     comparison_id, run_ids = store.create_comparison(config)
-    texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
     before = {}
 
     def remember(run_id):
         def on_trained(model, prepared):
-            from fp8demo import tokenizer
-            from fp8demo.data import lowercase
-
             tok = tokenizer.make_tokenizer(prepared.vocabulary, config.seq_len)
             ids = tokenizer.tokenize(tok, lowercase(check_texts(texts)))
             before[run_id] = model.predict(ids, verbose=0)[:, 0].astype("float32")
@@ -123,3 +117,13 @@ def trained(tmp_path_factory, imdb_folder):
         "predictions_before_save": before,
         "config": config,
     }
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory, imdb_folder):
+    """A finished bf16 + fp8 comparison on a small subset (see train_comparison)."""
+    from fp8demo.config import TrainConfig
+
+    config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
+    texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
+    return train_comparison(tmp_path_factory.mktemp("trained-home"), imdb_folder, config, texts)

@@ -13,7 +13,7 @@ import warnings
 
 import numpy as np
 import pytest
-from conftest import backend
+from conftest import backend, train_comparison
 
 import fp8demo.env  # noqa: F401
 from fp8demo import compiled, recipes
@@ -88,7 +88,7 @@ def test_operands_are_quantized_in_blocks_along_what_the_matmul_contracts(
 
     rng = np.random.default_rng(3)
     x = varied(rng, shape)
-    axes = model_lib.operand_axes(SimpleNamespace(equation=equation))[role]
+    axes = recipes.operand_axes(SimpleNamespace(equation=equation))[role]
     # Compiled, as in a training step (eager op-by-op rounding can differ in the last bit).
     got = np.asarray(jax.jit(lambda x: model_lib.recipe_qdq(x, recipe, role, axes, "float32"))(x))
     moved, block_dims = blocked(x)
@@ -229,48 +229,15 @@ def test_cli_accepts_recipe_precisions_and_refuses_unknown_ones():
 
 @pytest.fixture(scope="module")
 def six(tmp_path_factory, imdb_folder):
-    """A finished subset comparison of all six precisions, trained by the worker, with each
+    """A finished subset comparison of all six precisions, trained by the engine, with each
     model's predictions on three texts just before its weights were saved."""
-    from fp8demo import tokenizer
-    from fp8demo.data import lowercase
     from fp8demo.store import Store
-    from fp8demo.worker import execute
 
-    home = tmp_path_factory.mktemp("six-home")
-    old = {k: os.environ.get(k) for k in ("FP8DEMO_HOME", "FP8DEMO_IMDB")}
-    os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), str(imdb_folder)
-    store = Store(home)
     config = TrainConfig(**TINY, precisions=ALL_SIX)
-    comparison_id, run_ids = store.create_comparison(config)
     # Three texts: prediction pads the batch to four rows, which must not change them.
     texts = ["a wonderful, moving film", "boring and awful, a waste of time", "it was fine"]
-    before = {}
-
-    def remember(run_id):
-        def on_trained(model, prepared):
-            tok = tokenizer.make_tokenizer(prepared.vocabulary, config.seq_len)
-            ids = tokenizer.tokenize(tok, lowercase(texts))
-            before[run_id] = model.predict(ids, verbose=0)[:, 0].astype("float32")
-
-        return on_trained
-
-    try:
-        while (run := store.claim_next_run(os.getpid())) is not None:
-            execute(store, run, on_trained=remember(run["id"]))
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-    return dict(
-        home=home,
-        store=store,
-        comparison_id=comparison_id,
-        run_ids=dict(zip(ALL_SIX, run_ids)),
-        texts=texts,
-        before=before,
-    )
+    done = train_comparison(tmp_path_factory.mktemp("six-home"), imdb_folder, config, texts)
+    return dict(done, store=Store(done["home"]), before=done["predictions_before_save"])
 
 
 def test_all_six_train_and_are_recorded(six):
