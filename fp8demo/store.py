@@ -31,6 +31,10 @@ SCHEMA_VERSION = 4
 # program's SQLite database that happens to sit at the same path.
 APPLICATION_ID = 0x66703864
 SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every (non-empty) SQLite file
+# Store files this process has opened and accepted. Their header is never read again: closing
+# any file descriptor of a file drops every POSIX lock the process holds on it, SQLite's too,
+# and another process could then write under a live connection (a corrupt store).
+_accepted_paths = set()
 MOVE_IT = "Move it away or set FP8DEMO_HOME to another folder."
 # Statements that bring a store from schema N to N + 1.
 MIGRATIONS = {
@@ -205,7 +209,8 @@ class Store:
 
     def _init_schema(self):
         """Create, migrate or accept the store; refuse (writing nothing) anything else."""
-        self._refuse_a_file_that_is_not_sqlite()
+        if self.path.resolve() not in _accepted_paths:
+            self._refuse_a_file_that_is_not_sqlite()
         conn = self._conn()
         try:
             # Every check runs inside the write lock, before the first write: a refused file
@@ -233,6 +238,7 @@ class Store:
                 conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
             conn.execute("PRAGMA journal_mode = WAL")
             conn.execute("PRAGMA synchronous = NORMAL")
+            _accepted_paths.add(self.path.resolve())
         except sqlite3.DatabaseError as e:
             raise StoreError(f"The run store {self.path} is not usable: {e}. {MOVE_IT}") from e
 

@@ -4,6 +4,7 @@ import sqlite3
 
 import numpy as np
 import pytest
+from conftest import ROOT
 
 from fp8demo.config import TrainConfig
 from fp8demo.store import APPLICATION_ID, SCHEMA_VERSION, Store, StoreError
@@ -121,3 +122,21 @@ def test_a_version_3_store_gets_the_recipe_table_and_keeps_its_probes(tmp_path):
     with sqlite3.connect(store.path) as conn:
         assert conn.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
     conn.close()
+
+
+def test_opening_a_store_again_keeps_sqlites_locks_for_live_connections(tmp_path):
+    """A second Store on the same file in this process must not drop the POSIX locks SQLite
+    holds for the first: another process would then take this store for unused, checkpoint
+    and delete its write-ahead log under a live connection (a corrupt store)."""
+    import subprocess
+    import sys
+
+    home = tmp_path / "home"
+    first = Store(home)
+    first.create_comparison(TrainConfig(precisions=("bf16",)))  # a live connection, a WAL
+    Store(home).runs()  # the same file opened again in this process
+    other = "import sys; from fp8demo.store import Store; Store(sys.argv[1]).runs()"
+    subprocess.run([sys.executable, "-c", other, str(home)], check=True, cwd=ROOT)
+    # Only the last connection to close may remove the log; this process still holds one.
+    assert (home / "runs.sqlite-wal").exists()
+    assert [r["precision"] for r in first.runs()] == ["bf16"]
