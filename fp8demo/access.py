@@ -1,7 +1,7 @@
 """Who may launch, stop and delete runs on a shared dashboard: the password's guess policy.
 
 The dashboard asks for a password (FP8DEMO_PASSWORD) before its controls work. Each wrong
-answer in a row from one viewer (one browser session) is answered later than the one before,
+answer in a row from one viewer (one browser tab) is answered later than the one before,
 so guessing it quickly is not possible, and each one is logged for whoever runs the server.
 The page applies the delay; this module decides it and writes the log line.
 """
@@ -26,7 +26,7 @@ def record_wrong_password(failures: int, viewer: str = "") -> float:
     """Log one wrong password (never the text typed) and return the delay to apply."""
     delay = wrong_password_delay(failures)
     log.warning(
-        "Wrong dashboard password from %s: %d in a row from this session; the answer waits %.1f s.",
+        "Wrong dashboard password from %s: %d in a row from this viewer; the answer waits %.1f s.",
         viewer or "an unknown address",
         failures,
         delay,

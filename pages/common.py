@@ -295,12 +295,12 @@ LOCKED_HELP = (
 
 
 def can_control() -> bool:
-    """True when this session may launch, stop and delete runs."""
+    """True when this viewer (browser tab) may launch, stop and delete runs."""
     return not control_password() or st.session_state.get("_unlocked", False)
 
 
 def password_box():
-    """In the sidebar when a password is set: unlocks the controls for this session.
+    """In the sidebar when a password is set: unlocks the controls for this viewer (browser tab).
 
     Each wrong password in a row is answered later than the last (fp8demo.access), so the
     password cannot be guessed quickly; only a newly typed one counts, not a rerun.
@@ -313,7 +313,7 @@ def password_box():
     if not password:
         return
     if st.session_state.get("_unlocked"):
-        st.caption(":material/lock_open: Controls unlocked for this session.")
+        st.caption(":material/lock_open: Controls unlocked in this browser tab.")
         return
     typed = st.text_input(
         "Password (to launch or stop runs)",

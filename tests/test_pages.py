@@ -909,7 +909,7 @@ def test_wrong_passwords_are_answered_ever_later_and_logged(store_home, monkeypa
     assert shell.session_state["_password_failures"] == 2
     lines = [r.getMessage() for r in caplog.records if r.name == "fp8demo.access"]
     assert lines == [
-        f"Wrong dashboard password from an unknown address: {n} in a row from this session; "
+        f"Wrong dashboard password from an unknown address: {n} in a row from this viewer; "
         f"the answer waits {delay} s."
         for n, delay in ((1, "0.5"), (2, "1.0"))
     ]
