@@ -1,14 +1,19 @@
-"""Prove fp8 on a GPU: does XLA emit FP8 GEMMs for the example model and the large presets, and
-is fp8 faster than bf16 there?
+"""Prove fp8 on a GPU: FP8 GEMMs in the compiled step, and fp8 and its recipes against bf16.
+
+Does XLA emit FP8 GEMMs for the example model and the large presets, and is fp8 (and each
+scaling recipe) faster than bf16 there?
 
 1. Confirms JAX sees a GPU (else says so and exits 3; --allow-cpu runs everything on the CPU as
    a logic test, where no cuBLAS call can appear and the speeds say nothing about a GPU).
-2. For each configuration (the example, "Large (hidden 1024)", "XL (hidden 4096)"), in bf16 and
-   fp8: builds the model (fp8: model.quantize("float8")), compiles the training step with a
-   warm-up fit, counts the matmuls of that compiled step by how they run (fp8demo.compiled:
-   FP8 GEMMs, other GEMMs and dots) and times a fit over --steps steps.
-3. Prints each fp8 step's verdict and a table; after every configuration it rewrites
-   results.json and hlo.tar.gz (each compiled step's optimized HLO) in --out.
+2. For each configuration (the example, "Large (hidden 1024)", "XL (hidden 4096)") and each
+   precision (bf16; fp8, Keras' delayed scaling; fp8-current, per-tensor current scaling;
+   mxfp8, 32-value blocks): builds the model (float8: model.quantize("float8"), then the
+   recipe's quantization), compiles the training step with a warm-up fit, counts the matmuls
+   of that compiled step by how they run (fp8demo.compiled: FP8 GEMMs, other GEMMs and dots)
+   and times a fit over --steps steps.
+3. Prints each float8 step's verdict (does it run FP8 GEMMs, or is its recipe emulated?) and a
+   table; after every configuration it rewrites results.json and hlo.tar.gz (each compiled
+   step's optimized HLO) in --out.
 
 Imports neither TensorFlow nor the data pipeline: random token ids stand in for reviews, so it
 runs where only JAX, keras and keras-hub are installed (benchmarks/gpu_check.sh).
@@ -38,7 +43,7 @@ CONFIGS = {
     "large": ("Large (hidden 1024)", "Large (hidden 1024)"),
     "xl": ("XL (hidden 4096)", "XL (hidden 4096)"),
 }
-PRECISIONS = ("bf16", "fp8")
+PRECISIONS = ("bf16", "fp8", "fp8-current", "mxfp8")
 
 
 def tiny(config) -> dict:
@@ -116,7 +121,11 @@ def measure(config, precision, steps, warmup) -> tuple[dict, str]:
     warmup_seconds = time.perf_counter() - started
     started = time.perf_counter()
     text = compiled.train_step_hlo(model, x[:batch], y[:batch])
-    hlo = {**hlo_summary(text), "seconds": time.perf_counter() - started}
+    hlo = {
+        **hlo_summary(text),
+        "recipe": model_lib.scaling_recipe(model),
+        "seconds": time.perf_counter() - started,
+    }
     started = time.perf_counter()
     model.fit(
         x[: batch * steps], y[: batch * steps], batch_size=batch, epochs=1, verbose=0, shuffle=False
@@ -144,24 +153,38 @@ def write_hlo_archive(path: Path, texts: dict):
             tar.addfile(info, io.BytesIO(payload))
 
 
-def row(label, point) -> tuple:
-    """One table row: FP8 GEMMs of the fp8 step, and the speeds."""
-    fp8, bf16 = point.get("fp8", {}), point.get("bf16", {})
-    found = fp8.get("hlo", {})
-    b, f = bf16.get("steps_per_sec"), fp8.get("steps_per_sec")
-    gemms = (
-        f"{found['fp8_matmuls']} of {found['matmuls']}"
-        if "matmuls" in found
-        else fp8.get("error", "–")[:40]
-    )
-    return (
-        label,
-        _common.fmt(bf16.get("params") or fp8.get("params"), ",d"),
-        gemms,
-        _common.fmt(b, ".1f"),
-        _common.fmt(f, ".1f"),
-        _common.fmt(f / b if b and f else None, ".2f") + ("×" if b and f else ""),
-    )
+def fp8_gemms(measured: dict) -> str:
+    """How a float8 step's matmuls ran: "20 of 29 FP8 GEMMs", "emulated (0 of 29)", an error."""
+    found = measured.get("hlo", {})
+    if "matmuls" not in found:
+        return measured.get("error", "–")[:40]
+    counted = f"{found['fp8_matmuls']} of {found['matmuls']}"
+    if found.get("recipe") in compiled.EMULATED_RECIPES:
+        return f"emulated ({counted})"
+    return f"{counted} FP8 GEMMs"
+
+
+def rows(label, point, precisions) -> list[tuple]:
+    """Table rows of one configuration: per precision its steps/s, the ratio to bf16 and,
+    for a float8 precision, how its matmuls ran."""
+    bf16 = point.get("bf16", {}).get("steps_per_sec")
+    out = []
+    for precision in precisions:
+        measured = point.get(precision, {})
+        rate = measured.get("steps_per_sec")
+        how = fp8_gemms(measured) if precision != "bf16" else measured.get("error", "")[:40]
+        out.append(
+            (
+                label,
+                _common.fmt(measured.get("params"), ",d"),
+                precision,
+                how,
+                _common.fmt(rate, ".1f"),
+                _common.fmt(rate / bf16 if bf16 and rate else None, ".2f")
+                + ("×" if bf16 and rate else ""),
+            )
+        )
+    return out
 
 
 def main(argv=None) -> int:
@@ -179,12 +202,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--configs", default=",".join(CONFIGS), help="comma-separated, from: " + ", ".join(CONFIGS)
     )
+    parser.add_argument(
+        "--precisions",
+        default=",".join(PRECISIONS),
+        help="comma-separated, bf16 first for the ratios; from: " + ", ".join(PRECISIONS),
+    )
     args = parser.parse_args(argv)
     steps = args.steps or (10 if args.tiny else 100)
     names = [n.strip() for n in args.configs.split(",") if n.strip()]
     unknown = [n for n in names if n not in CONFIGS]
     if unknown or not names:
         print(f"Unknown or no configuration in {args.configs!r}: choose from {', '.join(CONFIGS)}")
+        return 2
+    precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown or not precisions:
+        print(
+            f"Unknown or no precision in {args.precisions!r}: choose from {', '.join(PRECISIONS)}"
+        )
         return 2
 
     out = Path(args.out)
@@ -236,10 +271,10 @@ def main(argv=None) -> int:
     from fp8demo.config import preset
 
     print(
-        f"\n== bf16 and fp8 per configuration: compiled step, then {steps} timed steps "
-        f"after {args.warmup} warm-up steps"
+        f"\n== {', '.join(precisions)} per configuration: compiled step, then {steps} timed "
+        f"steps after {args.warmup} warm-up steps"
     )
-    texts, rows, failures = {}, [], 0
+    texts, table_rows, failures = {}, [], 0
     for name in names:
         label, preset_name = CONFIGS[name]
         config = preset(preset_name)
@@ -259,7 +294,7 @@ def main(argv=None) -> int:
                 )
             },
         }
-        for precision in PRECISIONS:
+        for precision in precisions:
             try:
                 point[precision], texts[f"{name}-{precision}.hlo.txt"] = measure(
                     config, precision, steps, args.warmup
@@ -275,12 +310,16 @@ def main(argv=None) -> int:
                 traceback.print_exc()
                 point[precision] = {"error": f"{type(e).__name__}: {str(e)[:300]}"}
                 failures += 1
-        if "hlo" in point["fp8"]:
-            found = {**point["fp8"]["hlo"], "backend": info["platform"]}
-            point["verdict"] = compiled.verdict(found)
-            print(f"  {label}, fp8 verdict: {point['verdict']}", flush=True)
+        point["verdicts"] = {}
+        for precision in precisions:
+            if precision == "bf16" or "hlo" not in point[precision]:
+                continue
+            found = {**point[precision]["hlo"], "backend": info["platform"]}
+            point[precision]["runs_fp8_gemms"] = compiled.runs_fp8_gemms(found)
+            point["verdicts"][precision] = compiled.verdict(found)
+            print(f"  {label}, {precision} verdict: {point['verdicts'][precision]}", flush=True)
         results["configs"].append(point)
-        rows.append(row(label, point))
+        table_rows += rows(label, point, precisions)
         results["tensorflow_imported"] = "tensorflow" in sys.modules
         (out / "results.json").write_text(json.dumps(results, indent=2))
         write_hlo_archive(out / "hlo.tar.gz", texts)
@@ -288,15 +327,8 @@ def main(argv=None) -> int:
     print(
         "\n"
         + _common.table(
-            [
-                "config",
-                "params",
-                "FP8 GEMMs (fp8 step)",
-                "bf16 steps/s",
-                "fp8 steps/s",
-                "fp8 / bf16",
-            ],
-            rows,
+            ["config", "params", "precision", "matmuls", "steps/s", "/ bf16"],
+            table_rows,
         )
     )
     print(

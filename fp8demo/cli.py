@@ -5,6 +5,8 @@ runs     every run in the store
 show     one run: config, status, metrics, float8 layers and their final scales
 predict  positive probability of texts under a finished run's model
 export   a run's per-step metrics as CSV, or its records as TensorBoard event files
+sweep    search settings with an Optuna sweep whose every trial is one comparison
+sweeps   list sweeps; show, cancel or resume one
 worker   the training process (started for you by train and the dashboard)
 """
 
@@ -97,8 +99,39 @@ def parse_args(argv):
         "--tensorboard", metavar="DIR", help="TensorBoard event files into DIR/run<id>-<precision>"
     )
 
-    commands.add_parser("worker", help="run the queue (started automatically)")
+    add_sweep_commands(commands)
+    pool = commands.add_parser("worker", help="run the queue (started automatically)")
+    pool.add_argument(
+        "--slot",
+        type=_whole_number(0),
+        metavar="K",
+        help="be the pool's worker for slot K (its device: GPU K, or on a CPU its share of "
+        "the cores); without it, be slot 0 and start the pool's other workers",
+    )
+    pool.add_argument(
+        "--workers",
+        type=_whole_number(1),
+        metavar="N",
+        help="slots in the pool, N runs at once (default: one per GPU, or 1 on a CPU)",
+    )
     return parser.parse_args(argv)
+
+
+def _whole_number(low: int, high: int = 1024):
+    """An argparse type: a whole number in [low, high] (argparse shows the message)."""
+
+    def parse(text: str) -> int:
+        try:
+            number = int(text)
+        except ValueError:
+            number = low - 1
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(
+                f"expected a whole number from {low} to {high}, got {text!r}"
+            )
+        return number
+
+    return parse
 
 
 # -- train ---------------------------------------------------------------------------------
@@ -562,6 +595,213 @@ def health_recipes(args, store: Store, run: dict, layers: list) -> int:
     return 0
 
 
+# -- sweep, sweeps ---------------------------------------------------------------------------
+
+
+def add_sweep_commands(commands):
+    """`sweep` (the train flags fix the settings every trial shares) and `sweeps`."""
+    from fp8demo.sweep import OBJECTIVES, SAMPLERS
+
+    sweep = commands.add_parser(
+        "sweep", help="search settings with an Optuna sweep whose every trial is one comparison"
+    )
+    sweep.add_argument("--preset", choices=list(PRESETS), help="start from a preset")
+    for flag, options in cli_flags():  # the settings every trial shares
+        sweep.add_argument(flag, **options)
+    sweep.add_argument(
+        "--param",
+        action="append",
+        required=True,
+        metavar="NAME=SPEC",
+        help="a searched setting: choices (heads=1,2,4) or a range (hidden_dim=32:256, "
+        "lr=1e-4:1e-2:log); repeat for more",
+    )
+    sweep.add_argument("--trials", required=True, metavar="N", help="how many trials to run")
+    sweep.add_argument(
+        "--objective",
+        required=True,
+        metavar="{" + ",".join(OBJECTIVES) + "}",
+        help="read from the final epoch's validation accuracy",
+    )
+    sweep.add_argument("--direction", default="maximize", metavar="{maximize,minimize}")
+    sweep.add_argument("--sampler", default="tpe", metavar="{" + ",".join(SAMPLERS) + "}")
+    sweep.add_argument(
+        "--prune", default="true", metavar="{true,false}", help="stop hopeless trials early"
+    )
+    sweep.add_argument("--label", default="", help="a name for the sweep")
+    sweep.add_argument("--no-wait", action="store_true", help="queue and return at once")
+    sweep.add_argument("--json", action="store_true", help="print the final record as JSON")
+
+    sweeps = commands.add_parser("sweeps", help="list sweeps; show, cancel or resume one")
+    sweeps.add_argument("sweep", nargs="?", help="a sweep id: its trials")
+    sweeps.add_argument("--json", action="store_true")
+    action = sweeps.add_mutually_exclusive_group()
+    action.add_argument("--cancel", action="store_true", help="cancel the sweep's trials")
+    action.add_argument("--resume", action="store_true", help="run a cancelled sweep on")
+
+
+def cmd_sweep(args, store: Store) -> int:
+    from fp8demo import sweep, worker
+
+    config = config_from_args(args)
+    try:
+        trials = int(args.trials)
+    except ValueError:
+        raise CliError(f"--trials must be a whole number, got {args.trials!r}.") from None
+    if args.prune.strip().lower() not in ("true", "false"):
+        raise CliError(f"--prune must be true or false, got {args.prune!r}.")
+    sweep_id = sweep.create_sweep(
+        store,
+        config,
+        args.param,
+        trials,
+        args.objective,
+        args.direction,
+        args.sampler,
+        args.prune.strip().lower() == "true",
+        args.label,
+    )
+    record = store.sweep(sweep_id)
+    print(
+        f"sweep {sweep_id}: {trials} trials, {record['objective']} ({record['direction']}), "
+        f"sampler {record['sampler']}, pruning {'on' if record['prune'] else 'off'} "
+        f"(store {store.home})",
+        flush=True,
+    )
+    if args.no_wait:
+        return 0
+    interactive = sys.stdout.isatty()
+    last_trials, last_runs, last_print = {}, {}, 0.0
+    try:
+        while True:
+            worker.supervise(store)  # advances the sweep too
+            for row in sweep.trial_rows(store, sweep_id):
+                key = (row["state"], row["comparison_id"])
+                if last_trials.get(row["number"]) != key:
+                    print(trial_line(row), flush=True)
+                    last_trials[row["number"]] = key
+            due = interactive or time.time() - last_print > 10
+            for run in sweep.active_runs(store, sweep_id):
+                key = (run["phase"], run["status"])
+                if last_runs.get(run["id"]) != key or (due and run["status"] == "running"):
+                    print("  " + progress_line(run), flush=True)
+                    last_runs[run["id"]] = key
+            if time.time() - last_print > 10:
+                last_print = time.time()
+            if store.sweep(sweep_id)["state"] != "running":
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        print(
+            f"\nSweep {sweep_id} goes on in the background. Watch it with python -m fp8demo "
+            f"sweeps {sweep_id}; stop it with python -m fp8demo sweeps {sweep_id} --cancel.",
+            flush=True,
+        )
+        return 130
+    if args.json:
+        print(json.dumps(sweep.sweep_record(store, sweep_id), indent=2))
+    else:
+        print()
+        print_sweep(store, sweep_id)
+    record = sweep.sweep_record(store, sweep_id)
+    return 0 if record["state"] == "complete" and record["best_trial"] is not None else 1
+
+
+def trial_line(row: dict) -> str:
+    """One trial: number, state, params, value, comparison (and why it was pruned or failed)."""
+    value = f"  {row['value']:.4f}" if row["value"] is not None else ""
+    where = f"  comparison {row['comparison_id']}" if row["comparison_id"] else ""
+    ended = row["reason"] and row["state"] in ("pruned", "failed")
+    reason = f"  ({row['reason']})" if ended else ""
+    params = params_text(row["params"])
+    return f"trial {row['number']:>3} {row['state']:<9} {params}{value}{where}{reason}"
+
+
+def params_text(params: dict) -> str:
+    return " ".join(
+        f"{name}={value:.4g}" if isinstance(value, float) else f"{name}={value}"
+        for name, value in params.items()
+    )
+
+
+def print_sweep(store: Store, sweep_id):
+    """A sweep's trials as a table, then its best trial."""
+    from fp8demo import sweep
+
+    record = store.sweep(sweep_id)
+    rows = sweep.trial_rows(store, sweep_id)
+    space = ", ".join(f"{name}={spec}" for name, spec in record["space"].items())
+    print(
+        f"sweep {record['id']} ({record['state']}): {record['objective']} ({record['direction']})"
+        f" over {space}, {len(rows)} of {record['trials']} trials asked"
+    )
+    if record["error"]:
+        print(f"  {record['error']}")
+
+    def number(value):
+        return f"{value:.4f}" if value is not None else "-"
+
+    header = (
+        f"{'trial':>5}  {'state':<9}{'value':>8}{'bf16 val':>10}{'fp8 val':>9}{'bf16 test':>11}"
+        f"{'fp8 test':>10}{'cmp':>6}  params"
+    )
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        print(
+            f"{r['number']:>5}  {r['state']:<9}{number(r['value']):>8}"
+            f"{number(r['bf16_val_accuracy']):>10}{number(r['fp8_val_accuracy']):>9}"
+            f"{number(r['bf16_test_accuracy']):>11}{number(r['fp8_test_accuracy']):>10}"
+            f"{r['comparison_id'] or '-':>6}  {params_text(r['params'])}"
+        )
+        if r["reason"] and r["state"] in ("pruned", "failed"):
+            print(f"{'':>7}{r['reason']}")
+    best = sweep.sweep_record(store, sweep_id)["best_trial"]
+    if best is None:
+        print("\nno completed trial yet")
+        return
+    row = rows[best]
+    print(
+        f"\nbest: trial {best}, {record['objective']} {row['value']:.4f} with "
+        f"{params_text(row['params'])} (comparison {row['comparison_id']})"
+    )
+
+
+def cmd_sweeps(args, store: Store) -> int:
+    from fp8demo import sweep, worker
+
+    worker.supervise(store)
+    if args.sweep is None:
+        if args.cancel or args.resume:
+            raise CliError("Name the sweep to cancel or resume: python -m fp8demo sweeps ID.")
+        listed = sweep.sweeps(store)
+        if args.json:
+            print(json.dumps(listed, indent=2))
+            return 0
+        print(f"{'sweep':>5}  {'state':<10}{'trials':>8}  {'best':>7}  objective")
+        for s in listed:
+            best = f"{s['best_value']:.4f}" if s["best_value"] is not None else "-"
+            print(
+                f"{s['id']:>5}  {s['state']:<10}{s['trials_done']:>4}/{s['trials']:<3}  {best:>7}"
+                f"  {s['objective']} ({s['direction']}){'  ' + s['label'] if s['label'] else ''}"
+            )
+        if not listed:
+            print("(no sweeps yet: python -m fp8demo sweep --param lr=1e-4:1e-2:log ...)")
+        return 0
+    sweep_id = store.sweep(args.sweep)["id"]
+    if args.cancel:
+        sweep.cancel_sweep(store, sweep_id)
+        print(f"sweep {sweep_id}: cancelled (its running trials stop at their next step)")
+    elif args.resume:
+        sweep.resume_sweep(store, sweep_id)
+        print(f"sweep {sweep_id}: running")
+    if args.json:
+        print(json.dumps(sweep.sweep_record(store, sweep_id), indent=2))
+    elif not (args.cancel or args.resume):
+        print_sweep(store, sweep_id)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     from fp8demo.data import DataError
@@ -572,7 +812,7 @@ def main(argv=None) -> int:
         if args.command == "worker":
             from fp8demo import worker
 
-            return worker.main(store)
+            return worker.main(store, slot=args.slot, workers=args.workers)
         if args.command == "cancel":
             status = store.request_cancel(args.run)
             print(f"run {args.run}: cancel requested (was {status})")
@@ -584,6 +824,8 @@ def main(argv=None) -> int:
             "predict": cmd_predict,
             "health": cmd_health,
             "export": cmd_export,
+            "sweep": cmd_sweep,
+            "sweeps": cmd_sweeps,
         }[args.command](args, store)
     except (ConfigError, StoreError, DataError, PredictError, CliError) as e:
         print(f"error: {e}", file=sys.stderr)

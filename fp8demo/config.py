@@ -21,6 +21,7 @@ FLOAT8_PRECISIONS = ("fp8", *RECIPE_PRECISIONS)
 PRECISIONS = ("bf16", *FLOAT8_PRECISIONS, "float32")
 VOCAB_METHODS = ("keras", "fast")
 DROPOUT_MASKS = ("keras", "fast")
+SIDE_BY_SIDE = ("auto", "on", "off")
 RESERVED_TOKENS = ("[PAD]", "[UNK]")
 
 
@@ -90,6 +91,14 @@ class TrainConfig:
     )
     data_parallel: bool = setting(
         False, "train data-parallel over every device JAX sees (keras.distribution.DataParallel)"
+    )
+    side_by_side: str = setting(
+        "auto",
+        "train the precisions at the same time, each in a worker of its own: auto = at the "
+        "same time when the host has a device per precision (GPUs), one after the other on a "
+        "CPU; on = at the same time, sharing the devices or cores there are; off = one after "
+        "the other",
+        choices=SIDE_BY_SIDE,
     )
     precisions: tuple = setting(
         ("bf16", "fp8"),
@@ -170,6 +179,10 @@ class TrainConfig:
             problems.append(
                 f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, "
                 f"got {self.dropout_masks!r}."
+            )
+        if self.side_by_side not in SIDE_BY_SIDE:
+            problems.append(
+                f"side_by_side must be one of {', '.join(SIDE_BY_SIDE)}, got {self.side_by_side!r}."
             )
         # A bare string would be read letter by letter ("bf16" → b, f, 1, 6).
         listed = isinstance(self.precisions, (tuple, list))
@@ -278,7 +291,7 @@ EXAMPLE = TrainConfig()
 PRESETS = {
     "Keras example": {},
     # The example's model, data and training, with the vocabulary trained by Hugging Face's
-    # WordPiece trainer and 8-bit dropout masks (README: Performance compares the two).
+    # WordPiece trainer and 8-bit dropout masks (benchmarks/README.md compares the two).
     "Keras example, fast": dict(vocab_method="fast", dropout_masks="fast"),
     # The example's model and sequence length on 12,000 training reviews, one epoch at a
     # higher learning rate with the fast dropout masks: it learns in one pass, in about a
@@ -287,6 +300,19 @@ PRESETS = {
     "Wider (hidden 256)": dict(hidden_dim=256, heads=4, intermediate_dim=1024),
     "Large (hidden 1024)": dict(hidden_dim=1024, heads=8, intermediate_dim=4096, epochs=1),
     "XL (hidden 4096)": dict(hidden_dim=4096, heads=32, intermediate_dim=16384, epochs=1),
+    # The example's model on 10,000 training reviews, one epoch at a learning rate high enough
+    # that how the first steps are scaled can decide whether a seed learns at all, from a seed
+    # where it does; bf16, Keras' delayed scaling and two recipes that scale from the current
+    # values, probed often enough to date what FP8 health saw (benchmarks/recipe_breaks.py).
+    "Where delayed scaling breaks": dict(
+        subset=10000,
+        vocab_size=5000,
+        epochs=1,
+        lr=5e-3,
+        seed=43,
+        probe_every=25,
+        precisions=("bf16", "fp8", "fp8-current", "mxfp8"),
+    ),
 }
 
 # What a preset trades against the example, shown next to the preset picker.
@@ -296,6 +322,16 @@ PRESET_NOTES = {
     "and the fast dropout masks; validated on 5,000 and tested on 12,000 reviews. About "
     "80 % test accuracy instead of the example's 80–81 % after 3 epochs, in a fraction of "
     "its time.",
+    "Where delayed scaling breaks": "the example's model and sequence length, one epoch on "
+    "10,000 of its training reviews at 5× its learning rate, with a 5,000-word vocabulary, "
+    "seed 43 and a probe every 25 steps; trains bf16, fp8 (Keras' delayed scaling), "
+    "fp8-current and mxfp8 from that seed. At this learning rate the model trains at the edge "
+    "of a stall: a ReLU layer can die, every gradient behind it turns zero and the prediction "
+    "stays constant. Delayed scaling takes its first two steps at scale 1.0, before any amax "
+    "is known, which flushes the smallest output gradients to zero (FP8 health's probe at "
+    "step 0); on this seed that start tips fp8 into the stall, while bf16 and the recipes, "
+    "which scale from the current values, learn. Most seeds learn in every precision: repeat "
+    "over seeds to see how rare it is.",
 }
 
 

@@ -3,7 +3,8 @@
 Keras calls the Recorder after every step; about every RECORD_EVERY_SECONDS the Recorder
 flushes: it writes each pending step's own loss and accuracy (recovered from Keras's running
 means), the float8 scales and amax histories, the probe rows and the progress, then looks
-for a cancel request. At each epoch's end it records the epoch and the best epoch so far.
+for a cancel request. At each epoch's end it records the epoch and the best epoch so far,
+and reports to the run's sweep, if any (sweep.py).
 """
 
 import math
@@ -15,7 +16,7 @@ import fp8demo.env  # noqa: F401  (sets KERAS_BACKEND: keras reads it when impor
 # isort: split
 import keras
 
-from fp8demo import fp8
+from fp8demo import fp8, sweep
 from fp8demo.store import Store
 
 RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
@@ -167,6 +168,8 @@ class Recorder(keras.callbacks.Callback):
                 logs.get("val_loss"),
                 logs.get("val_accuracy"),
             )
+            sweep.epoch_ended(self.store, self.run_id)  # a sweep trial: report, maybe prune
+            self.check_cancel()  # pruned: stop before the next epoch
         val_accuracy = logs.get("val_accuracy")
         best_so_far = self.best.val_accuracy if self.best else None
         if val_accuracy is not None and (best_so_far is None or val_accuracy > best_so_far):

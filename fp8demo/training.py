@@ -21,7 +21,8 @@ from fp8demo import probe as probe_lib
 from fp8demo.config import ConfigError
 from fp8demo.store import Store
 
-TOKENS_PER_CPU_BATCH = 4096  # past this, a CPU step costs more per token (README: Scaling)
+# Past this, a CPU step costs more per token (benchmarks/README.md: Scaling).
+TOKENS_PER_CPU_BATCH = 4096
 
 
 class Cancelled(Exception):
@@ -395,6 +396,7 @@ def save_artifacts(store: Store, run_id: int, model, config, precision: str, voc
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise
+    store.share_artifacts(run_id)  # a PostgreSQL store: into the database, for every host
 
 
 # -- 6. post-training quantization ----------------------------------------------------------

@@ -1,17 +1,24 @@
-"""The training process: runs the store's queue, one run at a time.
+"""The training processes: a pool of workers that run the store's queue.
 
-Launching a comparison queues its runs and makes sure one worker process exists
-(`python -m fp8demo worker`, a subprocess in its own session: never a fork of a
-multithreaded JAX process, and it keeps going when no browser is connected). A file lock
-guarantees a single worker per store, so two trainings never share one GPU. The worker
-exits when the queue stays empty; the next launch starts a new one.
+Launching a comparison queues its runs and makes sure the pool's workers exist
+(`python -m fp8demo worker --slot K`, subprocesses in their own session: never a fork of a
+multithreaded JAX process, and they keep going when no browser is connected). A pool has one
+slot per device: slot K's worker holds the lock file worker-K.lock, so one process trains on
+each device, and before JAX loads it restricts itself to its GPU (CUDA_VISIBLE_DEVICES) or,
+on a CPU, to its share of the cores. Which queued run a worker may start is the store's rule
+(Store.claim_next_run): a comparison trains its precisions side by side or one after the
+other, and a data-parallel run waits for the whole pool. Workers leave when nothing is queued;
+the next launch starts new ones.
 """
 
 import errno
 import fcntl
+import functools
 import os
+import socket
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -19,16 +26,87 @@ from pathlib import Path
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
-LOCK_NAME = "worker.lock"
 LOG_NAME = "worker.log"
 IDLE_EXIT_SECONDS = 5.0
+HEARTBEAT_SECONDS = 5.0  # how often a training worker refreshes its run's heartbeat_at
+
+
+def lock_name(slot) -> str:
+    """The lock file of a pool slot; its holder writes its pid in it."""
+    return f"worker-{slot}.lock"
+
+
+LOCK_NAME = lock_name(0)  # the first slot: the worker of a one-slot pool
+
+
+# -- devices, found without importing JAX ---------------------------------------------------
+
+# The GPUs and cores the whole pool shares, kept in the environment by a worker that took its
+# slot's share of them: the workers it starts in turn inherit that share, but not these.
+POOL_GPUS, POOL_CORES = "FP8DEMO_POOL_GPUS", "FP8DEMO_POOL_CORES"
+
+
+@functools.cache
+def visible_gpus() -> tuple[str, ...]:
+    """The ids of the GPUs this host lets its processes use: CUDA_VISIBLE_DEVICES when set,
+    else one per `nvidia-smi -L` GPU line; () without any. Cached: pages ask on each refresh."""
+    named = os.environ.get(POOL_GPUS, os.environ.get("CUDA_VISIBLE_DEVICES"))
+    if named is not None:
+        ids = tuple(i.strip() for i in named.split(",") if i.strip())
+        return () if ids in ((), ("-1",)) else ids
+    try:
+        listing = subprocess.run(
+            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ()
+    count = sum(line.startswith("GPU ") for line in listing.splitlines())  # not MIG lines
+    return tuple(str(i) for i in range(count))
+
+
+def default_slots() -> int:
+    """The pool's size unless asked for more: one slot per GPU, or one on a CPU."""
+    return max(1, len(visible_gpus()))
+
+
+def trains_side_by_side(config: TrainConfig) -> bool:
+    """Whether a comparison trains its precisions at the same time: its side_by_side setting,
+    "auto" meaning when this host has a GPU per precision (on a CPU they share the cores)."""
+    if config.side_by_side == "auto":
+        gpus = len(visible_gpus())
+        return gpus > 0 and gpus >= len(config.precisions)
+    return config.side_by_side == "on"
+
+
+def pool_cores() -> list[int]:
+    """The CPU cores the whole pool shares."""
+    named = os.environ.get(POOL_CORES)
+    return [int(c) for c in named.split(",")] if named else sorted(os.sched_getaffinity(0))
+
+
+def take_device_share(slot: int, slots: int) -> str:
+    """Restrict this process to slot `slot` of `slots` before JAX and TensorFlow load (they
+    size their devices and thread pools at import): one GPU, or on a CPU its share of the
+    cores. Returns what it took, in words."""
+    gpus = visible_gpus()
+    if gpus:
+        gpu = gpus[slot % len(gpus)]  # more slots than GPUs only when the user asks for them
+        os.environ[POOL_GPUS] = ",".join(gpus)
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+        return f"GPU {gpu}"
+    cores = pool_cores()
+    share = cores[slot * len(cores) // slots : (slot + 1) * len(cores) // slots]
+    share = share or [cores[min(slot * len(cores) // slots, len(cores) - 1)]]
+    os.environ[POOL_CORES] = ",".join(map(str, cores))
+    os.sched_setaffinity(0, share)
+    return f"CPU cores {','.join(map(str, share))}"
 
 
 # -- the launching side (dashboard, CLI) -----------------------------------------------
 
 
 def launch(config: TrainConfig, store: Store | None = None, label: str = "") -> int:
-    """Queue one comparison (a run per precision) and make sure a worker runs it."""
+    """Queue one comparison (a run per precision) and make sure workers run it."""
     # (launch_repeats records the data source the launching process sees, so the run does
     # not depend on the environment of whichever process trains it.)
     return launch_repeats(config, 1, store, label)[0]
@@ -76,31 +154,80 @@ def _try_lock(path: Path):
     return handle
 
 
-def worker_pid(store: Store) -> int | None:
-    """The pid of the store's live worker, or None."""
-    lock_path = store.home / LOCK_NAME
-    handle = _try_lock(lock_path)
+def _lock_holder(path: Path) -> int | None:
+    """The pid written in a held lock file; None when nobody holds it."""
+    handle = _try_lock(path)
     if handle is not None:  # nobody holds it
         handle.close()
         return None
     try:
-        return int(lock_path.read_text().strip() or 0) or None
+        return int(path.read_text().strip() or 0) or None
     except (OSError, ValueError):
         return None
 
 
-def ensure_worker(store: Store) -> int | None:
-    """Start a worker if runs are queued and none is alive; return the worker's pid."""
-    pid = worker_pid(store)
-    if pid or not any(r["status"] == "queued" for r in store.queue()):
-        return pid
+def worker_pids(store: Store) -> dict[str, int]:
+    """The live workers of the store's pool on this host: slot → pid, in slot order."""
+    found = {}
+    for path in store.home.glob(lock_name("*")):
+        slot = path.name[len("worker-") : -len(".lock")]
+        pid = _lock_holder(path)
+        if pid:
+            found[slot] = pid
+    return dict(sorted(found.items(), key=lambda item: (not item[0].isdigit(), item[0].zfill(9))))
+
+
+def worker_pid(store: Store) -> int | None:
+    """The pid of a live worker of the store (the lowest slot's), or None."""
+    return next(iter(worker_pids(store).values()), None)
+
+
+def pool_demand(store: Store) -> int:
+    """The slots the queued runs ask for: a comparison that trains side by side asks for one
+    per precision; 0 when nothing is queued."""
+    queued = [r for r in store.queue() if r["status"] == "queued"]
+    if not queued:
+        return 0
+    return max(
+        len(r["config"].precisions) if r["summary"].get("side_by_side") else 1 for r in queued
+    )
+
+
+def ensure_worker(store: Store, workers: int | None = None) -> list[int]:
+    """Start the pool's missing workers if runs are queued; return every worker's pid.
+
+    The pool has max(default_slots(), `workers`, what the queue asks for) slots.
+    """
+    demand = pool_demand(store)
+    if not demand:
+        return list(worker_pids(store).values())
+    slots = max(default_slots(), workers or 0, demand)
+    alive = worker_pids(store)
+    for slot in range(slots):
+        if str(slot) in alive:
+            continue
+        started = _started.get((str(store.home), slot))
+        if started is not None and started.poll() is None:  # not holding its lock yet
+            alive[str(slot)] = started.pid
+        else:
+            alive[str(slot)] = _start_worker(store, slot, slots)
+    return list(alive.values())
+
+
+# The workers this process started, by (home, slot): a page that refreshes while one is still
+# starting (before it holds its lock) must not start a second one for nothing.
+_started = {}
+
+
+def _start_worker(store: Store, slot: int, slots: int) -> int:
+    """Start slot `slot`'s worker of a pool of `slots` in the background; return its pid."""
     log = open(store.home / LOG_NAME, "ab")
     env = dict(os.environ, FP8DEMO_HOME=str(store.home))
     # A package path that works from any working directory.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     process = subprocess.Popen(
-        [sys.executable, "-m", "fp8demo", "worker"],
+        [sys.executable, "-m", "fp8demo", "worker", "--slot", str(slot), "--workers", str(slots)],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -109,12 +236,16 @@ def ensure_worker(store: Store) -> int | None:
         close_fds=True,
     )
     log.close()
+    _started[(str(store.home), slot)] = process
     return process.pid
 
 
 def supervise(store: Store) -> list[int]:
     """Mark runs of dead workers interrupted and restart the queue; return interrupted ids."""
     lost = store.reap()
+    from fp8demo import sweep
+
+    sweep.advance_running(store)  # a trial whose worker died fails, and its sweep goes on
     ensure_worker(store)
     return lost
 
@@ -196,6 +327,9 @@ def execute(store: Store, run: dict, **train_options):
     else:
         store.end_run(run_id, "finished", **results)
     print(f"[worker {os.getpid()}] run {run_id} ended: {store.run(run_id)['status']}", flush=True)
+    from fp8demo import sweep
+
+    sweep.run_ended(store, run_id)  # a sweep trial's run: tell its trial, ask the next
 
 
 def _phase(store: Store, run_id: int) -> str:
@@ -205,25 +339,84 @@ def _phase(store: Store, run_id: int) -> str:
         return ""
 
 
-def main(store: Store | None = None, idle_exit: float = IDLE_EXIT_SECONDS) -> int:
+class Heartbeat:
+    """While the with-block trains a run, refresh its heartbeat_at every few seconds from a
+    background thread: how a worker on another host tells the store it is alive."""
+
+    def __init__(self, store: Store, run_id: int, every: float = HEARTBEAT_SECONDS):
+        self.store, self.run_id, self.every = store, run_id, every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self):
+        while not self._stop.wait(self.every):
+            try:
+                self.store.heartbeat(self.run_id)
+            except Exception as e:  # a busy store now and then must not end the training
+                print(f"[worker {os.getpid()}] heartbeat failed: {e}", flush=True)
+
+
+def main(
+    store: Store | None = None,
+    idle_exit: float = IDLE_EXIT_SECONDS,
+    slot: int | None = None,
+    workers: int | None = None,
+) -> int:
+    """Run slot `slot`'s worker of a pool of `workers` slots until nothing is queued.
+
+    Without a slot: be slot 0 and start the pool's other workers (`python -m fp8demo worker
+    --workers N` in a terminal). The worker takes its device share when it loads JAX, for its
+    first run: a data-parallel run gets every device instead, and the process then leaves
+    (when the pool has other slots) so that its slot comes back on its own device.
+    """
     store = store or Store()
-    lock_path = store.home / LOCK_NAME
-    handle = _try_lock(lock_path)
+    starts_the_pool = slot is None
+    slot = int(slot or 0)
+    slots = max(workers or default_slots(), slot + 1)
+    handle = _try_lock(store.home / lock_name(slot))
     if handle is None:
-        return 0  # another worker owns this store
+        return 0  # another worker has this slot
+    me, host = os.getpid(), socket.gethostname()
+    share = None  # what this process took when it loaded JAX: "one" (its slot's) or "all"
     try:
-        handle.seek(0), handle.truncate(), handle.write(str(os.getpid())), handle.flush()
+        handle.seek(0), handle.truncate(), handle.write(str(me)), handle.flush()
         store.reap()
+        if starts_the_pool:
+            ensure_worker(store, slots)
         idle_since = time.time()
         while True:
             # Claimed first: the run shows its phase while the libraries are still loading.
-            run = store.claim_next_run(os.getpid())
+            run = store.claim_next_run(me, str(slot), host, data_parallel_ok=share != "one")
             if run is not None:
-                from fp8demo.env import tensorflow
+                whole_pool = run["config"].data_parallel
+                if share is None:
+                    share = "all" if whole_pool or slots == 1 else "one"
+                    taken = "every device" if share == "all" else take_device_share(slot, slots)
+                    print(f"[worker {me}] slot {slot} of {slots}: {taken}", flush=True)
+                    from fp8demo.env import tensorflow
 
-                tensorflow()  # hide GPUs from TensorFlow before anything initialises it
-                execute(store, run)
+                    tensorflow()  # hide GPUs from TensorFlow before anything initialises it
+                with Heartbeat(store, run["id"]):
+                    execute(store, run)
                 idle_since = time.time()
+                if whole_pool and slots > 1:
+                    break  # this process sees every device: a fresh one takes the slot's
+            elif share == "one" and store.data_parallel_next():
+                break  # a data-parallel run needs every device: a fresh process takes them
+            elif store.queued_count():
+                # Work waits for a run to end: stay for it, and notice if that run's worker died.
+                if time.time() - idle_since > idle_exit:
+                    store.reap()
+                    idle_since = time.time()
+                time.sleep(0.3)
             elif time.time() - idle_since > idle_exit:
                 break
             else:
@@ -231,6 +424,6 @@ def main(store: Store | None = None, idle_exit: float = IDLE_EXIT_SECONDS) -> in
     finally:
         handle.seek(0), handle.truncate(), handle.flush()
         handle.close()
-    # A launch may have queued a run while we were leaving: hand over to a fresh worker.
+    # A launch may have queued a run while we were leaving: hand over to fresh workers.
     ensure_worker(store)
     return 0

@@ -34,6 +34,7 @@ PAGES = [  # (script, title, icon); the first is the default page
     ("pages/results.py", "Results", ":material/table_chart:"),
     ("pages/health.py", "FP8 health", ":material/health_and_safety:"),
     ("pages/predict.py", "Predict", ":material/chat:"),
+    ("pages/sweep.py", "Sweep", ":material/tune:"),
 ]
 
 
@@ -370,8 +371,10 @@ def queue_panel(store: Store):
         detail = run["phase"] if run["status"] == "running" else "waiting"
         st.caption(f"{icon} #{run['comparison_id']} **{run['precision']}** — {detail}")
     if queue:
-        pid = _worker_pid(store)
-        st.caption(f"training process pid {pid}" if pid else "Starting the training process…")
+        pids = _worker_pids(store)
+        alive = f"{len(pids)} training processes" if len(pids) > 1 else "training process"
+        listed = ", ".join(str(pid) for pid in pids.values())
+        st.caption(f"{alive} alive, pid {listed}" if pids else "Starting the training process…")
     if bool(queue) != st.session_state.get("_queue_refreshing", False):
         st.session_state["_queue_refreshing"] = bool(queue)
         st.rerun()  # switch the timer on or off
@@ -382,10 +385,10 @@ def _queue_fragment(store: Store):
     st.fragment(run_every=every)(queue_panel)(store)
 
 
-def _worker_pid(store):
+def _worker_pids(store) -> dict:
     try:
         from fp8demo import worker
 
-        return worker.worker_pid(store)
+        return worker.worker_pids(store)
     except Exception:
-        return None
+        return {}

@@ -6,6 +6,11 @@ on the amax heatmap), saturation and underflow % of the actual values on a fixed
 batch, and a summary table flagging the tensors at risk; then what the same probe tensors
 would lose under other scaling recipes (recipes.py). Computed from the run store, so it
 works live and for finished runs alike.
+
+Every float8 run of a comparison can be looked at: fp8 (Keras' delayed scaling) and the
+recipe precisions (fp8-current, mxfp8, ...). A recipe run keeps Keras' delayed-scaling
+bookkeeping running beside its own recipe, so its page shows what delayed scaling would have
+done to that run's tensors, and the recipe heatmap's column of its own recipe what it did.
 """
 
 import dataclasses
@@ -14,7 +19,7 @@ import pandas as pd
 import streamlit as st
 
 from fp8demo import charts, fp8, probe, recipes
-from fp8demo.config import ConfigError
+from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, ConfigError
 from fp8demo.fp8 import ROLES
 from fp8demo.store import StoreError
 from pages import common
@@ -29,7 +34,7 @@ def health_view(store, run, refreshing):
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     steps, amax = store.fp8_amax(run["id"])
     if not layers or not len(steps):
-        st.info("The statistics appear once the fp8 run has trained a few steps.")
+        st.info(f"The statistics appear once the {run['precision']} run has trained a few steps.")
         return
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
@@ -91,6 +96,22 @@ def health_view(store, run, refreshing):
     recipe_section(store, run, layers)
 
 
+def what_this_run_records(run) -> str | None:
+    """For a recipe run, what the page's numbers are (they are not what it scaled with)."""
+    recipe = RECIPE_PRECISIONS.get(run["precision"])
+    if recipe is None:
+        return None
+    return (
+        f"This {run['precision']} run trained with the `{recipe}` recipe: "
+        f"{recipes.RECIPE_HELP[recipe]}. It has no delayed scaling of its own, but Keras' "
+        "delayed-scaling bookkeeping kept running beside the recipe, unused. So the amaxes "
+        "(heatmaps, history) are this run's own tensors, while the scales, headroom, overflows, "
+        "the probe's saturation and underflow and the at-risk flags below are what delayed "
+        "scaling *would have* done to them. What this run applied is the "
+        f"`{recipe}` column of the scaling recipes' heatmap further down."
+    )
+
+
 def recipe_section(store, run, layers):
     """The probe's tensors quantized under every scaling recipe: words, heatmap, lines."""
     st.subheader("Scaling recipes")
@@ -101,8 +122,14 @@ def recipe_section(store, run, layers):
             + (" (the probe is off)." if run["config"].probe_every == 0 else ".")
         )
         return
+    recipe = RECIPE_PRECISIONS.get(run["precision"])
+    own = (
+        f"delayed: the scales delayed scaling would have used; {recipe}: what this run applied"
+        if recipe
+        else "delayed: the run's own scales"
+    )
     st.caption(
-        "The same probe tensors quantized as each recipe would (delayed: the run's own scales). "
+        f"The same probe tensors quantized as each recipe would ({own}). "
         "Colour: SNR in dB, higher is better; hover a cell for underflow and saturation."
     )
     for sentence in probe.recipe_summary(names, stats[-1], layers):
@@ -134,6 +161,13 @@ def same_but_history(a, b) -> bool:
 def history_section(store, run):
     """What the delayed-scaling window does: replayed on this run, and measured on others."""
     st.subheader("Amax history length")
+    if run["precision"] in RECIPE_PRECISIONS:
+        st.caption(
+            f"The history length matters to delayed scaling only: this {run['precision']} "
+            "run's recipe scales every tensor from its current values. Pick the comparison's "
+            "fp8 run (or train one) to see what the window does."
+        )
+        return
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     steps, amax = store.fp8_amax(run["id"])
     if not layers or not len(steps):
@@ -251,7 +285,9 @@ st.caption(
     "faster than its history, values beyond fmax × scale are clipped (overflow); when "
     "the headroom is very large, small values may underflow to zero."
 )
-comparisons = [c for c in store.comparisons() if any(r["precision"] == "fp8" for r in c["runs"])]
+comparisons = [
+    c for c in store.comparisons() if any(r["precision"] in FLOAT8_PRECISIONS for r in c["runs"])
+]
 if not comparisons:
     common.next_step(
         "No fp8 run yet: launch a comparison on Train with fp8 among its precisions (it is "
@@ -263,7 +299,24 @@ cid = common.pick_comparison(
     comparisons, key="health_comparison", preferred=common.query_int("comparison")
 )
 comparison = next(c for c in comparisons if c["id"] == cid)
-run = next(r for r in comparison["runs"] if r["precision"] == "fp8")
+candidates = [r for r in comparison["runs"] if r["precision"] in FLOAT8_PRECISIONS]
+default = next((k for k, r in enumerate(candidates) if r["precision"] == "fp8"), 0)
+if len(candidates) > 1:
+    precision = st.radio(
+        "float8 run",
+        [r["precision"] for r in candidates],
+        index=default,
+        horizontal=True,
+        key="health_run",
+        help="Every float8 run of the comparison: fp8 (Keras' delayed scaling) and the "
+        "scaling recipes it trained with.",
+    )
+    run = next(r for r in candidates if r["precision"] == precision)
+else:
+    run = candidates[default]
+note = what_this_run_records(run)
+if note:
+    st.info(note)
 active = run["status"] in ("queued", "running")
 paused = st.toggle("Pause", key="health_pause", disabled=not active)
 refreshing = active and not paused

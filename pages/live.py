@@ -11,7 +11,8 @@ import time
 
 import streamlit as st
 
-from fp8demo import charts, compiled
+from fp8demo import charts, compiled, recipes
+from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS
 from fp8demo.fp8 import E4M3_MAX, E5M2_MAX, ROLES
 from pages import common
 
@@ -62,16 +63,20 @@ def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
 
 
 def fp8_figures(store, run, fixed_scale=False) -> dict:
-    """The fp8 run's amax heatmaps (one per role) and scales, or a note why there are none.
+    """A float8 run's amax heatmaps (one per role) and scales, or a note why there are none.
 
     fixed_scale: every heatmap on the same log2 range, instead of each role's own.
     """
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
+    precision = run["precision"]
     if not layers:
-        return {"note": "The amax heatmaps appear once the fp8 model has been built and quantized."}
+        return {
+            "note": f"The amax heatmaps appear once the {precision} model has been built and "
+            "quantized."
+        }
     steps, amax = store.fp8_amax(run["id"])
     if not len(steps):
-        return {"note": "Waiting for the first training steps of the fp8 run…"}
+        return {"note": f"Waiting for the first training steps of the {precision} run…"}
     s_steps, scales = store.fp8_scales(run["id"])
     return {
         "amax": {
@@ -79,7 +84,27 @@ def fp8_figures(store, run, fixed_scale=False) -> dict:
             for j, role in enumerate(ROLES)
         },
         "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None,
+        "precision": precision,
     }
+
+
+def float8_runs(runs) -> list:
+    """The runs that train in float8 (fp8 and the recipe precisions), in the comparison's
+    order."""
+    return [r for r in runs if r["precision"] in FLOAT8_PRECISIONS]
+
+
+def recipe_note(precision: str) -> str:
+    """What a float8 run's heatmaps and scales are: for a recipe run, not what it scaled with."""
+    recipe = RECIPE_PRECISIONS.get(precision)
+    if recipe is None:
+        return "Keras' delayed scaling: each step's scale comes from the amax history."
+    return (
+        f"{precision} scales with the `{recipe}` recipe: {recipes.RECIPE_HELP[recipe]}. Keras' "
+        "delayed-scaling bookkeeping keeps running beside it: the amaxes are this run's own "
+        "tensors, but the scales are what delayed scaling would have used, not the ones this "
+        "run applied."
+    )
 
 
 def chart_seconds(viewers: int) -> float:
@@ -102,6 +127,7 @@ def shared_figures(
     log_y: bool,
     x_axis: str,
     fixed_scale: bool,
+    float8_run_id: int | None,
 ) -> dict:
     """Every chart of one refresh, built at most once per `moment` (when its time slot began)
     and settings and shared by all sessions watching (the figures are read-only): ten viewers
@@ -110,11 +136,11 @@ def shared_figures(
     ids = [run_id for run_id, _ in runs_key]
     runs = [r for r in _store.runs(cid) if r["id"] in ids]
     metrics = common.run_metrics(_store, runs)
-    fp8_runs = [r for r in runs if r["precision"] == "fp8"]
+    chosen = [r for r in runs if r["id"] == float8_run_id]
     return {
         "loss": metric_curves(metrics, runs, "loss", smoothing, log_y, x_axis),
         "accuracy": metric_curves(metrics, runs, "accuracy", smoothing, log_y, x_axis),
-        "fp8": fp8_figures(_store, fp8_runs[0], fixed_scale) if fp8_runs else None,
+        "fp8": fp8_figures(_store, chosen[0], fixed_scale) if chosen else None,
     }
 
 
@@ -123,6 +149,7 @@ def fp8_panel(figures: dict):
     if "note" in figures:
         st.caption(figures["note"])
         return
+    st.caption(recipe_note(figures["precision"]))
     st.caption(
         "Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
         f"output gradient per step; its scale is amax / fmax ({E4M3_MAX:g} for E4M3, "
@@ -157,7 +184,7 @@ def progress_view(store, cid, refreshing):
 
 
 def charts_view(store, cid, smoothing, log_y, x_axis, interval, viewers=1):
-    """Loss and accuracy curves and the fp8 run's heatmaps, every `interval` seconds."""
+    """Loss and accuracy curves and a float8 run's heatmaps, every `interval` seconds."""
     if interval > REFRESH_SECONDS:
         st.caption(f"{viewers} viewers: charts refresh every {interval:.0f} s.")
     runs = store.runs(cid)
@@ -169,23 +196,54 @@ def charts_view(store, cid, smoothing, log_y, x_axis, interval, viewers=1):
     # Live: one shared build per time slot of `interval` seconds, keyed by when the slot began
     # (sessions on other intervals never share a key). Paused or ended: fresh, drawn once.
     moment = time.time() // interval * interval if interval else -time.time()
-    # The toggle is drawn further down (with the heatmaps); its value is known already.
+    # The toggle and the run picker are drawn further down (with the heatmaps); their values
+    # are known already.
     fixed_scale = st.session_state.get("amax_fixed_scale", False)
+    candidates = float8_runs(started)
+    chosen = pick_float8_run(candidates, st.session_state.get("live_float8_run"))
     figures = shared_figures(
-        store, str(store.home), cid, runs_key, moment, smoothing, log_y, x_axis, fixed_scale
+        store,
+        str(store.home),
+        cid,
+        runs_key,
+        moment,
+        smoothing,
+        log_y,
+        x_axis,
+        fixed_scale,
+        chosen["id"] if chosen else None,
     )
     left, right = st.columns(2)
     with left:
         common.plot(figures["loss"], key="live-loss")
     with right:
         common.plot(figures["accuracy"], key="live-acc")
-    st.subheader("Inside the fp8 run")
+    heading = st.empty()
+    if len(candidates) > 1:
+        st.radio(
+            "float8 run",
+            [r["precision"] for r in candidates],
+            index=candidates.index(chosen),
+            horizontal=True,
+            key="live_float8_run",
+            help="Each float8 run of the comparison records its own amaxes and scales.",
+        )
+    heading.subheader(f"Inside the {chosen['precision'] if chosen else 'fp8'} run")
     if figures["fp8"] is not None:
         fp8_panel(figures["fp8"])
-    elif any(r["precision"] == "fp8" for r in runs):
-        st.caption("The fp8 run has not started yet.")
+    elif float8_runs(runs):
+        st.caption(f"The {float8_runs(runs)[0]['precision']} run has not started yet.")
     else:
-        st.caption("This comparison has no fp8 run.")
+        st.caption("This comparison has no float8 run (fp8 or a scaling recipe).")
+
+
+def pick_float8_run(candidates, wanted):
+    """The float8 run whose insides to show: the one picked, else fp8, else the first."""
+    for precision in (wanted, "fp8"):
+        for run in candidates:
+            if run["precision"] == precision:
+                return run
+    return candidates[0] if candidates else None
 
 
 def stop(store, cid):

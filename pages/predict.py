@@ -138,7 +138,9 @@ if not finished:
         )
     st.stop()
 
-cid = common.pick_comparison(finished, key="predict_comparison")
+cid = common.pick_comparison(
+    finished, key="predict_comparison", preferred=common.query_int("comparison")
+)
 comparison = next(c for c in finished if c["id"] == cid)
 runs = [r for r in comparison["runs"] if r["status"] == "finished"]
 if len(runs) < len(comparison["runs"]):

@@ -15,6 +15,7 @@ from fp8demo.config import (
     PRECISIONS,
     PRESET_NOTES,
     PRESETS,
+    SIDE_BY_SIDE,
     VOCAB_METHODS,
     ConfigError,
     TrainConfig,
@@ -181,6 +182,16 @@ def settings_form():
             help="keras.distribution.DataParallel: each batch is split across the "
             "devices JAX sees; the batch size must divide evenly. Devices: "
             + (", ".join(devices) or "unknown"),
+        )
+        st.selectbox(
+            "Precisions side by side",
+            SIDE_BY_SIDE,
+            key="side_by_side",
+            help="Train the precisions at the same time, each in a worker of its own, so "
+            "that their Live curves race. auto: at the same time when the host has a GPU per "
+            "precision, one after the other on a CPU (where they would share the cores); on: "
+            "at the same time, sharing the devices or cores there are; off: one after the "
+            "other.",
         )
         c = st.columns(4)
         c[0].checkbox(

@@ -9,6 +9,9 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# A real PostgreSQL server for the store tests on both backends (tests/postgres.py).
+from postgres import postgres_server, postgres_url, store_url  # noqa: E402,F401
+
 import fp8demo.env  # noqa: E402,F401
 
 # Small settings that still exercise every part (about 10 s of training per precision).

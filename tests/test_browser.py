@@ -460,3 +460,91 @@ def test_a_server_restart_loses_nothing(tmp_path, imdb_folder, browser):
         process.terminate()
         process.wait(20)
         store.cancel_comparison(slow)
+
+
+def test_a_tiny_sweep_from_the_sweep_page_to_a_trials_comparison(tmp_path, imdb_folder, browser):
+    """Sweep page: a bad range is explained and blocks the launch; a two-trial sweep over lr
+    on tiny settings is launched from the form, its trials finish, the paired bf16/fp8 figure
+    is drawn, and a trial's Live link opens that trial's comparison."""
+    import re
+
+    from playwright.sync_api import expect
+
+    from fp8demo import sweep
+
+    home = tmp_path / "home"
+    home.mkdir()
+    store = Store(home)
+    process, url = start_server(home, imdb_folder)
+    page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+    errors = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    try:
+        page.goto(url + "/sweep")
+        idle(page)
+        main = page.locator('[data-testid="stMain"]')
+        expect(main).to_contain_text("No sweeps yet", timeout=30_000)
+        launch = page.get_by_role("button", name="Launch sweep")
+        # A range from high to low is explained in words, and nothing can be launched.
+        page.locator(".st-key-sw_low_lr input").fill("1e-2")
+        page.locator(".st-key-sw_high_lr input").fill("1e-4")
+        page.locator(".st-key-sw_high_lr input").press("Enter")
+        expect(main).to_contain_text("The range of lr must go from low to high", timeout=30_000)
+        expect(launch).to_be_disabled()
+        page.locator(".st-key-sw_low_lr input").fill("1e-3")
+        page.locator(".st-key-sw_high_lr input").fill("1e-2")
+        page.locator(".st-key-sw_high_lr input").press("Enter")
+        expect(launch).to_be_enabled(timeout=30_000)
+        idle(page)
+        # Tiny fixed settings on top of the Quick demo preset, and two trials.
+        set_number(page, "sw_trials", 2)
+        page.get_by_text("Fixed settings (every trial)").click()
+        for key, value in (("subset", 128), ("vocab_size", 800), ("seq_len", 32)):
+            set_number(page, f"sw_fixed_{key}", value)
+        shot(page, "9-sweep-form")
+        launch.click()
+
+        # The trials train one after another; the page follows them.
+        deadline = time.time() + 600
+        while not store.sweeps() or sweep.sweeps(store)[0]["state"] == "running":
+            assert time.time() < deadline, "the sweep did not finish"
+            time.sleep(2)
+        sweep_id = store.sweeps()[0]["id"]
+        record = sweep.sweep_record(store, sweep_id)
+        assert record["state"] == "complete", record
+        states = [t["state"] for t in record["trials"]]
+        assert len(states) == 2 and "complete" in states, record
+        # The page redraws itself once the sweep ends: the paired figure with both precisions.
+        expect(main).to_contain_text("complete · searching lr=", timeout=60_000)
+        page.wait_for_function(
+            "() => Array.from(document.querySelectorAll('.js-plotly-plot')).some(el => "
+            "(el.data || []).some(t => t.name === 'fp8 · complete') "
+            "&& (el.data || []).some(t => t.name === 'bf16 · complete'))",
+            timeout=60_000,
+        )
+        idle(page)
+        expect(main).to_contain_text("Best trial so far", timeout=30_000)
+        assert f"sweep={sweep_id}" in page.url
+        shot(page, "10-sweep-trials")
+        page.locator(".st-key-sweep-paired").scroll_into_view_if_needed()
+        shot(page, "10b-sweep-paired-figure")
+
+        # The trial picker's Live link opens that trial's comparison.
+        best = next(t for t in record["trials"] if t["number"] == record["best_trial"])
+        page.locator('[data-testid="stPageLink"]').filter(has_text="Live").last.click()
+        page.wait_for_url(f"**/live?comparison={best['comparison_id']}", timeout=30_000)
+        idle(page)
+        expect(page.locator(".st-key-comparison input")).to_have_value(
+            re.compile(f"^#{best['comparison_id']} “sweep {sweep_id} · trial {best['number']}”"),
+            timeout=30_000,
+        )
+        shot(page, "11-sweep-trial-live")
+        assert not page.locator('[data-testid="stException"]').count()
+        assert not errors, errors
+    finally:
+        page.context.close()
+        process.terminate()
+        process.wait(20)
+        for listed in sweep.sweeps(store):
+            if listed["state"] == "running":
+                sweep.cancel_sweep(store, listed["id"])
