@@ -155,7 +155,8 @@ def settings_form():
         "Precisions",
         PRECISIONS,
         key="precisions",
-        help="One run per precision, trained one after another on the same data. fp8 "
+        help="One run per precision, on the same data and seed (one after another, or side "
+        "by side: Advanced). fp8 "
         "scales as Keras does (delayed, from an amax history); fp8-current, fp8-rowwise, "
         "fp8-block128 and mxfp8 quantize the same matmul operands with the scaling recipe "
         "they name.",
@@ -323,7 +324,7 @@ st.session_state["preset"] = matching_preset(current_config())
 st.title("Train")
 st.caption(
     "bf16 vs fp8 on the same data and seed: each precision trains one run, one after "
-    "another. Defaults are the Keras example's."
+    "another or side by side. Defaults are the Keras example's."
 )
 url_warnings = st.session_state.pop("url_warnings", [])
 if url_warnings:
