@@ -12,7 +12,6 @@ worker   the training process (started for you by train and the dashboard)
 
 import argparse
 import json
-import os
 import sys
 import time
 
@@ -115,13 +114,6 @@ def parse_args(argv):
         metavar="N",
         help="slots in the pool, N runs at once (default: one per GPU, or 1 on a CPU)",
     )
-    for command in commands.choices.values():
-        command.add_argument(
-            "--store",
-            metavar="URL",
-            help="the run store: sqlite:///FILE or postgresql://USER@HOST/DB (default: "
-            "FP8DEMO_STORE, else runs.sqlite in the fp8demo home)",
-        )
     return parser.parse_args(argv)
 
 
@@ -816,10 +808,7 @@ def main(argv=None) -> int:
     from fp8demo.predict import PredictError
 
     try:
-        if args.store:
-            # In the environment too: the workers this command starts use the same store.
-            os.environ["FP8DEMO_STORE"] = args.store
-        store = Store(url=args.store)
+        store = Store()
         if args.command == "worker":
             from fp8demo import worker
 
