@@ -12,6 +12,7 @@ worker   the training process (started for you by train and the dashboard)
 
 import argparse
 import json
+import os
 import sys
 import time
 
@@ -114,6 +115,13 @@ def parse_args(argv):
         metavar="N",
         help="slots in the pool, N runs at once (default: one per GPU, or 1 on a CPU)",
     )
+    for command in commands.choices.values():
+        command.add_argument(
+            "--store",
+            metavar="URL",
+            help="the run store: sqlite:///FILE or postgresql://USER@HOST/DB (default: "
+            "FP8DEMO_STORE, else runs.sqlite in the fp8demo home)",
+        )
     return parser.parse_args(argv)
 
 
@@ -808,7 +816,10 @@ def main(argv=None) -> int:
     from fp8demo.predict import PredictError
 
     try:
-        store = Store()
+        if args.store:
+            # In the environment too: the workers this command starts use the same store.
+            os.environ["FP8DEMO_STORE"] = args.store
+        store = Store(url=args.store)
         if args.command == "worker":
             from fp8demo import worker
 

@@ -170,6 +170,12 @@ def default_home() -> Path:
     return Path(os.environ.get("FP8DEMO_HOME") or Path.home() / ".fp8demo").expanduser()
 
 
+def host_name() -> str:
+    """The name of this host on runs and in reap(): FP8DEMO_HOST when set (several "hosts" on
+    one machine, in tests), else the machine's host name."""
+    return os.environ.get("FP8DEMO_HOST") or socket.gethostname()
+
+
 def pid_alive(pid) -> bool:
     """True when `pid` is a live (not zombie) process."""
     if not pid:
@@ -548,7 +554,7 @@ class Store:
 
         A run of this host is gone when its worker's pid is; a run of another host (a shared
         PostgreSQL store) when its heartbeat is older than HEARTBEAT_TIMEOUT_SECONDS."""
-        here, now = socket.gethostname(), time.time()
+        here, now = host_name(), time.time()
         lost = {}
         for row in self._execute(
             "SELECT id, worker_pid, host, heartbeat_at, started_at FROM runs WHERE status='running'"
@@ -820,20 +826,21 @@ class Store:
     def claim_next_run(
         self, worker_pid: int, slot="0", host: str | None = None, data_parallel_ok: bool = True
     ) -> dict | None:
-        """Atomically move the next run the pool may start (pick_next_run) to running, as
-        trained by `worker_pid` on `host` (default: this one) in pool slot `slot` ("all" for a
-        data-parallel run), and return it; None when no run may start now.
+        """Atomically move the next run the pool of `host` (default: this one, host_name())
+        may start (pick_next_run) to running, as trained by `worker_pid` in pool slot `slot`
+        ("all" for a data-parallel run), and return it; None when no run may start now.
 
         data_parallel_ok: False for a worker that cannot see every device."""
+        host = host or host_name()
         with self._transaction() as conn:
             if self.backend == "postgresql":  # the rules read every active run: one claim at once
                 conn.execute("SELECT pg_advisory_xact_lock(?, ?)", (APPLICATION_ID, 1))
             rows = conn.execute(
-                "SELECT id, comparison_id, status, config, summary FROM runs "
+                "SELECT id, comparison_id, status, config, summary, host FROM runs "
                 "WHERE status IN ('queued', 'running') ORDER BY id"
             ).fetchall()
             active = [_pool_row(row) for row in rows]
-            run_id = pick_next_run(active, data_parallel_ok)
+            run_id = pick_next_run(active, data_parallel_ok, host)
             if run_id is None:
                 return None
             whole_pool = next(r["data_parallel"] for r in active if r["id"] == run_id)
@@ -847,7 +854,7 @@ class Store:
                     now,
                     now,
                     worker_pid,
-                    host or socket.gethostname(),
+                    host,
                     "all" if whole_pool else str(slot),
                     run_id,
                 ),
@@ -864,14 +871,15 @@ class Store:
     def queued_count(self) -> int:
         return self._execute("SELECT COUNT(*) FROM runs WHERE status='queued'").fetchone()[0]
 
-    def data_parallel_next(self) -> bool:
-        """True when the next run the pool may start is data-parallel (the pool is idle)."""
+    def data_parallel_next(self, host: str | None = None) -> bool:
+        """True when the next run the pool of `host` (default: this one) may start is
+        data-parallel (that pool is idle)."""
         rows = self._execute(
-            "SELECT id, comparison_id, status, config, summary FROM runs "
+            "SELECT id, comparison_id, status, config, summary, host FROM runs "
             "WHERE status IN ('queued', 'running') ORDER BY id"
         ).fetchall()
         active = [_pool_row(row) for row in rows]
-        run_id = pick_next_run(active)
+        run_id = pick_next_run(active, host=host or host_name())
         return any(r["id"] == run_id and r["data_parallel"] for r in active)
 
     # -- sweeps -------------------------------------------------------------------------
@@ -977,29 +985,35 @@ def _pool_row(row) -> dict:
         "id": row["id"],
         "comparison_id": row["comparison_id"],
         "status": row["status"],
+        "host": row["host"],
         "data_parallel": bool(json.loads(row["config"]).get("data_parallel")),
         "side_by_side": bool(json.loads(row["summary"] or "{}").get("side_by_side")),
     }
 
 
-def pick_next_run(active: list[dict], data_parallel_ok: bool = True) -> int | None:
-    """The id of the queued run the pool may start now, or None.
+def pick_next_run(
+    active: list[dict], data_parallel_ok: bool = True, host: str | None = None
+) -> int | None:
+    """The id of the queued run the pool of `host` may start now, or None.
 
     active: the queued and running runs, oldest first, as _pool_row reads them. The oldest
-    queued run that the rules allow: nothing starts while a data-parallel run (which uses
-    every device) runs; a data-parallel run starts only when nothing runs, and the runs queued
-    after it wait for it; a run of a comparison that trains one precision after the other
-    waits while another run of its comparison runs.
+    queued run that the rules allow: nothing starts on a host while a data-parallel run (which
+    uses every device of its host) runs there; a data-parallel run starts only when nothing
+    runs on the host, and the runs queued after it wait for it; a run of a comparison that
+    trains one precision after the other waits while another run of its comparison runs (on
+    any host). host None: every host's runs count as this pool's (one host).
     """
     running = [r for r in active if r["status"] == "running"]
-    if any(r["data_parallel"] for r in running):
+    # A run without a host was claimed before runs recorded one: count it as this host's.
+    here = [r for r in running if host is None or r.get("host") in (None, host)]
+    if any(r["data_parallel"] for r in here):
         return None
     busy = {r["comparison_id"] for r in running}
     for run in active:
         if run["status"] != "queued":
             continue
         if run["data_parallel"]:
-            return run["id"] if not running and data_parallel_ok else None
+            return run["id"] if not here and data_parallel_ok else None
         if run["side_by_side"] or run["comparison_id"] not in busy:
             return run["id"]
     return None

@@ -6,7 +6,7 @@ comparison: the fixed settings plus the trial's parameters, every precision with
 seed and data, so fp8 − bf16 is a paired difference. Test accuracy is reported beside it.
 
 Nothing runs a sweep as a daemon. Whoever is around asks and tells Optuna's trials, under a
-file lock per sweep in the fp8demo home:
+lock per sweep that every process of the store shares (Store.lock):
 - create_sweep records it and asks its first trials (one per live worker, at least one);
 - the recorder, at every epoch's end, reports the objective of the epochs that every needed
   run has finished (runs may train one after the other or side by side) and prunes;
@@ -33,7 +33,6 @@ trial's runs are cancelled and the reason is kept (the trial's user attribute "r
 import contextlib
 import dataclasses
 import difflib
-import fcntl
 import functools
 import math
 import os
@@ -399,15 +398,10 @@ def create_sweep(
 # -- driving: ask, report, tell ----------------------------------------------------------
 
 
-@contextlib.contextmanager
 def _locked(store: Store, sweep_id: int):
-    """One process at a time asks, reports or tells a sweep's trials (never twice)."""
-    with open(store.home / f"sweep-{int(sweep_id)}.lock", "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    """One process at a time, on any host of the store, asks, reports or tells a sweep's
+    trials (never twice): Store.lock."""
+    return store.lock(f"sweep-{int(sweep_id)}")
 
 
 def advance(store: Store, sweep_id) -> None:

@@ -15,7 +15,6 @@ import errno
 import fcntl
 import functools
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -24,7 +23,7 @@ import traceback
 from pathlib import Path
 
 from fp8demo.config import TrainConfig
-from fp8demo.store import Store
+from fp8demo.store import Store, host_name
 
 LOG_NAME = "worker.log"
 IDLE_EXIT_SECONDS = 5.0
@@ -219,10 +218,19 @@ def ensure_worker(store: Store, workers: int | None = None) -> list[int]:
 _started = {}
 
 
+def _default_store(store: Store) -> bool:
+    """Whether the store is the home's own runs.sqlite, which a worker in that home opens."""
+    default = store.home / "runs.sqlite"
+    return store.backend == "sqlite" and store.path.resolve() == default.resolve()
+
+
 def _start_worker(store: Store, slot: int, slots: int) -> int:
     """Start slot `slot`'s worker of a pool of `slots` in the background; return its pid."""
     log = open(store.home / LOG_NAME, "ab")
     env = dict(os.environ, FP8DEMO_HOME=str(store.home))
+    env.pop("FP8DEMO_STORE", None)
+    if not _default_store(store):  # a store given by URL: the worker must open the same one
+        env["FP8DEMO_STORE"] = store.url
     # A package path that works from any working directory.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
@@ -384,7 +392,7 @@ def main(
     handle = _try_lock(store.home / lock_name(slot))
     if handle is None:
         return 0  # another worker has this slot
-    me, host = os.getpid(), socket.gethostname()
+    me, host = os.getpid(), host_name()
     share = None  # what this process took when it loaded JAX: "one" (its slot's) or "all"
     try:
         handle.seek(0), handle.truncate(), handle.write(str(me)), handle.flush()
@@ -409,7 +417,7 @@ def main(
                 idle_since = time.time()
                 if whole_pool and slots > 1:
                     break  # this process sees every device: a fresh one takes the slot's
-            elif share == "one" and store.data_parallel_next():
+            elif share == "one" and store.data_parallel_next(host):
                 break  # a data-parallel run needs every device: a fresh process takes them
             elif store.queued_count():
                 # Work waits for a run to end: stay for it, and notice if that run's worker died.

@@ -122,6 +122,25 @@ def train_comparison(home, imdb_folder, config, texts) -> dict:
     }
 
 
+def copy_home(source: Path, destination: Path) -> Path:
+    """Copy an fp8demo home whose store this process may have open.
+
+    Never copy runs.sqlite as a file: closing a descriptor of it drops every POSIX lock this
+    process holds on it, SQLite's too, and another process may then checkpoint and delete the
+    WAL under a live connection (a corrupt store). SQLite's backup API copies it safely."""
+    import shutil
+    import sqlite3
+
+    shutil.copytree(source, destination, ignore=shutil.ignore_patterns("runs.sqlite*"))
+    with (
+        sqlite3.connect(source / "runs.sqlite") as src,
+        sqlite3.connect(destination / "runs.sqlite") as dst,
+    ):
+        src.backup(dst)
+    src.close(), dst.close()
+    return destination
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, imdb_folder):
     """A finished bf16 + fp8 comparison on a small subset (see train_comparison)."""

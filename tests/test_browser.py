@@ -13,7 +13,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
+from conftest import ROOT, copy_home
 
 from fp8demo.store import Store
 
@@ -311,10 +311,9 @@ def test_health_draws_the_recipe_heatmap_with_all_three_numbers_on_hover(
 ):
     """FP8 health of a finished fp8 run: the scaling recipes' summary, the SNR heatmap drawn
     by Plotly, a hover that shows underflow, saturation and SNR, and no browser error."""
-    import shutil
 
     home = tmp_path / "home"
-    shutil.copytree(trained["home"], home)
+    copy_home(trained["home"], home)
     process, url = start_server(home, imdb_folder)
     try:
         page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
@@ -548,3 +547,87 @@ def test_a_tiny_sweep_from_the_sweep_page_to_a_trials_comparison(tmp_path, imdb_
         for listed in sweep.sweeps(store):
             if listed["state"] == "running":
                 sweep.cancel_sweep(store, listed["id"])
+
+
+def line_ends(page) -> dict:
+    """{trace name: its last x} of every line chart on the page (the live figures; x is the
+    step, or the time)."""
+    return page.evaluate(
+        """() => {
+        const types = {f8: Float64Array, f4: Float32Array, i8: BigInt64Array, i4: Int32Array};
+        const values = (x) => {
+            if (!x || !x.bdata) return x || [];
+            const bytes = Uint8Array.from(atob(x.bdata), c => c.charCodeAt(0));
+            return new (types[x.dtype] || Float64Array)(bytes.buffer);
+        };
+        return Object.fromEntries(Array.from(document.querySelectorAll('.js-plotly-plot'))
+            .flatMap(el => (el.data || [])
+            .filter(t => (t.type || '').startsWith('scatter') && t.name)
+            .map(t => [t.name, values(t.x)]).filter(([, x]) => x.length)
+            .map(([name, x]) => [name, Number(x[x.length - 1])]))); }"""
+    )
+
+
+def test_side_by_side_precisions_grow_together_on_live(tmp_path, imdb_folder, browser):
+    """A comparison launched side by side on this CPU: two workers train bf16 and fp8 at the
+    same time, and Live's curves of both precisions grow while both run."""
+    from fp8demo import worker
+    from fp8demo.config import TrainConfig
+
+    home = tmp_path / "home"
+    home.mkdir()
+    process, url = start_server(home, imdb_folder)
+    try:
+        store = Store(home)
+        config = TrainConfig(
+            side_by_side="on",
+            subset=2000,
+            epochs=6,
+            seq_len=128,
+            vocab_size=2000,
+            vocab_method="fast",
+            dropout_masks="fast",
+            ptq=False,
+            probe_every=0,
+            data=str(imdb_folder),
+        )
+        comparison_id = worker.launch(config, store)
+        runs = store.comparison(comparison_id)["runs"]
+        deadline = time.time() + 300
+        while not all(store.run(r["id"])["step"] >= 2 for r in runs):
+            assert time.time() < deadline, [store.run(r["id"])["phase"] for r in runs]
+            time.sleep(0.5)
+        assert all(store.run(r["id"])["status"] == "running" for r in runs)
+
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        page.goto(f"{url}/live?comparison={comparison_id}")
+        page.wait_for_selector('[data-testid="stPlotlyChart"]', timeout=60_000)
+
+        def points(precision):
+            ends = line_ends(page)
+            return max((x for name, x in ends.items() if precision in name.split()), default=0)
+
+        deadline = time.time() + 30
+        while not (points("bf16") and points("fp8")):
+            assert time.time() < deadline, line_ends(page)
+            time.sleep(0.5)
+        first = {p: points(p) for p in ("bf16", "fp8")}
+        shot(page, "12-live-side-by-side")
+        deadline = time.time() + 60
+        while not all(points(p) > first[p] for p in first):  # both curves grow
+            assert time.time() < deadline, (first, line_ends(page))
+            time.sleep(0.5)
+        shot(page, "12b-live-side-by-side-later")
+
+        deadline = time.time() + 300
+        while any(store.run(r["id"])["status"] in ("queued", "running") for r in runs):
+            assert time.time() < deadline, "the side-by-side runs did not end"
+            time.sleep(1)
+        ended = [store.run(r["id"]) for r in runs]
+        assert [r["status"] for r in ended] == ["finished", "finished"], ended
+        first_end = min(r["finished_at"] for r in ended)
+        assert all(r["started_at"] < first_end for r in ended)  # they trained at the same time
+        assert len({r["slot"] for r in ended}) == 2
+    finally:
+        process.terminate()
+        process.wait(20)

@@ -111,6 +111,19 @@ def test_train_refuses_a_data_path_that_does_not_exist(tmp_path, monkeypatch):
     assert Store(home).runs() == []  # nothing queued, so no worker runs to fail
 
 
+def test_store_option_names_the_store_of_the_command_and_its_workers(home, tmp_path):
+    elsewhere = f"sqlite:///{tmp_path / 'elsewhere.sqlite'}"
+    tiny = ("--subset", "64", "--vocab-size", "700", "--seq-len", "48", "--epochs", "1")
+    done = cli("train", *tiny, "--precision", "bf16", "--store", elsewhere)
+    assert done.returncode == 0, done.stdout + done.stderr
+    # The worker that train started trained the run in the named store, not in the home's.
+    runs = json.loads(cli("runs", "--json", "--store", elsewhere).stdout)
+    assert [(r["precision"], r["status"]) for r in runs] == [("bf16", "finished")]
+    assert json.loads(cli("runs", "--json").stdout) == []
+    bad = cli("runs", "--store", "mysql://somewhere/db")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: 'mysql://somewhere/db' is not")
+
+
 def test_every_setting_is_a_flag_and_a_url_parameter():
     import dataclasses
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import streamlit as st
-from conftest import backend
+from conftest import backend, copy_home
 from streamlit.testing.v1 import AppTest
 
 from fp8demo import charts, compiled
@@ -733,12 +733,11 @@ def test_results_of_a_real_finished_comparison(trained, monkeypatch):
 
 
 def test_health_page_of_a_real_fp8_run(trained, monkeypatch, tmp_path):
-    import shutil
 
     from fp8demo import fp8
 
     home = tmp_path / "home"  # a copy: this test launches a run
-    shutil.copytree(trained["home"], home)
+    copy_home(trained["home"], home)
     monkeypatch.setenv("FP8DEMO_HOME", str(home))
     store = Store(home)
     run = store.run(trained["run_ids"]["fp8"])

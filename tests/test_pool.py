@@ -71,6 +71,22 @@ def test_side_by_side_sequential_and_data_parallel_claims(tmp_path, store_url):
     assert store.queued_count() == 0
 
 
+def test_a_data_parallel_run_waits_for_the_runs_of_its_own_host_only(tmp_path):
+    store = Store(tmp_path / "home")
+    one = TrainConfig(precisions=("bf16",))
+    _, (on_a,) = store.create_comparison(one)
+    _, (whole,) = store.create_comparison(dataclasses.replace(one, data_parallel=True))
+    _, (after,) = store.create_comparison(one)
+    assert store.claim_next_run(101, "0", "host-a")["id"] == on_a
+    assert store.claim_next_run(102, "1", "host-a") is None  # host a is busy: it waits
+    assert store.data_parallel_next("host-b") and not store.data_parallel_next("host-a")
+    parallel = store.claim_next_run(201, "0", "host-b")  # host b is idle: it takes it
+    assert (parallel["id"], parallel["host"], parallel["slot"]) == (whole, "host-b", "all")
+    assert store.claim_next_run(202, "1", "host-b") is None  # nothing else starts on host b
+    store.end_run(on_a, "finished")
+    assert store.claim_next_run(103, "0", "host-a")["id"] == after  # host a goes on
+
+
 CLAIMER = """
 import json, os, sys, time
 from fp8demo.store import Store

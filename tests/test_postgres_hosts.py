@@ -2,6 +2,7 @@
 data, caches and local copies of run files) share one queue, and a run trained by one is
 usable on the other."""
 
+import dataclasses
 import os
 import re
 import signal
@@ -15,7 +16,7 @@ from conftest import ROOT
 
 from fp8demo import worker
 from fp8demo.config import TrainConfig
-from fp8demo.store import Store
+from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, Store
 
 TINY = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisions=("bf16",))
 # Long enough to be caught mid-training, small enough to start fast (as in test_worker.py).
@@ -81,6 +82,27 @@ def hosts(tmp_path, postgres_url, imdb_folder):
         host.stop()
 
 
+def test_a_run_whose_host_went_silent_is_interrupted_by_another_host(
+    tmp_path, postgres_url, monkeypatch
+):
+    store = Store(tmp_path / "home", url=postgres_url)
+    silent, beating = (store.create_comparison(TINY)[1][0] for _ in range(2))
+    monkeypatch.setenv("FP8DEMO_HOST", "a")
+    for run_id in (silent, beating):  # this process's pid: alive, as seen from host a
+        assert store.claim_next_run(os.getpid())["id"] == run_id
+    assert {store.run(r)["host"] for r in (silent, beating)} == {"a"}
+    store.update_run(silent, heartbeat_at=time.time() - HEARTBEAT_TIMEOUT_SECONDS - 5)
+    store.heartbeat(beating)
+    assert store.reap() == []  # host a judges its own runs by their live pid
+
+    monkeypatch.setenv("FP8DEMO_HOST", "b")  # host b sees only the heartbeats
+    assert store.reap() == [silent]
+    run = store.run(silent)
+    assert run["status"] == "interrupted"
+    assert run["error"].startswith(f"The training process on host a (pid {os.getpid()}) ")
+    assert store.run(beating)["status"] == "running"
+
+
 def test_two_hosts_drain_one_queue_and_use_each_others_runs(hosts):
     a, b = hosts
     comparisons = [a.store.create_comparison(TINY, label=f"c{k}")[0] for k in range(3)]
@@ -126,3 +148,34 @@ def test_a_killed_hosts_run_is_interrupted_and_the_other_host_goes_on(hosts):
     wait_for(lambda: b.store.run(tiny)["status"] in ("finished", "failed"), 600, "host b's run")
     assert b.store.run(tiny)["status"] == "finished", b.store.run(tiny)["error"]
     assert b.started_runs() == [tiny] and a.started_runs() == [slow]
+
+
+def test_a_sweep_on_postgresql_is_driven_by_the_workers_of_two_hosts(hosts, monkeypatch):
+    """The sweep's study is in the run store's database; host a's worker is the one that
+    create_sweep starts, host b's joins; each trial's precisions train one after the other,
+    so either host may claim a trial's second run while the first trains."""
+    from fp8demo import sweep
+
+    a, b = hosts
+    monkeypatch.setenv("FP8DEMO_HOST", "a")  # inherited by the workers create_sweep starts
+    monkeypatch.setenv("FP8DEMO_IMDB", a.env["FP8DEMO_IMDB"])
+    b.env["FP8DEMO_HOST"] = "b"
+    base = dataclasses.replace(
+        TINY, precisions=("bf16", "fp8"), side_by_side="off", ptq=False, probe_every=0
+    )
+    sweep_id = sweep.create_sweep(
+        a.store, base, {"lr": "1e-3,2e-3"}, 2, "fp8_minus_bf16", sampler="grid", prune=False
+    )
+    assert sweep.storage_url(a.store).startswith("postgresql+psycopg://")
+    b.start_worker()
+    wait_for(lambda: a.store.sweep(sweep_id)["state"] != "running", 900, "the sweep to end")
+    record = sweep.sweep_record(b.store, sweep_id)
+    assert record["state"] == "complete"
+    assert [t["state"] for t in record["trials"]] == ["complete", "complete"]
+    comparisons = b.store.sweep_comparisons(sweep_id)
+    assert sorted(comparisons) == [0, 1]
+    runs = [run for comparison in comparisons.values() for run in comparison["runs"]]
+    assert [run["status"] for run in runs] == ["finished"] * 4
+    assert sorted(a.started_runs() + b.started_runs()) == sorted(run["id"] for run in runs)
+    # Which host claims which run is a race: both may, and nothing else does.
+    assert {run["host"] for run in runs} <= {"a", "b"}

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import backend
+from conftest import backend, copy_home
 
 from fp8demo.fp8 import ROLES
 from fp8demo.store import Store
@@ -119,13 +119,12 @@ def test_post_training_quantization_is_evaluated_on_first_request_and_kept(
 ):
     """Training ends without it; the first request evaluates int8 and int4 on the run's test
     split and stores them in the summary; later requests read them back."""
-    import shutil
 
     from fp8demo import training
     from fp8demo.predict import PredictError, load_run
 
     home = tmp_path / "home"  # a copy: other tests may already have asked for the results
-    shutil.copytree(trained["home"], home)
+    copy_home(trained["home"], home)
     monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
     store = Store(home)
     bf16_id, fp8_id = trained["run_ids"]["bf16"], trained["run_ids"]["fp8"]
