@@ -115,6 +115,12 @@ def parse_args(argv):
         metavar="N",
         help="slots in the pool, N runs at once (default: one per GPU, or 1 on a CPU)",
     )
+    pool.add_argument(
+        "--stay",
+        action="store_true",
+        help="keep waiting when nothing is queued (a GPU host's workers on a shared store: "
+        "they train the runs that any host queues); stop them with Ctrl+C or kill",
+    )
     for command in commands.choices.values():
         command.add_argument(
             "--store",
@@ -823,7 +829,7 @@ def main(argv=None) -> int:
         if args.command == "worker":
             from fp8demo import worker
 
-            return worker.main(store, slot=args.slot, workers=args.workers)
+            return worker.main(store, slot=args.slot, workers=args.workers, stay=args.stay)
         if args.command == "cancel":
             status = store.request_cancel(args.run)
             print(f"run {args.run}: cancel requested (was {status})")

@@ -33,7 +33,7 @@ from fp8demo.database import StoreError, upsert
 from fp8demo.fp8 import ROLES
 from fp8demo.resources import min_free_bytes
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # PRAGMA application_id of every store ("fp8d" in ASCII): tells a run store apart from another
 # program's SQLite database that happens to sit at the same path.
 APPLICATION_ID = 0x66703864
@@ -55,6 +55,7 @@ MIGRATIONS = {
         "ALTER TABLE comparisons ADD COLUMN sweep_id INTEGER",
         "ALTER TABLE comparisons ADD COLUMN trial_number INTEGER",
     ],
+    5: [],  # workers is a new table, created with the others
 }
 ACTIVE = ("queued", "running")
 ENDED = ("finished", "failed", "cancelled", "interrupted")
@@ -152,6 +153,12 @@ CREATE TABLE IF NOT EXISTS fp8_recipes (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, recipe TEXT NOT NULL, stats BLOB NOT NULL,
     PRIMARY KEY (run_id, step, recipe)
 ) WITHOUT ROWID;
+-- The live workers of every host (worker.py): a sweep keeps one trial per worker active.
+CREATE TABLE IF NOT EXISTS workers (
+    host TEXT NOT NULL, slot TEXT NOT NULL, pid INTEGER NOT NULL,
+    started_at REAL NOT NULL, heartbeat_at REAL NOT NULL,
+    PRIMARY KEY (host, slot)
+);
 -- A finished run's files (weights, config, vocabulary) when the store is PostgreSQL, so that
 -- every host reaches them (see Store.run_dir). Unused on SQLite.
 CREATE TABLE IF NOT EXISTS artifacts (
@@ -867,6 +874,40 @@ class Store:
             "UPDATE runs SET heartbeat_at=? WHERE id=? AND status='running'",
             (time.time(), int(run_id)),
         )
+
+    # -- workers ------------------------------------------------------------------------
+
+    def worker_alive(self, host: str, slot, pid: int):
+        """Worker `pid` of `host` holds pool slot `slot` and is alive (its heartbeat)."""
+        now = time.time()
+        self._write(
+            "INSERT INTO workers (host, slot, pid, started_at, heartbeat_at) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT (host, slot) DO UPDATE SET "
+            "heartbeat_at=excluded.heartbeat_at, pid=excluded.pid, started_at=CASE WHEN "
+            "workers.pid=excluded.pid THEN workers.started_at ELSE excluded.started_at END",
+            (host, str(slot), int(pid), now, now),
+        )
+
+    def worker_gone(self, host: str, slot, pid: int):
+        """Worker `pid` of `host` left pool slot `slot`."""
+        self._write(
+            "DELETE FROM workers WHERE host=? AND slot=? AND pid=?", (host, str(slot), int(pid))
+        )
+
+    def live_workers(self) -> list[dict]:
+        """The workers of every host that are alive: on this host, by their pid; on another,
+        by a heartbeat younger than HEARTBEAT_TIMEOUT_SECONDS. Host, then slot order."""
+        here, now = host_name(), time.time()
+        rows = self._execute("SELECT * FROM workers ORDER BY host, slot").fetchall()
+        return [
+            dict(row)
+            for row in rows
+            if (
+                pid_alive(row["pid"])
+                if row["host"] == here
+                else now - row["heartbeat_at"] < HEARTBEAT_TIMEOUT_SECONDS
+            )
+        ]
 
     def queued_count(self) -> int:
         return self._execute("SELECT COUNT(*) FROM runs WHERE status='queued'").fetchone()[0]

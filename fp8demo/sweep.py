@@ -45,7 +45,7 @@ import optuna
 from optuna.trial import TrialState
 
 from fp8demo.config import ConfigError, TrainConfig, _problems_alone
-from fp8demo.store import ACTIVE, Store, StoreError
+from fp8demo.store import ACTIVE, Store, StoreError, host_name
 
 # Optuna's INFO line per trial would fill the worker log and the CLI's output.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -490,10 +490,13 @@ def _ask_trials(store: Store, sweep: dict, study_) -> int:
 
 
 def _parallel_trials(store: Store) -> int:
-    """Trials to keep active: one per live worker of the pool, at least one."""
+    """Trials to keep active: one per live worker of every host of the store (a worker of
+    this host that has not yet recorded itself counts too), at least one."""
     from fp8demo import worker
 
-    return max(1, len(worker.worker_pids(store)))
+    live = {(w["host"], w["slot"]) for w in store.live_workers()}
+    live |= {(host_name(), slot) for slot in worker.worker_pids(store)}
+    return max(1, len(live))
 
 
 def epoch_ended(store: Store, run_id: int) -> None:

@@ -8,13 +8,15 @@ each device, and before JAX loads it restricts itself to its GPU (CUDA_VISIBLE_D
 on a CPU, to its share of the cores. Which queued run a worker may start is the store's rule
 (Store.claim_next_run): a comparison trains its precisions side by side or one after the
 other, and a data-parallel run waits for the whole pool. Workers leave when nothing is queued;
-the next launch starts new ones.
+the next launch starts new ones. On a GPU host of a shared store (`worker --stay`), they stay
+and wait for runs that any host queues.
 """
 
 import errno
 import fcntl
 import functools
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -27,7 +29,8 @@ from fp8demo.store import Store, host_name
 
 LOG_NAME = "worker.log"
 IDLE_EXIT_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0  # how often a training worker refreshes its run's heartbeat_at
+HEARTBEAT_SECONDS = 5.0  # how often a worker refreshes its own and its run's heartbeat_at
+REAP_SECONDS = 5.0  # how often a waiting worker looks for runs whose worker died
 
 
 def lock_name(slot) -> str:
@@ -192,13 +195,14 @@ def pool_demand(store: Store) -> int:
     )
 
 
-def ensure_worker(store: Store, workers: int | None = None) -> list[int]:
-    """Start the pool's missing workers if runs are queued; return every worker's pid.
+def ensure_worker(store: Store, workers: int | None = None, stay: bool = False) -> list[int]:
+    """Start the pool's missing workers if runs are queued (with `stay`, in any case, and
+    they stay too); return every worker's pid.
 
     The pool has max(default_slots(), `workers`, what the queue asks for) slots.
     """
     demand = pool_demand(store)
-    if not demand:
+    if not demand and not stay:
         return list(worker_pids(store).values())
     slots = max(default_slots(), workers or 0, demand)
     alive = worker_pids(store)
@@ -209,7 +213,7 @@ def ensure_worker(store: Store, workers: int | None = None) -> list[int]:
         if started is not None and started.poll() is None:  # not holding its lock yet
             alive[str(slot)] = started.pid
         else:
-            alive[str(slot)] = _start_worker(store, slot, slots)
+            alive[str(slot)] = _start_worker(store, slot, slots, stay)
     return list(alive.values())
 
 
@@ -224,7 +228,7 @@ def _default_store(store: Store) -> bool:
     return store.backend == "sqlite" and store.path.resolve() == default.resolve()
 
 
-def _start_worker(store: Store, slot: int, slots: int) -> int:
+def _start_worker(store: Store, slot: int, slots: int, stay: bool = False) -> int:
     """Start slot `slot`'s worker of a pool of `slots` in the background; return its pid."""
     log = open(store.home / LOG_NAME, "ab")
     env = dict(os.environ, FP8DEMO_HOME=str(store.home))
@@ -234,8 +238,9 @@ def _start_worker(store: Store, slot: int, slots: int) -> int:
     # A package path that works from any working directory.
     package_root = str(Path(__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    command = [sys.executable, "-m", "fp8demo", "worker", "--slot", str(slot)]
     process = subprocess.Popen(
-        [sys.executable, "-m", "fp8demo", "worker", "--slot", str(slot), "--workers", str(slots)],
+        [*command, "--workers", str(slots), *(["--stay"] if stay else [])],
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=log,
@@ -348,26 +353,34 @@ def _phase(store: Store, run_id: int) -> str:
 
 
 class Heartbeat:
-    """While the with-block trains a run, refresh its heartbeat_at every few seconds from a
-    background thread: how a worker on another host tells the store it is alive."""
+    """While the with-block runs, refresh heartbeats every few seconds from a background
+    thread: of the run being trained (`run_id`, may change) and of the worker itself
+    (`worker`: host, slot, pid). How a worker tells every host of the store it is alive."""
 
-    def __init__(self, store: Store, run_id: int, every: float = HEARTBEAT_SECONDS):
-        self.store, self.run_id, self.every = store, run_id, every
+    def __init__(self, store: Store, run_id=None, every=HEARTBEAT_SECONDS, worker=None):
+        self.store, self.run_id, self.every, self.worker = store, run_id, every, worker
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
 
     def __enter__(self):
+        if self.worker:
+            self.store.worker_alive(*self.worker)
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        if self.worker:
+            self.store.worker_gone(*self.worker)
 
     def _beat(self):
         while not self._stop.wait(self.every):
             try:
-                self.store.heartbeat(self.run_id)
+                if self.worker:
+                    self.store.worker_alive(*self.worker)
+                if self.run_id is not None:
+                    self.store.heartbeat(self.run_id)
             except Exception as e:  # a busy store now and then must not end the training
                 print(f"[worker {os.getpid()}] heartbeat failed: {e}", flush=True)
 
@@ -377,8 +390,10 @@ def main(
     idle_exit: float = IDLE_EXIT_SECONDS,
     slot: int | None = None,
     workers: int | None = None,
+    stay: bool = False,
 ) -> int:
-    """Run slot `slot`'s worker of a pool of `workers` slots until nothing is queued.
+    """Run slot `slot`'s worker of a pool of `workers` slots until nothing is queued (with
+    `stay`, until it is stopped: a GPU host's worker on a shared store).
 
     Without a slot: be slot 0 and start the pool's other workers (`python -m fp8demo worker
     --workers N` in a terminal). The worker takes its device share when it loads JAX, for its
@@ -398,40 +413,49 @@ def main(
         handle.seek(0), handle.truncate(), handle.write(str(me)), handle.flush()
         store.reap()
         if starts_the_pool:
-            ensure_worker(store, slots)
-        idle_since = time.time()
-        while True:
-            # Claimed first: the run shows its phase while the libraries are still loading.
-            run = store.claim_next_run(me, str(slot), host, data_parallel_ok=share != "one")
-            if run is not None:
-                whole_pool = run["config"].data_parallel
-                if share is None:
-                    share = "all" if whole_pool or slots == 1 else "one"
-                    taken = "every device" if share == "all" else take_device_share(slot, slots)
-                    print(f"[worker {me}] slot {slot} of {slots}: {taken}", flush=True)
-                    from fp8demo.env import tensorflow
+            ensure_worker(store, slots, stay=stay)
+        with Heartbeat(store, worker=(host, slot, me)) as heartbeat:
+            idle_since = reaped_at = time.time()
+            while True:
+                # Claimed first: the run shows its phase while the libraries are still loading.
+                run = store.claim_next_run(me, str(slot), host, data_parallel_ok=share != "one")
+                if run is not None:
+                    whole_pool = run["config"].data_parallel
+                    if share is None:
+                        share = "all" if whole_pool or slots == 1 else "one"
+                        taken = "every device" if share == "all" else take_device_share(slot, slots)
+                        print(f"[worker {me}] slot {slot} of {slots}: {taken}", flush=True)
+                        from fp8demo.env import tensorflow
 
-                    tensorflow()  # hide GPUs from TensorFlow before anything initialises it
-                with Heartbeat(store, run["id"]):
-                    execute(store, run)
-                idle_since = time.time()
-                if whole_pool and slots > 1:
-                    break  # this process sees every device: a fresh one takes the slot's
-            elif share == "one" and store.data_parallel_next(host):
-                break  # a data-parallel run needs every device: a fresh process takes them
-            elif store.queued_count():
-                # Work waits for a run to end: stay for it, and notice if that run's worker died.
-                if time.time() - idle_since > idle_exit:
-                    store.reap()
+                        tensorflow()  # hide GPUs from TensorFlow before anything initialises it
+                    heartbeat.run_id = run["id"]
+                    store.heartbeat(run["id"])
+                    try:
+                        execute(store, run)
+                    finally:
+                        heartbeat.run_id = None
                     idle_since = time.time()
+                    if whole_pool and slots > 1:
+                        break  # this process sees every device: a fresh one takes the slot's
+                    continue
+                if share == "one" and store.data_parallel_next(host):
+                    break  # a data-parallel run needs every device: a fresh process takes them
+                if not stay and not store.queued_count() and time.time() - idle_since > idle_exit:
+                    break
+                # Waiting (for work, or for a run to end): notice runs whose worker died.
+                if time.time() - reaped_at > REAP_SECONDS:
+                    store.reap()
+                    reaped_at = time.time()
                 time.sleep(0.3)
-            elif time.time() - idle_since > idle_exit:
-                break
-            else:
-                time.sleep(0.3)
+    except KeyboardInterrupt:
+        if starts_the_pool and stay:  # Ctrl+C stops the staying pool this worker started
+            for pid in worker_pids(store).values():
+                if pid != me:
+                    os.kill(pid, signal.SIGINT)
+        return 130
     finally:
         handle.seek(0), handle.truncate(), handle.flush()
         handle.close()
     # A launch may have queued a run while we were leaving: hand over to fresh workers.
-    ensure_worker(store)
+    ensure_worker(store, stay=stay)
     return 0

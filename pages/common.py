@@ -5,13 +5,14 @@ not pick files in pages/ up on its own. Heavy modules (keras, jax) are only impo
 cached functions, so a page's first paint stays fast.
 """
 
+import collections
 import importlib.metadata
 import time
 
 import streamlit as st
 
 import fp8demo
-from fp8demo.store import ACTIVE, Store, StoreError, default_home
+from fp8demo.store import ACTIVE, Store, StoreError, default_home, host_name
 
 PRECISION_LABELS = {"bf16": "bf16", "fp8": "fp8", "float32": "float32"}
 # Material icons render in markdown everywhere (emoji fonts are not everywhere).
@@ -366,15 +367,23 @@ def queue_panel(store: Store):
     queue = store.queue()
     if not queue:
         st.caption("Nothing training or waiting.")
+    here = host_name()
     for run in queue:
         icon = STATUS_ICONS.get(run["status"], "")
         detail = run["phase"] if run["status"] == "running" else "waiting"
+        if run["status"] == "running" and run.get("host") not in (None, here):
+            detail += f" (on {run['host']})"
         st.caption(f"{icon} #{run['comparison_id']} **{run['precision']}** — {detail}")
+    pids = _worker_pids(store)
     if queue:
-        pids = _worker_pids(store)
         alive = f"{len(pids)} training processes" if len(pids) > 1 else "training process"
         listed = ", ".join(str(pid) for pid in pids.values())
         st.caption(f"{alive} alive, pid {listed}" if pids else "Starting the training process…")
+    # A shared store: the workers of the other hosts, as their heartbeats say.
+    elsewhere = collections.Counter(w["host"] for w in _live_workers(store) if w["host"] != here)
+    if elsewhere:
+        listed = ", ".join(f"{host} ×{n}" for host, n in sorted(elsewhere.items()))
+        st.caption(f":material/dns: Workers on other hosts: {listed}")
     if bool(queue) != st.session_state.get("_queue_refreshing", False):
         st.session_state["_queue_refreshing"] = bool(queue)
         st.rerun()  # switch the timer on or off
@@ -383,6 +392,13 @@ def queue_panel(store: Store):
 def _queue_fragment(store: Store):
     every = 2.0 if st.session_state.get("_queue_refreshing") else None
     st.fragment(run_every=every)(queue_panel)(store)
+
+
+def _live_workers(store) -> list[dict]:
+    try:
+        return store.live_workers()
+    except Exception:  # a store being migrated or busy: the sidebar shows the rest
+        return []
 
 
 def _worker_pids(store) -> dict:

@@ -28,10 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home, imdb_folder):
-    """`streamlit run app.py` on a free port; returns (process, url) once it is healthy."""
+def start_server(home, imdb_folder, store_url=None):
+    """`streamlit run app.py` on a free port, on the store at `store_url` (default: the home's
+    SQLite file); returns (process, url) once it is healthy."""
     port = free_port()
     env = dict(os.environ, FP8DEMO_HOME=str(home), FP8DEMO_IMDB=str(imdb_folder))
+    env.pop("FP8DEMO_STORE", None)
+    if store_url:
+        env["FP8DEMO_STORE"] = store_url
     log = open(home / "streamlit.log", "ab")
     process = subprocess.Popen(
         [
@@ -70,14 +74,19 @@ def start_server(home, imdb_folder):
     return process, url
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory, imdb_folder):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def server(request, tmp_path_factory, imdb_folder):
+    """A dashboard on an empty store of each backend: the pages and the workers they start
+    work unchanged on the embedded SQLite store and on a PostgreSQL server."""
     home = tmp_path_factory.mktemp("browser-home")
-    process, url = start_server(home, imdb_folder)
-    yield url, home
+    store_url = None
+    if request.param == "postgresql":
+        store_url = request.getfixturevalue("postgres_server").new_database()
+    process, url = start_server(home, imdb_folder, store_url)
+    store = Store(home, url=store_url)
+    yield url, home, store
     process.terminate()
     process.wait(20)
-    store = Store(home)
     for run in store.queue():
         store.request_cancel(run["id"])
 
@@ -191,7 +200,7 @@ def test_the_audience_sees_no_deploy_button_and_an_empty_store_says_what_next(se
     page, here Live on an empty store, points at Train, and the link goes there."""
     from playwright.sync_api import expect
 
-    url, _ = server
+    url, _, _ = server
     page.goto(url + "/live")
     idle(page)
     main = page.locator('[data-testid="stMain"]')
@@ -206,8 +215,8 @@ def test_the_audience_sees_no_deploy_button_and_an_empty_store_says_what_next(se
 def test_quick_demo_from_launch_to_prediction(server, page):
     from playwright.sync_api import expect
 
-    url, home = server
-    store = Store(home)
+    url, home, store = server
+    tag = "" if store.backend == "sqlite" else f"-{store.backend}"  # screenshot names
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
 
@@ -222,7 +231,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     idle(page)
     set_number(page, "subset", 1200)
     set_number(page, "epochs", 3)
-    shot(page, "1-train")
+    shot(page, "1-train" + tag)
     page.get_by_role("button", name="Launch").click()
 
     # Live: progress, curves, and heatmaps that grow while the fp8 run trains.
@@ -237,14 +246,14 @@ def test_quick_demo_from_launch_to_prediction(server, page):
         time.sleep(0.5)
     wait_for_heatmap(page)
     first = heatmap_columns(page)
-    shot(page, "2-live-training")
+    shot(page, "2-live-training" + tag)
     deadline = time.time() + 60
     while heatmap_columns(page) <= first:  # the heatmaps grow while the fp8 run trains
         assert time.time() < deadline, f"the heatmaps stayed at {first} steps"
         time.sleep(0.5)
     assert store.run(fp8_run["id"])["status"] in ("running", "finished")
     page.get_by_text("Inside the fp8 run").scroll_into_view_if_needed()
-    shot(page, "2b-live-heatmaps")
+    shot(page, "2b-live-heatmaps" + tag)
 
     # A second browser (another viewer, or a reload) sees the same live state.
     other = page.context.browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
@@ -261,13 +270,13 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     runs = store.runs(comparison["id"])
     assert [r["status"] for r in runs] == ["finished", "finished"], [r["error"] for r in runs]
     idle(page)
-    shot(page, "3-live-finished")
+    shot(page, "3-live-finished" + tag)
 
     # Results: both precisions' test accuracy as the store has them.
     page.goto(url + "/results")
     idle(page)
     page.wait_for_selector('[data-testid="stMetric"]', timeout=30_000)
-    shot(page, "4-results")
+    shot(page, "4-results" + tag)
     body = page.locator('[data-testid="stMain"]').inner_text()
     for run in runs:
         assert f"{run['precision']} test accuracy" in body
@@ -284,7 +293,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
     )
     assert "tensors at risk" in page.locator('[data-testid="stMain"]').inner_text()
     wait_for_recipe_heatmap(page)
-    shot(page, "4b-health")
+    shot(page, "4b-health" + tag)
 
     # Predict: a typed review gets a probability from each model.
     page.goto(url + "/predict")
@@ -298,7 +307,7 @@ def test_quick_demo_from_launch_to_prediction(server, page):
             timeout=60_000,
         )
     finally:
-        shot(page, "5-predict")
+        shot(page, "5-predict" + tag)
     metrics = page.locator('[data-testid="stMetric"]').all_inner_texts()
     for name in ("bf16", "fp8", "int8"):
         assert any(m.startswith(name) and "%" in m for m in metrics), metrics

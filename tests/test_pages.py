@@ -427,6 +427,31 @@ def test_app_shell_shows_device_versions_and_queue(store_home):
     assert at.title[0].value == "Train"
 
 
+def test_app_shell_names_the_workers_of_other_hosts(store_home, monkeypatch):
+    """A shared store: the sidebar lists the live workers of other hosts (their heartbeats)
+    and says on which host a run trains; a silent host's workers are not listed."""
+    import time
+
+    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS
+
+    monkeypatch.setenv("FP8DEMO_HOST", "dashboard")
+    store = Store(store_home)
+    _, (run_id,) = store.create_comparison(TrainConfig(subset=64, precisions=("bf16",)))
+    assert store.claim_next_run(os.getpid(), host="gpu-1")["id"] == run_id
+    for slot in (0, 1):
+        store.worker_alive("gpu-1", slot, 1000 + slot)
+    store.worker_alive("gpu-2", 0, 2000)
+    store._write(
+        "UPDATE workers SET heartbeat_at=? WHERE host='gpu-2'",
+        (time.time() - 2 * HEARTBEAT_TIMEOUT_SECONDS,),
+    )
+    at = page("app.py").run()
+    assert not at.exception
+    captions = " ".join(e.value for e in at.sidebar.caption)
+    assert "Workers on other hosts: gpu-1 ×2" in captions and "gpu-2" not in captions
+    assert "(on gpu-1)" in captions
+
+
 # -- Live ---------------------------------------------------------------------------------
 
 

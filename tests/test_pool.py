@@ -260,3 +260,31 @@ def test_a_silent_worker_of_another_host_is_interrupted(tmp_path, store_url):
     )
     assert "during 'training'" in run["error"]
     assert [store.run(i)["status"] for i in (beating, local)] == ["running", "running"]
+
+
+def test_a_staying_pool_waits_for_work_and_ctrl_c_stops_it(home):
+    """`worker --stay --workers 2` (a GPU host of a shared store): both slots stay alive and
+    recorded in the store while nothing is queued, train what is queued later, and Ctrl+C
+    on the worker that started the pool stops every slot and removes them from the store."""
+    store = Store(home)
+    pool = subprocess.Popen(
+        [sys.executable, "-m", "fp8demo", "worker", "--stay", "--workers", "2"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_for(lambda: len(store.live_workers()) == 2, 60, "both slots")
+        time.sleep(worker.IDLE_EXIT_SECONDS + 2)  # longer than a worker without --stay waits
+        assert sorted(w["slot"] for w in store.live_workers()) == ["0", "1"]
+        _, (run_id,) = store.create_comparison(dataclasses.replace(TINY, precisions=("bf16",)))
+        wait_for(lambda: store.run(run_id)["status"] == "finished", 300, "the run")
+        assert len(store.live_workers()) == 2
+        pool.send_signal(signal.SIGINT)
+        assert pool.wait(30) == 130
+        wait_for(lambda: not store.live_workers() and not worker.worker_pids(store), 30, "exit")
+    finally:
+        if pool.poll() is None:
+            pool.kill()
+        for pid in worker.worker_pids(store).values():
+            os.kill(pid, signal.SIGKILL)

@@ -44,10 +44,10 @@ class Host:
         self.store = Store(home, url=url)
         self.processes = []
 
-    def start_worker(self) -> int:
+    def start_worker(self, *options) -> int:
         with open(self.home / "test-worker.log", "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "fp8demo", "worker"],
+                [sys.executable, "-m", "fp8demo", "worker", *options],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -151,15 +151,20 @@ def test_a_killed_hosts_run_is_interrupted_and_the_other_host_goes_on(hosts):
 
 
 def test_a_sweep_on_postgresql_is_driven_by_the_workers_of_two_hosts(hosts, monkeypatch):
-    """The sweep's study is in the run store's database; host a's worker is the one that
-    create_sweep starts, host b's joins; each trial's precisions train one after the other,
-    so either host may claim a trial's second run while the first trains."""
+    """Each host runs `worker --stay` (a GPU host's workers wait for work); the sweep's study
+    is in the run store's database and keeps one trial per live worker of either host
+    active. A trial's precisions train one after the other, so while one host trains a
+    trial's first run, the other can only take the other trial's: both hosts train."""
     from fp8demo import sweep
 
     a, b = hosts
-    monkeypatch.setenv("FP8DEMO_HOST", "a")  # inherited by the workers create_sweep starts
+    b.env["FP8DEMO_HOST"], a.env["FP8DEMO_HOST"] = "b", "a"
+    monkeypatch.setenv("FP8DEMO_HOST", "a")  # this process is host a's dashboard
     monkeypatch.setenv("FP8DEMO_IMDB", a.env["FP8DEMO_IMDB"])
-    b.env["FP8DEMO_HOST"] = "b"
+    a.start_worker("--stay"), b.start_worker("--stay")
+    wait_for(lambda: len(a.store.live_workers()) == 2, 120, "both hosts' workers")
+    time.sleep(worker.IDLE_EXIT_SECONDS + 1)  # longer than a worker without --stay waits
+    assert {w["host"] for w in a.store.live_workers()} == {"a", "b"}
     base = dataclasses.replace(
         TINY, precisions=("bf16", "fp8"), side_by_side="off", ptq=False, probe_every=0
     )
@@ -167,7 +172,6 @@ def test_a_sweep_on_postgresql_is_driven_by_the_workers_of_two_hosts(hosts, monk
         a.store, base, {"lr": "1e-3,2e-3"}, 2, "fp8_minus_bf16", sampler="grid", prune=False
     )
     assert sweep.storage_url(a.store).startswith("postgresql+psycopg://")
-    b.start_worker()
     wait_for(lambda: a.store.sweep(sweep_id)["state"] != "running", 900, "the sweep to end")
     record = sweep.sweep_record(b.store, sweep_id)
     assert record["state"] == "complete"
@@ -177,5 +181,6 @@ def test_a_sweep_on_postgresql_is_driven_by_the_workers_of_two_hosts(hosts, monk
     runs = [run for comparison in comparisons.values() for run in comparison["runs"]]
     assert [run["status"] for run in runs] == ["finished"] * 4
     assert sorted(a.started_runs() + b.started_runs()) == sorted(run["id"] for run in runs)
-    # Which host claims which run is a race: both may, and nothing else does.
-    assert {run["host"] for run in runs} <= {"a", "b"}
+    assert {run["host"] for run in runs} == {"a", "b"}, "one host trained every trial"
+    # The staying workers are still there for the next sweep.
+    assert {w["host"] for w in b.store.live_workers()} == {"a", "b"}

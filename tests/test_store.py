@@ -267,13 +267,14 @@ def test_a_schema_4_store_is_migrated_and_keeps_its_rows(store, tmp_path):
     cid, run_ids = store.create_comparison(TrainConfig(precisions=("bf16",)), label="old")
     raw = Database(store.url).connection()  # the store as schema 4 left it
     raw.execute("DROP TABLE sweeps")
+    raw.execute("DROP TABLE workers")  # schema 5 added nothing else
     for column in ("runs.host", "runs.slot", "runs.heartbeat_at", "comparisons.sweep_id"):
         raw.execute("ALTER TABLE {} DROP COLUMN {}".format(*column.split(".")))
     raw.execute("ALTER TABLE comparisons DROP COLUMN trial_number")
     raw.execute("UPDATE meta SET value='4' WHERE key='schema_version'")
     reopened = Store(tmp_path / "another home", url=store.url)
     assert reopened.comparison(cid)["label"] == "old" and reopened.run(run_ids[0])["host"] is None
-    assert "sweeps" in raw.tables() and "heartbeat_at" in raw.columns("runs")
+    assert {"sweeps", "workers"} <= set(raw.tables()) and "heartbeat_at" in raw.columns("runs")
     assert raw.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION)
 
 
@@ -386,3 +387,38 @@ def test_a_store_lock_holds_off_other_processes_until_released(store_url, tmp_pa
         with holder.lock("sweep-2"):  # another name is free
             pass
     assert other.stdout.read() == "got it\n" and other.wait(timeout=60) == 0
+
+
+def test_live_workers_of_every_host(store, monkeypatch):
+    """A worker is alive on this host while its pid is; on another host while its heartbeat
+    is younger than the timeout. A worker that leaves is gone at once."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, host_name
+
+    monkeypatch.setenv("FP8DEMO_HOST", "here")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    store.worker_alive("here", 0, os.getpid())
+    store.worker_alive("here", 1, dead.pid)
+    store.worker_alive("there", 0, 4242)
+    store.worker_alive("gone quiet", 0, 4343)
+    store._write(
+        "UPDATE workers SET heartbeat_at=? WHERE host='gone quiet'",
+        (time.time() - HEARTBEAT_TIMEOUT_SECONDS - 1,),
+    )
+    live = [(w["host"], w["slot"], w["pid"]) for w in store.live_workers()]
+    assert host_name() == "here"
+    assert live == [("here", "0", os.getpid()), ("there", "0", 4242)]
+    # A heartbeat refreshes the row (the slot keeps its start time); a new pid takes it over.
+    started = store.live_workers()[1]["started_at"]
+    store.worker_alive("there", 0, 4242)
+    assert store.live_workers()[1]["started_at"] == started
+    store.worker_alive("there", 0, 5151)
+    assert [w["pid"] for w in store.live_workers()] == [os.getpid(), 5151]
+    store.worker_gone("there", 0, 4242)  # not that slot's worker any more: nothing changes
+    store.worker_gone("here", 0, os.getpid())
+    assert [(w["host"], w["pid"]) for w in store.live_workers()] == [("there", 5151)]
