@@ -414,6 +414,8 @@ def print_run_record(detail: dict):
             f"{'fp8 health':>16}: {health['overflows']} overflows; at risk: {at_risk or 'none'}"
             " (python -m fp8demo health RUN for the table)"
         )
+        for sentence in health["dead_summary"]:
+            print(f"{'':>16}  {sentence}")
     if detail["float8_layers"]:
         print(f"{'float8 layers':>16}: {len(detail['float8_layers'])}")
         for layer in detail["float8_layers"]:
@@ -436,14 +438,20 @@ def best_epoch_record(summary: dict) -> dict | None:
 
 
 def health_record(store: Store, run: dict) -> dict:
-    """FP8 health in brief: overflows per tensor, the tensors at risk, the latest probe."""
+    """FP8 health in brief: overflows per tensor, the tensors at risk, the dead tensors (in
+    words too), the latest probe."""
     from fp8demo import fp8
 
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
-    _, amax = store.fp8_amax(run["id"])
+    amax_steps, amax = store.fp8_amax(run["id"])
     probe_steps, probe_stats = store.fp8_probe(run["id"])
     rows = fp8.health_summary(
-        amax, layers, run["config"].amax_history_length, probe_steps, probe_stats
+        amax,
+        layers,
+        run["config"].amax_history_length,
+        probe_steps,
+        probe_stats,
+        amax_steps=amax_steps,
     )
     tensors = [
         {
@@ -453,6 +461,7 @@ def health_record(store: Store, run: dict) -> dict:
             "saturation_pct": r.get("saturation %"),
             "underflow_pct": r.get("underflow %"),
             "at_risk": r["at risk"],
+            "dead_since": r["dead since"],
         }
         for r in rows
     ]
@@ -461,6 +470,12 @@ def health_record(store: Store, run: dict) -> dict:
         "tensors_at_risk": [
             {"layer": t["layer"], "role": t["role"]} for t in tensors if t["at_risk"]
         ],
+        "dead_tensors": [
+            {"layer": t["layer"], "role": t["role"], "since": t["dead_since"]}
+            for t in tensors
+            if t["dead_since"] is not None
+        ],
+        "dead_summary": fp8.dead_summary(rows),
         "latest_probe_step": int(probe_steps[-1]) if len(probe_steps) else None,
         "tensors": tensors,
     }
@@ -524,10 +539,15 @@ def cmd_health(args, store: Store) -> int:
         return health_recipes(args, store, run, layers)
     if args.all_probes:
         raise CliError("--all-probes goes with --recipes.")
-    _, amax = store.fp8_amax(run["id"])
+    amax_steps, amax = store.fp8_amax(run["id"])
     probe_steps, probe_stats = store.fp8_probe(run["id"])
     rows = fp8.health_summary(
-        amax, layers, run["config"].amax_history_length, probe_steps, probe_stats
+        amax,
+        layers,
+        run["config"].amax_history_length,
+        probe_steps,
+        probe_stats,
+        amax_steps=amax_steps,
     )
     replay = fp8.history_length_effect(amax) if args.replay else None
     if args.json:
@@ -547,7 +567,10 @@ def cmd_health(args, store: Store) -> int:
             f"{number(r['min headroom'], '.2f'):>8}{number(r['median headroom'], '.2f'):>10}"
             f"{number(r.get('saturation %'), '.3g'):>8}{number(r.get('underflow %'), '.3g'):>9}"
             f"  {'AT RISK' if r['at risk'] else ''}"
+            + (f" (dead since step {r['dead since']})" if r["dead since"] is not None else "")
         )
+    for sentence in fp8.dead_summary(rows):
+        print(f"\n{sentence}")
     if len(probe_steps):
         print(f"\nProbe: {len(probe_steps)} measurements, latest at step {int(probe_steps[-1])}.")
     if replay:

@@ -29,6 +29,8 @@ UNDERFLOW_HEADROOM = 8.0
 # clipped share or whose share of nonzero values flushed to zero reaches these.
 SATURATION_AT_RISK = 0.1
 UNDERFLOW_AT_RISK = 5.0
+# Training steps in a row whose amax was 0 that make a tensor dead (see dead_since).
+DEAD_STEPS = 16
 
 
 def float8_layers(model) -> list:
@@ -189,10 +191,14 @@ HEALTH_HELP = {
     "latest probe (peak: largest after the first two steps, which use scale 1.0)",
     "underflow %": "share of the tensor's nonzero values that quantize to zero (below half "
     "the smallest subnormal × scale) on the probe batch at the latest probe",
+    "dead since": "the step since which the tensor holds no nonzero value at all: on the "
+    "probe batch at every probe since then up to the latest, or in training on each of "
+    f"the latest {DEAD_STEPS} steps or more (the first two steps, at scale 1.0, left out). "
+    "A dead output gradient means the layer no longer learns",
     "at risk": f"overflowed in more than 1 % of the steps, a median headroom above "
-    f"{UNDERFLOW_HEADROOM:g} binary orders, or at the latest probe at least "
+    f"{UNDERFLOW_HEADROOM:g} binary orders, at the latest probe at least "
     f"{SATURATION_AT_RISK:g} % of the values saturated or {UNDERFLOW_AT_RISK:g} % "
-    f"underflowed",
+    f"underflowed, or dead",
 }
 
 
@@ -204,6 +210,49 @@ def _headroom_stats(headroom: np.ndarray) -> dict:
     return {"min": float(valid.min()), "median": float(np.median(valid)), "max": float(valid.max())}
 
 
+def _zero_since(zero: np.ndarray, steps: np.ndarray, at_least: int) -> np.ndarray:
+    """[...]: the step that starts the run of True values of `zero` [times, ...] reaching to
+    its last time, where that run is `at_least` (>= 1) long or longer; -1 elsewhere."""
+    if not len(zero):
+        return np.full(zero.shape[1:], -1, np.int64)
+    last_nonzero = np.where(~zero, np.arange(len(zero)).reshape(-1, *[1] * (zero.ndim - 1)), -1)
+    first = last_nonzero.max(axis=0) + 1  # the first time of the trailing run of zeros
+    long_enough = len(zero) - first >= at_least
+    return np.where(long_enough, steps[np.minimum(first, len(zero) - 1)], -1)
+
+
+def dead_since(amax, probe_steps=(), probe_stats=None, amax_steps=None) -> np.ndarray:
+    """[layers, roles]: the step since which each tensor holds only zeros, -1 where it
+    does not (a live tensor). An all-zero tensor neither saturates nor underflows, so the
+    other flags never see it; yet a layer whose output gradient is all zero learns nothing.
+
+    Either reading makes a tensor dead, and the earlier start counts:
+      probe     no nonzero value on the probe batch at the latest probe (underflow NaN,
+                probe.tensor_stats); dead since the first of the all-zero probes that lead
+                up to it. A tensor alive again at the latest probe is not dead.
+      training  amax 0 on each of the latest DEAD_STEPS training steps or more (one
+                batch with an all-zero gradient can happen; many in a row cannot).
+    The probe sees a dying layer first: it runs without dropout, which in training keeps
+    a trickle of gradient flowing through a layer that is dead on real inputs.
+    Both leave out the first two steps: delayed scaling starts at scale 1.0, which can
+    flush a whole gradient to zero at a fresh run's first probe (step 0).
+
+    amax: [steps, layers, roles] of training; amax_steps: their step numbers (default 1, 2,
+    ...: the recorder counts steps from 1). probe_stats: [probes, layers, roles, 2].
+    """
+    amax = np.asarray(amax, np.float32)
+    steps = np.arange(1, len(amax) + 1) if amax_steps is None else np.asarray(amax_steps)
+    since = _zero_since(amax[2:] == 0, steps[2:], DEAD_STEPS)
+    if probe_stats is not None and len(probe_steps):
+        probe_steps = np.asarray(probe_steps)
+        settled = probe_steps >= 2
+        zero = np.isnan(np.asarray(probe_stats, np.float32)[settled][..., 1])
+        by_probe = _zero_since(zero, probe_steps[settled], 1)
+        if settled[-1]:  # a probe of the scale-1.0 start says nothing, either way
+            since = np.where((by_probe >= 0) & ((since < 0) | (by_probe < since)), by_probe, since)
+    return since
+
+
 def health_summary(
     amax: np.ndarray,
     layer_names,
@@ -211,22 +260,24 @@ def health_summary(
     probe_steps=(),
     probe_stats=None,
     result=None,
+    amax_steps=None,
 ) -> list[dict]:
     """One row per float8 layer and role, flagging the tensors at risk.
 
     probe_steps/probe_stats: the store's probe series (stats [probes, layers, roles, 2]).
     result: `health(amax, history_length=...)` when the caller has it already.
+    amax_steps: the step of each amax row (dead_since's default when None).
+    "dead since" is dead_since's step, None for a live tensor; a dead tensor is at risk.
     """
     result = result if result is not None else health(amax, history_length=history_length)
+    dead = dead_since(amax, probe_steps, probe_stats, amax_steps)
     probed = probe_stats is not None and len(probe_steps) > 0
     if probed:
-        latest = np.asarray(probe_stats[-1]) * 100
+        # An all-zero tensor (NaN underflow) has no nonzero value to lose: 0 %.
+        stats = np.nan_to_num(np.asarray(probe_stats, np.float32), nan=0.0)
+        latest = stats[-1] * 100
         settled = np.asarray(probe_steps) >= 2
-        peak = (
-            np.asarray(probe_stats)[settled].max(axis=0) * 100
-            if settled.any()
-            else np.full_like(latest, np.nan)
-        )
+        peak = stats[settled].max(axis=0) * 100 if settled.any() else np.full_like(latest, np.nan)
     rows = []
     for i, name in enumerate(layer_names):
         for j, role in enumerate(ROLES):
@@ -250,15 +301,62 @@ def health_summary(
                     "min headroom": headroom["min"],
                     "median headroom": headroom["median"],
                     **probe_columns,
+                    "dead since": int(dead[i, j]) if dead[i, j] >= 0 else None,
                     "at risk": bool(
                         overflows > 0.01 * len(amax)
                         or (headroom["median"] or 0) > UNDERFLOW_HEADROOM
                         or probe_columns.get("saturation %", 0) >= SATURATION_AT_RISK
                         or probe_columns.get("underflow %", 0) >= UNDERFLOW_AT_RISK
+                        or dead[i, j] >= 0
                     ),
                 }
             )
     return rows
+
+
+# What a dead tensor of each role means: (the tensor of one layer, of several, what that
+# does to one layer, to several).
+DEAD_PHRASES = {
+    "outputs_grad": (
+        "output gradient",
+        "output gradients",
+        "that layer no longer learns",
+        "those layers no longer learn",
+    ),
+    "inputs": (
+        "inputs",
+        "inputs",
+        "that layer passes on its bias alone and its kernel no longer learns",
+        "those layers pass on their bias alone and their kernels no longer learn",
+    ),
+    "kernel": (
+        "kernel",
+        "kernels",
+        "that layer passes on its bias alone",
+        "those layers pass on their bias alone",
+    ),
+}
+
+
+def dead_summary(rows) -> list[str]:
+    """Plain-words sentences on the dead tensors of `health_summary` rows, one per role:
+    "The output gradients of 7 of 8 float8 layers are all zero since step 100: those
+    layers no longer learn." ([] when none is dead)."""
+    layers = list(dict.fromkeys(r["layer"] for r in rows))
+    sentences = []
+    for role, (one, several, one_effect, several_effect) in DEAD_PHRASES.items():
+        dead = [r for r in rows if r["role"] == role and r.get("dead since") is not None]
+        if not dead:
+            continue
+        names = ", ".join(f"`{r['layer'].rsplit('/', 1)[-1]}`" for r in dead)
+        share = f"{len(dead)} of {len(layers)} float8 layers"
+        noun, effect = (one, one_effect) if len(dead) == 1 else (several, several_effect)
+        whose = f"{names} ({share})" if len(dead) <= 3 else share
+        verb = "are" if noun.endswith("s") else "is"
+        starts = sorted({r["dead since"] for r in dead})
+        since = f"step {starts[0]}" if len(starts) == 1 else f"steps {starts[0]} to {starts[-1]}"
+        sentences.append(f"The {noun} of {whose} {verb} all zero since {since}: {effect}.")
+    return sentences
 
 
 def _finite(value) -> float | None:

@@ -8,7 +8,8 @@ the next training step will use:
 
     saturation  share of the values clipped to ±fmax by more than rounding would move them
                 (beyond fmax × scale × (1 + half the top step); see fp8.ROUNDING_TOLERANCE)
-    underflow   share of the nonzero values that quantize to zero
+    underflow   share of the nonzero values that quantize to zero; NaN when the tensor
+                holds no nonzero value at all (dead: fp8.dead_since)
 
 for the layer inputs and kernels (E4M3) and the output gradients (E5M2). The output
 gradient is taken where Keras quantizes it: at the matmul's output (the gradient there
@@ -36,7 +37,8 @@ RECIPE_STATISTICS = recipes_lib.STATISTICS  # underflow_pct, saturation_pct, snr
 
 
 def tensor_stats(values, scale, role):
-    """(saturation, underflow) fractions of `values` quantize-dequantized with `scale`.
+    """(saturation, underflow) fractions of `values` quantize-dequantized with `scale`;
+    underflow is NaN when `values` has no nonzero value at all (fp8.dead_since reads it).
 
     Quantization is Keras': x / scale, clipped to ±fmax, cast to E4M3 (inputs, kernel) or
     E5M2 (output gradients). Works on numpy arrays and inside jax.jit.
@@ -52,7 +54,9 @@ def tensor_stats(values, scale, role):
     quantized = jnp.clip(scaled, -fmax, fmax).astype(float8).astype(jnp.float32)
     nonzero = x != 0
     flushed = jnp.sum(nonzero & (quantized == 0))
-    underflow = flushed / jnp.maximum(jnp.sum(nonzero), 1)
+    count = jnp.sum(nonzero)
+    # No nonzero value, no share of them: NaN marks the tensor as all zero (a dead tensor).
+    underflow = jnp.where(count > 0, flushed / jnp.maximum(count, 1), jnp.nan)
     return saturation, underflow
 
 

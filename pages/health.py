@@ -39,12 +39,16 @@ def health_view(store, run, refreshing):
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
     probe_steps, probe_stats = store.fp8_probe(run["id"])
-    rows = fp8.health_summary(amax, layers, history_length, probe_steps, probe_stats, result)
+    rows = fp8.health_summary(
+        amax, layers, history_length, probe_steps, probe_stats, result, amax_steps=steps
+    )
     at_risk = [r for r in rows if r["at risk"]]
     st.caption(
         f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
         f"{len(at_risk)} of {len(rows)} tensors at risk"
     )
+    for sentence in fp8.dead_summary(rows):
+        st.warning(sentence)
     percent = st.column_config.NumberColumn(format="%.3g")
     st.dataframe(
         pd.DataFrame(rows),
@@ -53,6 +57,7 @@ def health_view(store, run, refreshing):
         column_config={
             "min headroom": st.column_config.NumberColumn(format="%.2f"),
             "median headroom": st.column_config.NumberColumn(format="%.2f"),
+            "dead since": st.column_config.NumberColumn(format="%d"),
             **{f"{p}{s} %": percent for p in ("", "peak ") for s in ("saturation", "underflow")},
         },
     )

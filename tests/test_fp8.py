@@ -5,6 +5,7 @@ import numpy as np
 from fp8demo import fp8
 from fp8demo import model as model_lib
 from fp8demo.config import TrainConfig
+from fp8demo.store import Store
 
 SMALL = TrainConfig(vocab_size=300, seq_len=16, hidden_dim=8, intermediate_dim=8)
 
@@ -99,3 +100,28 @@ def test_replaying_other_history_lengths():
         for r in fp8.history_length_effect(amax, lengths=(1, 64))
     }
     assert rows[(1, "inputs")]["overflows"] == 2 and rows[(64, "inputs")]["overflows"] == 1
+
+
+def test_a_gradient_whose_training_amax_stays_zero_is_dead(tmp_path):
+    store = Store(tmp_path)
+    names = ["a", "b"]
+
+    def dead_since(amax):
+        """dead_since of a run whose recorder wrote `amax` (steps from 1) to the store."""
+        _, (run_id,) = store.create_comparison(TrainConfig(precisions=("fp8",)))
+        store.merge_summary(run_id, fp8_layers=[{"name": name} for name in names])
+        store.add_fp8_amax(run_id, 1, amax)
+        steps, stored = store.fp8_amax(run_id)
+        rows = fp8.health_summary(stored, names, amax_steps=steps)
+        return {(r["layer"], r["role"]): r["dead since"] for r in rows if r["dead since"]}
+
+    amax = np.ones((100, 2, 3), np.float32)
+    assert dead_since(amax) == {}
+    amax[:2] = 0  # the scale-1.0 start flushed everything: left out
+    amax[60:80, 1, 2] = 0  # a gap that ended
+    amax[100 - fp8.DEAD_STEPS + 1 :, 0, 2] = 0  # one step short of dead
+    assert dead_since(amax) == {}
+    amax[100 - fp8.DEAD_STEPS :, 0, 2] = 0
+    assert dead_since(amax) == {("a", "outputs_grad"): 101 - fp8.DEAD_STEPS}
+    amax[70:, 1, 0] = 0  # b's inputs: zero since the 71st step
+    assert dead_since(amax)[("b", "inputs")] == 71

@@ -1,10 +1,12 @@
 """probe.py: saturation and underflow of float8 tensors, on known values and on a model."""
 
+import json
+
 import jax
 import numpy as np
 import pytest
 
-from fp8demo import fp8, recipes
+from fp8demo import cli, fp8, recipes
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
 from fp8demo.config import TrainConfig
@@ -36,7 +38,9 @@ def test_underflow_counts_nonzero_values_that_quantize_to_zero():
     assert float(saturation) == 0.0
     # E5M2 reaches down to 2^-16 × scale: the same values survive as gradients.
     assert float(probe_lib.tensor_stats(values, scale, "outputs_grad")[1]) == 0.0
-    assert float(probe_lib.tensor_stats(np.zeros(5), 1.0, "inputs")[1]) == 0.0
+    # No nonzero value at all: no share of them, NaN (health reads the tensor as dead).
+    saturation, underflow = probe_lib.tensor_stats(np.zeros(5), 1.0, "inputs")
+    assert float(saturation) == 0.0 and np.isnan(float(underflow))
 
 
 def test_probe_reads_each_layer_and_role_under_its_own_scale():
@@ -62,7 +66,9 @@ def test_probe_reads_each_layer_and_role_under_its_own_scale():
     assert stats[0, 0, 0] > 0.9 and stats[0, 1, 1] == 1.0
     others = np.ones_like(stats, bool)
     others[0, 0, 0] = others[0, 1, 1] = False
-    assert stats[others].max() < 0.05
+    # query outputs 0: scores q·k no longer depend on `key`, whose output gradient is all zero.
+    assert np.argwhere(np.isnan(stats)).tolist() == [[1, 2, 1]]
+    assert np.nan_to_num(stats[others]).max() < 0.05
     # The loss gradient clips at the head; what flows back is so small that it underflows.
     query.inputs_scale.assign(8.0 / 448)
     query.kernel_scale.assign(1.0 / 448)
@@ -86,7 +92,9 @@ def test_training_records_probes_for_the_fp8_run(trained):
     every = trained["config"].probe_every
     assert list(steps) == list(range(0, fp8_run["step"] + 1, every))
     assert stats.shape == (len(steps), len(fp8_run["summary"]["fp8_layers"]), 3, 2)
-    assert ((stats >= 0) & (stats <= 1)).all()
+    underflow = np.nan_to_num(stats[..., 1], nan=0.0)  # NaN: an all-zero tensor
+    assert ((stats[..., 0] >= 0) & (stats[..., 0] <= 1)).all()
+    assert ((underflow >= 0) & (underflow <= 1)).all()
     # Before the first step every scale is 1.0: gradients (around 1e-3 and below) lose
     # many values to underflow; once scaled, far fewer.
     assert stats[0, :, 2, 1].max() > 0.5
@@ -101,6 +109,76 @@ def test_training_records_probes_for_the_fp8_run(trained):
     )
     assert {"saturation %", "underflow %", "peak saturation %"} <= set(rows[0])
     np.testing.assert_allclose(rows[0]["underflow %"], stats[-1, 0, 0, 1] * 100, rtol=1e-6)
+
+
+# -- dead tensors: no nonzero value at all ---------------------------------------------------
+
+
+def test_gradients_that_die_are_flagged_from_the_first_all_zero_probe(tmp_path):
+    model = model_lib.compile(model_lib.build(SMALL, "fp8"), SMALL)
+    rng = np.random.default_rng(0)
+    x = rng.integers(2, SMALL.vocab_size, size=(32, SMALL.seq_len), dtype=np.int32)
+    y = rng.integers(0, 2, size=(32, 1)).astype(np.float32)
+    layers = fp8.float8_layers(model)
+    names = [layer.path for layer in layers]
+    for layer in layers:  # scales that fit: nothing but a dead tensor stands out
+        layer.inputs_scale.assign(8.0 / 448)
+        layer.kernel_scale.assign(1.0 / 448)
+        layer.outputs_grad_scale.assign(1.0 / 57344)
+    probe = probe_lib.Probe(model, x, y, recipes=())
+    alive = probe()
+    # The ReLU `dense` layer before the head dies, as in a stalled run: every unit off for
+    # every review, so nothing reaches the head and no gradient flows back behind it.
+    dense = layers[names.index("dense")]
+    bias = np.array(dense.bias.value)
+    dense.bias.assign(np.full_like(bias, -1e4))
+    dead = probe()
+    dense.bias.assign(bias)
+    assert not np.isnan(alive).any()
+    assert np.isnan(dead[:-1, 2, 1]).all() and np.isnan(dead[-1, 0, 1])
+    assert np.isfinite(dead[-1, 2, 1])  # the loss gradient still reaches the head
+    store = Store(tmp_path)
+
+    def health(probes):
+        """health_summary rows of a run whose probe rows the recorder wrote as `probes`."""
+        _, (run_id,) = store.create_comparison(TrainConfig(precisions=("fp8",)))
+        store.merge_summary(run_id, fp8_layers=fp8.describe_layers(model))
+        steps = max(probes[-1][0], 1)  # training amaxes alive throughout, as with dropout
+        store.add_fp8_amax(run_id, 1, np.ones((steps, len(layers), 3), np.float32))
+        store.add_fp8_probe(run_id, probes)
+        amax_steps, amax = store.fp8_amax(run_id)
+        probe_steps, probe_stats = store.fp8_probe(run_id)
+        rows = fp8.health_summary(
+            amax, names, 1024, probe_steps, probe_stats, amax_steps=amax_steps
+        )
+        json.dumps(rows, allow_nan=False)  # valid JSON: an all-zero tensor underflows 0 %
+        return run_id, rows
+
+    run_id, rows = health([(0, alive), (25, alive), (50, dead), (75, dead)])
+    flagged = {(r["layer"], r["role"]): r["dead since"] for r in rows if r["dead since"]}
+    expected = {(name, "outputs_grad"): 50 for name in names[:-1]} | {(names[-1], "inputs"): 50}
+    assert flagged == expected
+    assert all(r["at risk"] for r in rows if r["dead since"])
+    assert fp8.dead_summary(rows) == [
+        "The output gradients of 7 of 8 float8 layers are all zero since step 50: "
+        "those layers no longer learn.",
+        "The inputs of `classifier` (1 of 8 float8 layers) are all zero since step 50: "
+        "that layer passes on its bias alone and its kernel no longer learns.",
+    ]
+    record = cli.health_record(store, store.run(run_id))
+    assert {(t["layer"], t["role"]): t["since"] for t in record["dead_tensors"]} == expected
+    assert record["dead_summary"] == fp8.dead_summary(rows)
+    # A healthy run, a fresh run's all-zero probe at step 0 (scale 1.0) alone or followed
+    # by live ones, and a layer alive again at the latest probe: none is dead.
+    for probes in (
+        [(0, alive), (25, alive), (50, alive)],
+        [(0, dead)],
+        [(0, dead), (25, alive), (50, alive)],
+        [(0, alive), (25, dead), (50, alive)],
+    ):
+        _, rows = health(probes)
+        assert [r for r in rows if r["dead since"] is not None] == [], probes
+        assert fp8.dead_summary(rows) == []
 
 
 # -- what-if statistics under every scaling recipe ------------------------------------------
@@ -206,7 +284,8 @@ def test_training_records_recipe_statistics_at_every_probe(trained):
     np.testing.assert_allclose(snr[stats[..., 0] == 100], 0, atol=1e-6)  # all lost: 0 dB
     # The run's own recipe agrees with the probe on the same tensors.
     delayed = stats[:, :, :, names.index("delayed")]
-    np.testing.assert_allclose(delayed[..., 0], probe_stats[..., 1] * 100, atol=1e-4)
+    underflow = np.nan_to_num(probe_stats[..., 1], nan=0.0)  # an all-zero tensor: 0 %
+    np.testing.assert_allclose(delayed[..., 0], underflow * 100, atol=1e-4)
     np.testing.assert_allclose(delayed[..., 1], probe_stats[..., 0] * 100, atol=1e-4)
     # 8-bit recipes keep more signal than the 4-bit one on almost every tensor.
     mxfp8, nvfp4 = names.index("mxfp8"), names.index("nvfp4")
