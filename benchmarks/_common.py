@@ -116,6 +116,51 @@ def write_json(path, payload):
         print(f"JSON written to {path}")
 
 
+def random_batch(config, n, seed=0):
+    """`n` reviews of random token ids in `config`'s shape, with random labels: training speed
+    without the data pipeline. Ids start at 2, after the padding and unknown tokens."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    x = rng.integers(2, config.vocab_size, size=(n, config.seq_len), dtype=np.int32)
+    y = rng.integers(0, 2, size=(n, 1)).astype(np.float32)
+    return x, y
+
+
+def fit_seconds(model, x, y, batch_size, steps, callbacks=()) -> float:
+    """Wall seconds of one epoch's fit over the first `steps` batches of x, y, in order (the
+    first fit of a model also compiles its training step: a warm-up)."""
+    started = time.perf_counter()
+    model.fit(
+        x[: batch_size * steps],
+        y[: batch_size * steps],
+        batch_size=batch_size,
+        epochs=1,
+        verbose=0,
+        shuffle=False,
+        callbacks=list(callbacks),
+    )
+    return time.perf_counter() - started  # fit returns once the state is back in the model
+
+
+def child_result(script, *args, timeout=None) -> tuple[str | None, str]:
+    """Run `python script *args` with the repository on PYTHONPATH (a fresh process: its own
+    compilation and peak memory) and return (what its last "RESULT " line says, or None;
+    the end of its output, to explain a failure)."""
+    import subprocess
+
+    done = subprocess.run(
+        [sys.executable, str(script), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)),
+    )
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    result = lines[-1][len("RESULT ") :] if lines and not done.returncode else None
+    return result, (done.stderr or done.stdout)[-300:]
+
+
 class StepTimer:
     """Keras callback: wall time of each training step, validation excluded. Pass it to
     model.fit, or to the engine as train_run(..., callbacks=[timer]).

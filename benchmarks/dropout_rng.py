@@ -7,13 +7,12 @@ with no dropout. Each variant runs in its own subprocess (160 timed steps after 
 """
 
 import argparse
-import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
 MODES = ("threefry", "philox", "fast", "none")
 
 
@@ -37,7 +36,7 @@ def philox_dropout(inputs, rate, noise_shape=None, seed=None):
 
 
 def measure(mode, precision, steps) -> float:
-    import numpy as np
+    """In the child process: milliseconds per training step with dropout drawn by `mode`."""
     from keras.src.backend.jax import random as jax_random
 
     import fp8demo.env  # noqa: F401
@@ -50,13 +49,9 @@ def measure(mode, precision, steps) -> float:
         jax_random.dropout = model_lib.fast_dropout  # what TrainConfig(dropout_masks="fast") uses
     config = TrainConfig(dropout=0.0 if mode == "none" else 0.1).validate()
     model = model_lib.compile(model_lib.build(config, precision), config)
-    rng = np.random.default_rng(0)
-    x = rng.integers(2, config.vocab_size, size=(32 * steps, config.seq_len), dtype=np.int32)
-    y = rng.integers(0, 2, size=(32 * steps, 1)).astype(np.float32)
-    model.fit(x[: 32 * 5], y[: 32 * 5], batch_size=32, epochs=1, verbose=0)  # compile
-    started = time.perf_counter()
-    model.fit(x, y, batch_size=32, epochs=1, verbose=0)
-    return (time.perf_counter() - started) / steps * 1000
+    x, y = _common.random_batch(config, 32 * steps)
+    _common.fit_seconds(model, x, y, 32, 5)  # compiles
+    return _common.fit_seconds(model, x, y, 32, steps) / steps * 1000
 
 
 def main():
@@ -69,23 +64,10 @@ def main():
         print(f"RESULT {measure(args.child, args.precision, args.steps):.2f}")
         return
     for mode in MODES:
-        done = subprocess.run(
-            [
-                sys.executable,
-                __file__,
-                "--child",
-                mode,
-                "--precision",
-                args.precision,
-                "--steps",
-                str(args.steps),
-            ],
-            capture_output=True,
-            text=True,
-            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        result, _ = _common.child_result(
+            __file__, "--child", mode, "--precision", args.precision, "--steps", args.steps
         )
-        result = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-        print(f"{mode:9} {result[-1].split()[1] + ' ms/step' if result else 'FAILED'}", flush=True)
+        print(f"{mode:9} {result + ' ms/step' if result else 'FAILED'}", flush=True)
 
 
 if __name__ == "__main__":

@@ -80,15 +80,6 @@ def device_info() -> dict:
     return info
 
 
-def random_batch(config, n, seed=0):
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    x = rng.integers(2, config.vocab_size, size=(n, config.seq_len), dtype=np.int32)
-    y = rng.integers(0, 2, size=(n, 1)).astype(np.float32)
-    return x, y
-
-
 def hlo_summary(text: str) -> dict:
     """The engine's matmul count (what each fp8 run records) plus raw mentions."""
     return {
@@ -108,17 +99,8 @@ def measure(config, precision, steps, warmup) -> tuple[dict, str]:
 
     model = model_lib.compile(model_lib.build(config, precision), config)
     batch = config.batch_size
-    x, y = random_batch(config, batch * max(steps, warmup))
-    started = time.perf_counter()
-    model.fit(
-        x[: batch * warmup],
-        y[: batch * warmup],
-        batch_size=batch,
-        epochs=1,
-        verbose=0,
-        shuffle=False,
-    )
-    warmup_seconds = time.perf_counter() - started
+    x, y = _common.random_batch(config, batch * max(steps, warmup))
+    warmup_seconds = _common.fit_seconds(model, x, y, batch, warmup)
     started = time.perf_counter()
     text = compiled.train_step_hlo(model, x[:batch], y[:batch])
     hlo = {
@@ -126,11 +108,7 @@ def measure(config, precision, steps, warmup) -> tuple[dict, str]:
         "recipe": model_lib.scaling_recipe(model),
         "seconds": time.perf_counter() - started,
     }
-    started = time.perf_counter()
-    model.fit(
-        x[: batch * steps], y[: batch * steps], batch_size=batch, epochs=1, verbose=0, shuffle=False
-    )
-    seconds = time.perf_counter() - started  # fit returns once the state is back in the model
+    seconds = _common.fit_seconds(model, x, y, batch, steps)
     return {
         "precision": precision,
         "steps": steps,

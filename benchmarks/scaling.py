@@ -12,9 +12,7 @@ on random token ids (training steps only, per-step intervals). Prints a markdown
 import argparse
 import json
 import os
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -27,7 +25,6 @@ AXES = {"seq_len": (64, 128, 200, 400), "hidden_dim": (32, 128, 512), "batch_siz
 def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup, dropout=0.1) -> dict:
     """In the child process: steps/s and peak memory of one configuration."""
     import keras
-    import numpy as np
 
     from fp8demo import model as model_lib
     from fp8demo.config import TrainConfig
@@ -42,30 +39,10 @@ def measure(precision, seq_len, hidden_dim, batch_size, steps, warmup, dropout=0
     ).validate()
     rss_before = _common.peak_rss_mb()
     model = model_lib.compile(model_lib.build(config, precision), config)
-    rng = np.random.default_rng(0)
-    n = batch_size * max(steps, warmup)
-    x = rng.integers(2, config.vocab_size, size=(n, seq_len), dtype=np.int32)
-    y = rng.integers(0, 2, size=(n, 1)).astype(np.float32)
-    started = time.perf_counter()
-    model.fit(
-        x[: batch_size * warmup],
-        y[: batch_size * warmup],
-        batch_size=batch_size,
-        epochs=1,
-        verbose=0,
-        shuffle=False,
-    )
-    compile_s = time.perf_counter() - started
-    timer = _common.StepTimer()
-    model.fit(
-        x[: batch_size * (steps + 1)],
-        y[: batch_size * (steps + 1)],
-        batch_size=batch_size,
-        epochs=1,
-        verbose=0,
-        shuffle=False,
-        callbacks=[timer],
-    )
+    x, y = _common.random_batch(config, batch_size * max(steps + 1, warmup))
+    compile_s = _common.fit_seconds(model, x, y, batch_size, warmup)
+    timer = _common.StepTimer()  # the first step's interval is left out: one more step
+    _common.fit_seconds(model, x, y, batch_size, steps + 1, callbacks=[timer])
     rate = timer.steps_per_sec()
     return {
         "precision": precision,
@@ -95,28 +72,14 @@ def points():
 
 
 def run_point(point, precision, steps, warmup, dropout=0.1, timeout=900) -> dict:
+    """One point measured in its own subprocess (its own peak RSS), or its error."""
     spec = dict(point, precision=precision, dropout=dropout)
-    command = [
-        sys.executable,
-        __file__,
-        "--child",
-        json.dumps(spec),
-        "--steps",
-        str(steps),
-        "--warmup",
-        str(warmup),
-    ]
-    done = subprocess.run(
-        command,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ, PYTHONPATH=str(_common.ROOT)),
+    result, output = _common.child_result(
+        __file__, "--child", json.dumps(spec), "--steps", steps, "--warmup", warmup, timeout=timeout
     )
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    if done.returncode or not lines:
-        return dict(point, precision=precision, error=(done.stderr or done.stdout)[-300:])
-    return json.loads(lines[-1][len("RESULT ") :])
+    if result is None:
+        return dict(point, precision=precision, error=output)
+    return json.loads(result)
 
 
 def main(argv=None):

@@ -8,8 +8,6 @@ Defaults: the full 20,000 training reviews, vocabulary 20,000. Exits 1 if the li
 """
 
 import argparse
-import os
-import platform
 import shutil
 import sys
 import time
@@ -17,17 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import setup_env, table, write_json  # noqa: E402
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import cpu_model, load_average, setup_env, table, write_json  # noqa: E402
 
 
 def timed(function, *args):
@@ -61,7 +49,7 @@ def compare(args, home) -> bool:
     tf = tensorflow()
     wordpiece.tf_text_learner()  # imports done before anything is timed
     reserved = list(RESERVED_TOKENS)
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; load average {os.getloadavg()[0]:.1f}")
+    print(f"CPU: {cpu_model()}; load average {load_average()}")
 
     _, extract_s = timed(data.resolve_source, "", home, lambda *_: None)
     imdb, files_s = timed(data.load, "", args.subset, home, lambda *_: None)
@@ -101,7 +89,7 @@ def compare(args, home) -> bool:
         )
     )
     print(
-        f"load average {os.getloadavg()[0]:.1f}; {len(vocabulary)} tokens; identical to "
+        f"load average {load_average()}; {len(vocabulary)} tokens; identical to "
         f"keras_hub's list: {identical}"
     )
     if not identical:

@@ -687,17 +687,17 @@ def cmd_sweep(args, store: Store) -> int:
         raise CliError(f"--trials must be a whole number, got {args.trials!r}.") from None
     if args.prune.strip().lower() not in ("true", "false"):
         raise CliError(f"--prune must be true or false, got {args.prune!r}.")
-    sweep_id = sweep.create_sweep(
-        store,
-        config,
-        args.param,
-        trials,
-        args.objective,
-        args.direction,
-        args.sampler,
-        args.prune.strip().lower() == "true",
-        args.label,
+    request = sweep.SweepRequest(
+        base=config,
+        space=args.param,
+        trials=trials,
+        objective=args.objective,
+        direction=args.direction,
+        sampler=args.sampler,
+        prune=args.prune.strip().lower() == "true",
+        label=args.label,
     )
+    sweep_id = sweep.create_sweep(store, request)
     record = store.sweep(sweep_id)
     print(
         f"sweep {sweep_id}: {trials} trials, {record['objective']} ({record['direction']}), "

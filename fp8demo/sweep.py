@@ -304,19 +304,35 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
 # -- launching ---------------------------------------------------------------------------
 
 
-def sweep_problems(
-    base: TrainConfig,
-    space: dict | list,
-    trials: int,
-    objective: str,
-    direction: str = "maximize",
-    sampler: str = "tpe",
-    prune: bool = True,
-    home=None,
-) -> list[str]:
-    """Every reason this sweep cannot be launched, as sentences (empty when it can)."""
+@dataclasses.dataclass(frozen=True)
+class SweepRequest:
+    """A sweep as it is asked for: what sweep_problems checks and create_sweep records.
+
+    base: the fixed settings every trial shares; space: {name: spec} or ["name=spec", ...];
+    trials: how many trials are asked; objective: one of OBJECTIVES; direction: one of
+    DIRECTIONS; sampler: one of SAMPLERS; prune: Optuna's MedianPruner on or off; label: an
+    optional name shown with the sweep.
+    """
+
+    base: TrainConfig
+    space: dict | list
+    trials: int
+    objective: str
+    direction: str = "maximize"
+    sampler: str = "tpe"
+    prune: bool = True
+    label: str = ""
+
+
+def sweep_problems(request: SweepRequest, home=None) -> list[str]:
+    """Every reason this sweep cannot be launched, as sentences (empty when it can).
+
+    With home (the run store's folder), the launch's own checks too (resources.launch_problems).
+    """
     from fp8demo.resources import launch_problems
 
+    base, space, trials = request.base, request.space, request.trials
+    objective, direction, sampler = request.objective, request.direction, request.sampler
     problems = []
     try:
         parsed = parse_space(space)
@@ -347,39 +363,36 @@ def sweep_problems(
         problems.append(f"direction must be maximize or minimize, got {direction!r}.")
     if sampler not in SAMPLERS:
         problems.append(f"Unknown sampler {sampler!r}: choose from {', '.join(SAMPLERS)}.")
-    if not isinstance(prune, bool):
-        problems.append(f"prune must be true or false, got {prune!r}.")
+    if not isinstance(request.prune, bool):
+        problems.append(f"prune must be true or false, got {request.prune!r}.")
     problems += base.errors()
     if home is not None and not base.errors():
         problems += launch_problems(base, home)
     return problems
 
 
-def create_sweep(
-    store: Store,
-    base: TrainConfig,
-    space: dict | list,
-    trials: int,
-    objective: str,
-    direction: str = "maximize",
-    sampler: str = "tpe",
-    prune: bool = True,
-    label: str = "",
-) -> int:
+def create_sweep(store: Store, request: SweepRequest) -> int:
     """Validate a sweep (ConfigError with every problem, nothing queued), record it with its
     Optuna study, ask its first trials and start the workers; returns the sweep's id.
 
-    space: {name: spec} or ["name=spec", ...]; the comparison of trial n is labelled
-    "sweep <id> · trial <n>".
+    The comparison of trial n is labelled "sweep <id> · trial <n>".
     """
-    problems = sweep_problems(base, space, trials, objective, direction, sampler, prune, store.home)
+    problems = sweep_problems(request, store.home)
     if problems:
         raise ConfigError(" ".join(problems))
+    base = request.base
     if not base.data and os.environ.get("FP8DEMO_IMDB"):  # as worker.launch_repeats records it
         base = dataclasses.replace(base, data=os.environ["FP8DEMO_IMDB"])
-    specs = {name: param.spec for name, param in parse_space(space).items()}
+    specs = {name: param.spec for name, param in parse_space(request.space).items()}
     sweep_id = store.create_sweep(
-        base, specs, objective, direction, sampler, prune, trials, label.strip()
+        base,
+        specs,
+        request.objective,
+        request.direction,
+        request.sampler,
+        request.prune,
+        request.trials,
+        request.label.strip(),
     )
     name, storage = f"sweep-{sweep_id}", _storage(storage_url(store))
     try:
@@ -387,7 +400,7 @@ def create_sweep(
         # the run store, so it belongs to no sweep there.
         if name in optuna.get_all_study_names(storage):
             optuna.delete_study(study_name=name, storage=storage)
-        optuna.create_study(study_name=name, storage=storage, direction=direction)
+        optuna.create_study(study_name=name, storage=storage, direction=request.direction)
     except Exception as e:
         store.set_sweep_state(sweep_id, "failed", f"Its Optuna study could not be created: {e}")
         raise StoreError(f"Sweep {sweep_id}'s Optuna study could not be created: {e}") from e

@@ -301,6 +301,25 @@ def can_control() -> bool:
     return not control_password() or st.session_state.get("_unlocked", False)
 
 
+def launch_button(label: str, key: str, problems: list[str], ready_help: str) -> bool:
+    """A page's primary Launch button: True when clicked. Disabled while the settings have
+    problems (shown by the page) or the controls are locked, and it says which."""
+    allowed = can_control()
+    if not allowed:
+        st.info(LOCKED_HELP, icon=":material/lock:")
+    return st.button(
+        label,
+        key=key,
+        type="primary",
+        disabled=bool(problems) or not allowed,
+        help="Fix the settings above first."
+        if problems
+        else LOCKED_HELP
+        if not allowed
+        else ready_help,
+    )
+
+
 def password_box():
     """In the sidebar when a password is set: unlocks the controls for this viewer (browser tab).
 

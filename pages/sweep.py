@@ -276,30 +276,19 @@ def new_sweep_form(store):
     )
     with st.expander("Fixed settings (every trial)", expanded=False):
         fixed_settings_form(swept)
-    base = fixed_config()
-    specs = {name: spec_of(name) for name in swept}
+    space = {name: spec_of(name) for name in swept}
     label = st.text_input("Label (optional)", key=f"{FORM}label", placeholder="e.g. lr scan")
     save_form()
-    problems = sweep.sweep_problems(
-        base, specs, int(trials), objective, direction, sampler, prune, store.home
+    request = sweep.SweepRequest(
+        fixed_config(), space, int(trials), objective, direction, sampler, prune, label
     )
+    problems = sweep.sweep_problems(request, store.home)
     for problem in problems:
         st.error(problem)
-    allowed = common.can_control()
-    if not allowed:
-        st.info(common.LOCKED_HELP, icon=":material/lock:")
-    if st.button(
-        "Launch sweep",
-        key="launch_sweep",
-        type="primary",
-        disabled=bool(problems) or not allowed,
-        help="Fix the settings above first." if problems else "Queue the first trial(s).",
-    ):
+    if common.launch_button("Launch sweep", "launch_sweep", problems, "Queue the first trial(s)."):
         try:
             with st.spinner("Creating the study and queueing the first trial…"):
-                sweep_id = sweep.create_sweep(
-                    store, base, specs, int(trials), objective, direction, sampler, prune, label
-                )
+                sweep_id = sweep.create_sweep(store, request)
         except (ConfigError, StoreError) as e:
             st.error(str(e))
             return

@@ -384,18 +384,5 @@ repeats = c[1].number_input(
     help="Train the same comparison with seeds seed, seed+1, …; Results "
     "shows mean ± std, so “no accuracy drop” is a measured claim.",
 )
-allowed = common.can_control()
-if not allowed:
-    st.info(common.LOCKED_HELP, icon=":material/lock:")
-if st.button(
-    "Launch",
-    key="launch",
-    type="primary",
-    disabled=bool(problems) or not allowed,
-    help="Fix the settings above first."
-    if problems
-    else common.LOCKED_HELP
-    if not allowed
-    else "Queue one run per precision.",
-):
+if common.launch_button("Launch", "launch", problems, "Queue one run per precision."):
     launch(store, config, label, int(repeats))

@@ -2,6 +2,7 @@
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,9 +14,37 @@ sys.path.insert(0, str(ROOT))
 from postgres import postgres_server, postgres_url, store_url  # noqa: E402,F401
 
 import fp8demo.env  # noqa: E402,F401
+from fp8demo.config import TrainConfig  # noqa: E402
 
 # Small settings that still exercise every part (about 10 s of training per precision).
 TINY = dict(subset=256, vocab_size=1000, seq_len=64, epochs=1)
+
+# One bf16 run each, for tests of the training process (queue, cancel, kill, several hosts):
+# TINY_RUN ends quickly; SLOW_RUN trains long enough to be caught mid-training and starts as
+# fast. Whole TrainConfigs, unlike TINY above, which tests combine with other settings.
+TINY_RUN = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisions=("bf16",))
+SLOW_RUN = TrainConfig(subset=1600, vocab_size=800, seq_len=64, epochs=4, precisions=("bf16",))
+
+
+def wait_for(predicate, timeout, what):
+    """Poll `predicate` until it returns something true, and return that; fail after
+    `timeout` seconds, naming `what` was awaited."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def all_runs_ended(store, comparisons) -> bool:
+    """supervise() as the dashboard and the CLI call it on every refresh (it reaps the runs of
+    dead workers and restarts the queue), then whether every run of `comparisons` has ended."""
+    from fp8demo import worker
+
+    worker.supervise(store)
+    return all(r["status"] not in ("queued", "running") for c in comparisons for r in store.runs(c))
 
 
 def backend() -> str:
@@ -144,8 +173,6 @@ def copy_home(source: Path, destination: Path) -> Path:
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, imdb_folder):
     """A finished bf16 + fp8 comparison on a small subset (see train_comparison)."""
-    from fp8demo.config import TrainConfig
-
     config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
     texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
     return train_comparison(tmp_path_factory.mktemp("trained-home"), imdb_folder, config, texts)

@@ -4,7 +4,7 @@ import dataclasses
 import threading
 
 import pytest
-from test_worker import wait_for
+from conftest import wait_for
 
 from fp8demo import worker
 from fp8demo.config import TrainConfig

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from test_worker import SLOW, wait_for
+from conftest import SLOW_RUN, all_runs_ended, wait_for
 
 from fp8demo import worker
 from fp8demo.config import TrainConfig
@@ -20,12 +20,6 @@ from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, Store
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # One small epoch per precision: the pool's behaviour, not the model's, is under test.
 TINY = TrainConfig(subset=128, vocab_size=800, seq_len=32, epochs=1, ptq=False, probe_every=0)
-
-
-def finished(store, comparisons) -> bool:
-    """supervise() as the dashboard calls it, then whether every run has ended."""
-    worker.supervise(store)
-    return all(r["status"] not in ("queued", "running") for c in comparisons for r in store.runs(c))
 
 
 # -- the claim rules, on a store with made-up workers ---------------------------------------
@@ -188,7 +182,7 @@ def test_two_workers_train_side_by_side_and_keep_a_sequential_comparison_in_orde
     in_order = worker.launch(dataclasses.replace(TINY, side_by_side="off", seed=1), store)
     # The side-by-side comparison asks for two workers.
     wait_for(lambda: len(worker.worker_pids(store)) == 2, 60, "two workers")
-    wait_for(lambda: finished(store, (together, in_order)), 400, "both comparisons")
+    wait_for(lambda: all_runs_ended(store, (together, in_order)), 400, "both comparisons")
     runs = store.runs(together)
     for run in runs + store.runs(in_order):
         assert run["status"] == "finished", run["error"]
@@ -207,8 +201,9 @@ def test_two_workers_train_side_by_side_and_keep_a_sequential_comparison_in_orde
 def test_a_killed_pool_worker_loses_its_run_and_the_other_finishes(home):
     store = Store(home)
     # Both long enough to be caught training at the same time (the doomed one never ends).
-    doomed = worker.launch(dataclasses.replace(SLOW, ptq=False, probe_every=0, epochs=50), store)
-    survivor = worker.launch(dataclasses.replace(SLOW, ptq=False, probe_every=0, seed=1), store)
+    slow = dataclasses.replace(SLOW_RUN, ptq=False, probe_every=0)
+    doomed = worker.launch(dataclasses.replace(slow, epochs=50), store)
+    survivor = worker.launch(dataclasses.replace(slow, seed=1), store)
     assert len(worker.ensure_worker(store, workers=2)) == 2
     doomed_run, survivor_run = store.runs(doomed)[0]["id"], store.runs(survivor)[0]["id"]
     wait_for(
@@ -219,7 +214,7 @@ def test_a_killed_pool_worker_loses_its_run_and_the_other_finishes(home):
     pid = store.run(doomed_run)["worker_pid"]
     assert pid != store.run(survivor_run)["worker_pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: finished(store, (doomed, survivor)), 300, "the reap and the other run")
+    wait_for(lambda: all_runs_ended(store, (doomed, survivor)), 300, "the reap and the other run")
     lost = store.run(doomed_run)
     assert lost["status"] == "interrupted" and f"pid {pid}" in lost["error"]
     assert store.run(survivor_run)["status"] == "finished", store.run(survivor_run)["error"]

@@ -12,25 +12,10 @@ import time
 
 import numpy as np
 import pytest
-from conftest import ROOT
+from conftest import ROOT, SLOW_RUN, TINY_RUN, wait_for
 
 from fp8demo import worker
-from fp8demo.config import TrainConfig
 from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, Store
-
-TINY = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisions=("bf16",))
-# Long enough to be caught mid-training, small enough to start fast (as in test_worker.py).
-SLOW = TrainConfig(subset=1600, vocab_size=800, seq_len=64, epochs=4, precisions=("bf16",))
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 class Host:
@@ -86,7 +71,7 @@ def test_a_run_whose_host_went_silent_is_interrupted_by_another_host(
     tmp_path, postgres_url, monkeypatch
 ):
     store = Store(tmp_path / "home", url=postgres_url)
-    silent, beating = (store.create_comparison(TINY)[1][0] for _ in range(2))
+    silent, beating = (store.create_comparison(TINY_RUN)[1][0] for _ in range(2))
     monkeypatch.setenv("FP8DEMO_HOST", "a")
     for run_id in (silent, beating):  # this process's pid: alive, as seen from host a
         assert store.claim_next_run(os.getpid())["id"] == run_id
@@ -105,7 +90,7 @@ def test_a_run_whose_host_went_silent_is_interrupted_by_another_host(
 
 def test_two_hosts_drain_one_queue_and_use_each_others_runs(hosts):
     a, b = hosts
-    comparisons = [a.store.create_comparison(TINY, label=f"c{k}")[0] for k in range(3)]
+    comparisons = [a.store.create_comparison(TINY_RUN, label=f"c{k}")[0] for k in range(3)]
     runs = [run["id"] for cid in comparisons for run in a.store.runs(cid)]
     pids = {a.start_worker(): "a", b.start_worker(): "b"}
 
@@ -133,8 +118,8 @@ def test_two_hosts_drain_one_queue_and_use_each_others_runs(hosts):
 
 def test_a_killed_hosts_run_is_interrupted_and_the_other_host_goes_on(hosts):
     a, b = hosts
-    slow = a.store.runs(a.store.create_comparison(SLOW)[0])[0]["id"]
-    tiny = a.store.runs(a.store.create_comparison(TINY)[0])[0]["id"]
+    slow = a.store.runs(a.store.create_comparison(SLOW_RUN)[0])[0]["id"]
+    tiny = a.store.runs(a.store.create_comparison(TINY_RUN)[0])[0]["id"]
     killed = a.start_worker()
     wait_for(lambda: a.store.run(slow)["step"] >= 20, 300, "host a to train the slow run")
     assert a.store.run(tiny)["status"] == "queued"
@@ -166,11 +151,12 @@ def test_a_sweep_on_postgresql_is_driven_by_the_workers_of_two_hosts(hosts, monk
     time.sleep(worker.IDLE_EXIT_SECONDS + 1)  # longer than a worker without --stay waits
     assert {w["host"] for w in a.store.live_workers()} == {"a", "b"}
     base = dataclasses.replace(
-        TINY, precisions=("bf16", "fp8"), side_by_side="off", ptq=False, probe_every=0
+        TINY_RUN, precisions=("bf16", "fp8"), side_by_side="off", ptq=False, probe_every=0
     )
-    sweep_id = sweep.create_sweep(
-        a.store, base, {"lr": "1e-3,2e-3"}, 2, "fp8_minus_bf16", sampler="grid", prune=False
+    request = sweep.SweepRequest(
+        base, {"lr": "1e-3,2e-3"}, 2, "fp8_minus_bf16", sampler="grid", prune=False
     )
+    sweep_id = sweep.create_sweep(a.store, request)
     assert sweep.storage_url(a.store).startswith("postgresql+psycopg://")
     wait_for(lambda: a.store.sweep(sweep_id)["state"] != "running", 900, "the sweep to end")
     record = sweep.sweep_record(b.store, sweep_id)

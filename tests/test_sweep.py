@@ -3,9 +3,9 @@
 import json
 import os
 import signal
-import time
 
 import pytest
+from conftest import wait_for
 from optuna.trial import TrialState
 from test_cli import cli
 
@@ -25,16 +25,6 @@ LEARNS = dict(
     vocab_method="fast",
     dropout_masks="fast",
 )
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # -- the search space (no training) --------------------------------------------------------
@@ -101,12 +91,14 @@ def test_bad_specs_are_refused_with_a_sentence(specs, message):
 
 def test_every_problem_is_named_before_launch():
     problems = sweep.sweep_problems(
-        TrainConfig(precisions=("fp8",)),
-        ["heads=1,2,4", "lr=0:1"],
-        0,
-        "fp8_minus_bf16",
-        direction="upward",
-        sampler="annealing",
+        sweep.SweepRequest(
+            TrainConfig(precisions=("fp8",)),
+            ["heads=1,2,4", "lr=0:1"],
+            0,
+            "fp8_minus_bf16",
+            direction="upward",
+            sampler="annealing",
+        )
     )
     assert problems == [
         "lr must be greater than 0 (and at most 10), got 0.0.",
@@ -117,7 +109,8 @@ def test_every_problem_is_named_before_launch():
         "Unknown sampler 'annealing': choose from grid, random, tpe.",
     ]
     # Settings invalid only together are not refused: that trial fails, the sweep goes on.
-    assert sweep.sweep_problems(TrainConfig(), {"heads": "1,3"}, 2, "fp8_accuracy") == []
+    together = sweep.SweepRequest(TrainConfig(), {"heads": "1,3"}, 2, "fp8_accuracy")
+    assert sweep.sweep_problems(together) == []
 
 
 def test_grid_cuts_each_range_into_enough_points():
@@ -137,13 +130,15 @@ def test_grid_cuts_each_range_into_enough_points():
     assert sweep.grid_space(history, 4) == {"amax_history_length": [1, 10, 102, 1024]}
     # A grid smaller than the trials asked for is refused, with its size.
     assert sweep.sweep_problems(
-        TrainConfig(), {"heads": "1,2,4"}, 5, "fp8_accuracy", "maximize", "grid"
+        sweep.SweepRequest(TrainConfig(), {"heads": "1,2,4"}, 5, "fp8_accuracy", sampler="grid")
     ) == [
         "The grid holds 3 settings, fewer than 5 trials: ask for at most 3, add choices, "
         "or search a range."
     ]
     assert sweep.sweep_problems(
-        TrainConfig(), {"hidden_dim": "32:36"}, 6, "fp8_accuracy", sampler="grid"
+        sweep.SweepRequest(
+            TrainConfig(), {"hidden_dim": "32:36"}, 6, "fp8_accuracy", sampler="grid"
+        )
     )
 
 
@@ -245,9 +240,10 @@ def test_invalid_settings_a_killed_worker_and_a_cancel_fail_trials_not_the_sweep
     one after is cancelled with the sweep, which then resumes and completes its last trial."""
     store = Store(home)
     base = TrainConfig(**LEARNS, seed=0)  # seed 0: the grid's order is heads 3, 4, 2, 1
-    sweep_id = sweep.create_sweep(
-        store, base, {"heads": "1,2,3,4"}, 4, "fp8_minus_bf16", sampler="grid", prune=False
+    request = sweep.SweepRequest(
+        base, {"heads": "1,2,3,4"}, 4, "fp8_minus_bf16", sampler="grid", prune=False
     )
+    sweep_id = sweep.create_sweep(store, request)
     rows = sweep.trial_rows(store, sweep_id)
     assert [(r["number"], r["state"], r["params"]) for r in rows] == [
         (0, "failed", {"heads": 3}),

@@ -6,31 +6,17 @@ import signal
 import time
 
 import pytest
-from conftest import backend
+from conftest import SLOW_RUN, TINY_RUN, all_runs_ended, backend, wait_for
 
 from fp8demo import device, report, worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
-# Long enough to be caught mid-training (~200 steps), small enough to start fast.
-SLOW = TrainConfig(subset=1600, vocab_size=800, seq_len=64, epochs=4, precisions=("bf16",))
-TINY = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisions=("bf16",))
-
-
-def wait_for(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.3)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-
 
 def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     store = Store(home)
-    slow = worker.launch(SLOW, store)
-    tiny = worker.launch(TINY, store)
+    slow = worker.launch(SLOW_RUN, store)
+    tiny = worker.launch(TINY_RUN, store)
     slow_run = store.runs(slow)[0]["id"]
     wait_for(lambda: store.run(slow_run)["step"] >= 20, 240, "the slow run to train")
     pid = store.run(slow_run)["worker_pid"]
@@ -47,22 +33,14 @@ def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     assert len(kept["step"]) >= 10  # partial curves are kept
     # The next queued run still runs, in a fresh worker.
     tiny_run = store.runs(tiny)[0]["id"]
-    # (The dashboard and CLI call supervise() on every refresh, as here.)
-    wait_for(
-        lambda: (
-            worker.supervise(store) is not None
-            and store.run(tiny_run)["status"] in ("finished", "failed")
-        ),
-        240,
-        "the next run",
-    )
+    wait_for(lambda: all_runs_ended(store, (tiny,)), 240, "the next run")
     assert store.run(tiny_run)["status"] == "finished", store.run(tiny_run)["error"]
     assert store.run(tiny_run)["worker_pid"] != pid
 
 
 def test_cancel_running_and_queued_runs(home):
     store = Store(home)
-    comparison = worker.launch(dataclasses.replace(SLOW, precisions=("bf16", "fp8")), store)
+    comparison = worker.launch(dataclasses.replace(SLOW_RUN, precisions=("bf16", "fp8")), store)
     first, second = [r["id"] for r in store.runs(comparison)]
     wait_for(lambda: store.run(first)["step"] >= 5, 240, "training to start")
     store.cancel_comparison(comparison)
@@ -83,14 +61,7 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     ids = worker.launch_repeats(config, 3, store, label="noise")
     assert [store.comparison(i)["config"].seed for i in ids] == [42, 43, 44]
     assert [c["id"] for c in store.group(ids[0])] == ids
-    wait_for(
-        lambda: (
-            worker.supervise(store) is not None
-            and all(r["status"] in ("finished", "failed") for i in ids for r in store.runs(i))
-        ),
-        300,
-        "three seeds to train",
-    )
+    wait_for(lambda: all_runs_ended(store, ids), 300, "three seeds to train")
     comparisons = store.group(ids[0])
     assert all(r["status"] == "finished" for c in comparisons for r in c["runs"])
     stats = report.repeat_statistics(comparisons)
@@ -113,18 +84,7 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
     )
     single = worker.launch(base, store)
     parallel = worker.launch(dataclasses.replace(base, data_parallel=True), store)
-    wait_for(
-        lambda: (
-            worker.supervise(store) is not None
-            and all(
-                r["status"] in ("finished", "failed")
-                for c in (single, parallel)
-                for r in store.runs(c)
-            )
-        ),
-        400,
-        "both comparisons",
-    )
+    wait_for(lambda: all_runs_ended(store, (single, parallel)), 400, "both comparisons")
     for run in store.runs(parallel):
         assert run["status"] == "finished", run["error"]
         if backend() == "cpu":
@@ -185,18 +145,7 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
     )
     uneven = worker.launch(config, store)
     odd_training = worker.launch(dataclasses.replace(config, data="", subset=63), store)
-    wait_for(
-        lambda: (
-            worker.supervise(store) is not None
-            and all(
-                r["status"] in ("finished", "failed")
-                for c in (uneven, odd_training)
-                for r in store.runs(c)
-            )
-        ),
-        400,
-        "both comparisons",
-    )
+    wait_for(lambda: all_runs_ended(store, (uneven, odd_training)), 400, "both comparisons")
 
     run = store.runs(uneven)[0]
     assert run["status"] == "finished", run["error"]
