@@ -99,11 +99,23 @@ def imdb_folder(imdb_archive, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def home(tmp_path, monkeypatch, imdb_folder) -> Path:
-    """An empty store whose data source is the extracted test archive."""
+def home(request, tmp_path, monkeypatch, imdb_folder) -> Path:
+    """An empty store whose data source is the extracted test archive: the home's SQLite
+    file, or (in a module marked both_backends, run once per backend) a new PostgreSQL
+    database named by FP8DEMO_STORE, which every process the test starts inherits."""
     monkeypatch.setenv("FP8DEMO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
+    monkeypatch.delenv("FP8DEMO_STORE", raising=False)
+    if getattr(request, "param", "sqlite") == "postgresql":
+        database = request.getfixturevalue("postgres_server").new_database()
+        monkeypatch.setenv("FP8DEMO_STORE", database)
     return tmp_path / "home"
+
+
+def pytest_generate_tests(metafunc):
+    """`home` on both backends where a module asks for it (pytestmark = both_backends)."""
+    if "home" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+        metafunc.parametrize("home", ["sqlite", "postgresql"], indirect=True)
 
 
 def train_comparison(home, imdb_folder, config, texts) -> dict:

@@ -4,7 +4,10 @@ import json
 import subprocess
 import sys
 
+import pytest
 from conftest import ROOT, backend
+
+pytestmark = pytest.mark.both_backends  # every command works on either store
 
 
 def cli(*args, env=None, timeout=600):

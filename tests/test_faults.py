@@ -10,6 +10,8 @@ from fp8demo import worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
+pytestmark = pytest.mark.both_backends  # faults end runs the same way on either store
+
 TINY = TrainConfig(subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16",), ptq=False)
 
 
@@ -163,5 +165,6 @@ def test_disk_full_while_saving_fails_the_run_clearly_and_keeps_the_store(home):
     )
     assert len(store.step_metrics(run_id)["step"]) == run["step"] > 0  # the curves are kept
     assert not store.run_dir(run_id).exists()  # no half-written weights
-    with sqlite3.connect(store.path) as conn:
-        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    if store.backend == "sqlite":  # the file on the full disk is intact (a server's is its own)
+        with sqlite3.connect(store.path) as conn:
+            assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"

@@ -12,6 +12,8 @@ from fp8demo import device, report, worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
+pytestmark = pytest.mark.both_backends  # the queue behaves the same on either store
+
 
 def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     store = Store(home)
