@@ -73,16 +73,29 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+# Vector extensions that decide XLA's CPU code: 512-bit integer work (dropout's random bits)
+# and native bf16 dot products.
+ISA_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
 def cpu_model() -> str:
-    """The CPU model name as lscpu reports it, with the number of CPUs."""
+    """The CPU model name as lscpu reports it, with its family/model/stepping and vector
+    extensions (cloud VMs often name every generation just "AMD EPYC"), and the CPU count."""
     import subprocess
 
     try:
         text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
         text = ""
-    fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
-    return f"{fields.get('Model name', 'unknown CPU').strip()}, {os.cpu_count()} CPUs"
+    fields = {
+        k.strip(): v.strip()
+        for k, v in (line.split(":", 1) for line in text.splitlines() if ":" in line)
+    }
+    name = fields.get("Model name", "unknown CPU")
+    generation = "/".join(fields.get(k, "?") for k in ("CPU family", "Model", "Stepping"))
+    flags = set(fields.get("Flags", "").split())
+    isa = " ".join(flag for flag in ISA_FLAGS if flag in flags) or "no AVX2"
+    return f"{name} (family/model/stepping {generation}; {isa}), {os.cpu_count()} CPUs"
 
 
 def load_average() -> str:

@@ -281,6 +281,8 @@ RUN_FIELDS = (
     "status",
     "phase",
     "worker_pid",
+    "host",
+    "slot",
     "epoch",
     "step",
     "total_steps",
@@ -307,15 +309,20 @@ def cmd_runs(args, store: Store) -> int:
     if args.json:
         print(json.dumps([run_json(r) for r in runs], indent=2))
         return 0
+    # A shared store: which host trained each run (a pid alone names no process there).
+    hosts = len({r["host"] for r in runs if r["host"]}) > 1
     print(
-        f"{'run':>4} {'cmp':>4} {'precision':<12} {'status':<12} {'pid':>7} {'epoch':>5} "
-        f"{'step':>6} {'test acc':>9}"
+        f"{'run':>4} {'cmp':>4} {'precision':<12} {'status':<12} {'pid':>7} "
+        + (f"{'host':<16} " if hosts else "")
+        + f"{'epoch':>5} {'step':>6} {'test acc':>9}"
     )
     for r in runs:
         acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
         print(
             f"{r['id']:>4} {r['comparison_id']:>4} {r['precision']:<12} {r['status']:<12} "
-            f"{r['worker_pid'] or '-':>7} {r['epoch']:>5} {r['step']:>6} {acc:>9}"
+            f"{r['worker_pid'] or '-':>7} "
+            + (f"{(r['host'] or '-')[:16]:<16} " if hosts else "")
+            + f"{r['epoch']:>5} {r['step']:>6} {acc:>9}"
         )
     if not runs:
         print("(no runs yet: python -m fp8demo train)")

@@ -29,7 +29,8 @@ from pages import common
 
 FIELDS = [f.name for f in dataclasses.fields(TrainConfig)]
 CUSTOM = "Custom"
-# Settings a preset leaves as the user chose them: they are about the launch, not the model.
+# Settings a preset leaves as the user chose them: they are about the launch, not the model,
+# unless the preset names them (an experiment about precisions sets its own).
 KEPT_BY_PRESETS = ("precisions", "data")
 OTHER_PAGES_PARAMS = ("comparison",)
 SAMPLE_REVIEW = "This movie was a wonderful surprise: sharp writing, and the acting is superb!"
@@ -68,10 +69,14 @@ def write_url(config: TrainConfig):
         st.query_params.from_dict(wanted)
 
 
+def kept_by(name: str) -> tuple:
+    """The settings preset `name` leaves as the user chose them."""
+    return tuple(k for k in KEPT_BY_PRESETS if k not in PRESETS[name])
+
+
 def matching_preset(config: TrainConfig) -> str:
-    kept = {k: getattr(config, k) for k in KEPT_BY_PRESETS}
     for name in PRESETS:
-        if preset(name, **kept) == config:
+        if preset(name, **{k: getattr(config, k) for k in kept_by(name)}) == config:
             return name
     return CUSTOM
 
@@ -82,8 +87,9 @@ def apply_preset():
         return
     values = preset(name)
     for field in FIELDS:
-        if field not in KEPT_BY_PRESETS:
-            st.session_state[field] = getattr(values, field)
+        if field not in kept_by(name):
+            value = getattr(values, field)
+            st.session_state[field] = list(value) if field == "precisions" else value
 
 
 # -- cached previews (import keras / keras_hub only when opened) ----------------------------
@@ -116,7 +122,8 @@ def settings_form():
         [CUSTOM, *PRESETS],
         key="preset",
         on_change=apply_preset,
-        help="Fills the settings below; precisions and data source are kept.",
+        help="Fills the settings below. Precisions and data source are kept, unless the "
+        "preset is about precisions (Where delayed scaling breaks trains four).",
     )
     if note := PRESET_NOTES.get(st.session_state.get("preset")):
         st.caption(f"{st.session_state['preset']}: {note}")

@@ -47,6 +47,9 @@ def test_train_then_predict(home):
         ("bf16", "finished"),
         ("fp8", "finished"),
     ]
+    from fp8demo.store import host_name
+
+    assert all(r["host"] == host_name() and r["slot"].isdigit() for r in runs)  # a pool slot
     fp8_run = runs[1]["id"]
     shown = json.loads(cli("show", str(fp8_run), "--json", env=env).stdout)
     assert len(shown["float8_layers"]) == 8

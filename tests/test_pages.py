@@ -345,6 +345,20 @@ def test_train_preset_fills_widgets_but_keeps_precisions(store_home, name):
     assert at.selectbox("preset").value == "Custom"
 
 
+def test_a_preset_about_precisions_sets_them(store_home):
+    """Where delayed scaling breaks is an experiment on four precisions: picking it sets them
+    (the data source stays the user's), and the page then names that preset."""
+    name = "Where delayed scaling breaks"
+    at = page("pages/train.py").run()
+    at.multiselect("precisions").set_value(["fp8", "float32"]).run()
+    at.selectbox("preset").set_value(name).run()
+    assert not at.exception, at.exception
+    assert at.multiselect("precisions").value == list(PRESETS[name]["precisions"])
+    assert at.number_input("lr").value == PRESETS[name]["lr"]
+    at.run()
+    assert at.selectbox("preset").value == name
+
+
 def test_train_launch_queues_and_switches_to_live(store_home, monkeypatch):
     switched = []
 
