@@ -426,8 +426,9 @@ def test_as_many_reviews_as_allowed(loaded):
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(tmp_path / "home")
+def store(tmp_path, store_url):
+    """An empty store on each backend: ids and artifacts are refused alike on both."""
+    return Store(tmp_path / "home", url=store_url)
 
 
 def _queued(store, precisions=("bf16",)):
@@ -452,7 +453,7 @@ RUN_IDS = [
 @pytest.mark.parametrize("run_id, message", RUN_IDS, ids=[repr(r) for r, _ in RUN_IDS])
 def test_bad_run_id(run_id, message, store):
     _queued(store)
-    message = message.format(path=store.path)
+    message = message.format(path=store.where)
     with pytest.raises(StoreError) as raised:
         store.run(run_id)
     assert str(raised.value) == message
@@ -461,7 +462,7 @@ def test_bad_run_id(run_id, message, store):
     assert str(raised.value) == message
     with pytest.raises(StoreError) as raised:  # cancel names the run without the path
         store.request_cancel(run_id)
-    assert str(raised.value) == message.replace(f" in {store.path}", "")
+    assert str(raised.value) == message.replace(f" in {store.where}", "")
     assert store.run(1)["status"] == "queued"  # the real run is untouched
 
 
@@ -486,10 +487,10 @@ def test_deleted_run(store):
     store.delete_comparison(comparison_id)
     with pytest.raises(StoreError) as raised:
         store.run(run_id)
-    assert str(raised.value) == f"There is no run {run_id} in {store.path}."
+    assert str(raised.value) == f"There is no run {run_id} in {store.where}."
     with pytest.raises(PredictError) as raised:
         load_run(store, run_id)
-    assert str(raised.value) == f"There is no run {run_id} in {store.path}."
+    assert str(raised.value) == f"There is no run {run_id} in {store.where}."
     assert [r["id"] for r in store.runs()] == [kept_run]  # only the deleted one is gone
 
 

@@ -46,11 +46,16 @@ def clear_streamlit_caches():
     st.cache_data.clear()
 
 
-@pytest.fixture
-def store_home(tmp_path, monkeypatch):
-    """An empty run store in a temp FP8DEMO_HOME; the pages open it through Store()."""
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_home(request, tmp_path, monkeypatch):
+    """An empty run store in a temp FP8DEMO_HOME, on each backend: the home's SQLite file or
+    a new PostgreSQL database named by FP8DEMO_STORE. The pages open it through Store()."""
     home = tmp_path / "home"
     monkeypatch.setenv("FP8DEMO_HOME", str(home))
+    monkeypatch.delenv("FP8DEMO_STORE", raising=False)
+    if request.param == "postgresql":
+        database = request.getfixturevalue("postgres_server").new_database()
+        monkeypatch.setenv("FP8DEMO_STORE", database)
     return home
 
 

@@ -65,8 +65,8 @@ def test_side_by_side_sequential_and_data_parallel_claims(tmp_path, store_url):
     assert store.queued_count() == 0
 
 
-def test_a_data_parallel_run_waits_for_the_runs_of_its_own_host_only(tmp_path):
-    store = Store(tmp_path / "home")
+def test_a_data_parallel_run_waits_for_the_runs_of_its_own_host_only(tmp_path, store_url):
+    store = Store(tmp_path / "home", url=store_url)
     one = TrainConfig(precisions=("bf16",))
     _, (on_a,) = store.create_comparison(one)
     _, (whole,) = store.create_comparison(dataclasses.replace(one, data_parallel=True))

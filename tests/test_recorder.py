@@ -7,6 +7,8 @@ from fp8demo.config import TrainConfig
 from fp8demo.recorder import Recorder, RunningMeans, per_batch_metrics
 from fp8demo.store import Store
 
+pytestmark = pytest.mark.both_backends  # runs record into either store
+
 
 def test_per_batch_values_from_running_means_across_an_epoch_boundary():
     # Epoch 0: batches of 4, 4 and 2 samples with losses 1.0, 0.5, 0.25 and accuracies

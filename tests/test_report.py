@@ -1,4 +1,5 @@
-"""Comparison reports on real SQLite stores: paired differences, seed statistics, CSV export."""
+"""Comparison reports on real stores (SQLite and PostgreSQL): paired differences, seed
+statistics, CSV export."""
 
 import csv
 import io
@@ -11,6 +12,8 @@ import pytest
 from fp8demo import report
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
+
+pytestmark = pytest.mark.both_backends  # reports read either store
 
 THREE = ("bf16", "fp8", "float32")
 

@@ -13,6 +13,8 @@ from fp8demo import sweep, worker
 from fp8demo.config import ConfigError, TrainConfig
 from fp8demo.store import Store, StoreError
 
+pytestmark = pytest.mark.both_backends  # the study and its trials live in either store
+
 # Learns within its first epoch, in seconds per run on a CPU.
 LEARNS = dict(
     subset=2000,
