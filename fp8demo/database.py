@@ -216,13 +216,16 @@ class Connection:
             except self._errors as e:  # from COMMIT (a serialization failure, a lost server)
                 raise _translated(e) from e
             return
-        self.execute("BEGIN IMMEDIATE")
         try:
+            self.execute("BEGIN IMMEDIATE")
             yield self
+            self.execute("COMMIT")
         except BaseException:
-            self.execute("ROLLBACK")
+            # Also when Ctrl+C lands just after BEGIN (it waits for the lock, and the interrupt
+            # is raised once it returns) or COMMIT failed: never leave the write lock held.
+            if self.raw.in_transaction:
+                self.raw.execute("ROLLBACK")
             raise
-        self.execute("COMMIT")
 
     def ddl(self, statement: str):
         """Run a schema statement written for SQLite, with this backend's column types."""

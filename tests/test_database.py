@@ -1,5 +1,6 @@
 """The database layer under the run store, on SQLite and on a real PostgreSQL server."""
 
+import sqlite3
 import threading
 
 import pytest
@@ -90,6 +91,33 @@ def test_a_transaction_commits_or_rolls_back_as_a_whole(db):
     assert [r[0] for r in conn.execute("SELECT b FROM pairs")] == ["kept"]
     conn.execute("INSERT INTO pairs VALUES (4, 'after', NULL)")  # the connection still works
     assert len(conn.execute("SELECT * FROM pairs").fetchall()) == 2
+
+
+def test_ctrl_c_just_after_begin_leaves_no_lock_held(tmp_path, monkeypatch):
+    """A Ctrl+C that arrives while BEGIN IMMEDIATE waits for SQLite's write lock is raised as
+    soon as BEGIN returns, before the block starts: the lock must still be released at once
+    (a worker's other thread, and every other process, would wait 30 s for it)."""
+    db = Database(f"sqlite:///{tmp_path / 'store.sqlite'}")
+    conn = db.connection()
+    conn.ddl(TABLES.split(";")[1])
+    begin = conn.execute
+
+    def interrupted_after_begin(sql, params=()):
+        result = begin(sql, params)
+        if sql == "BEGIN IMMEDIATE":
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(conn, "execute", interrupted_after_begin)
+    with pytest.raises(KeyboardInterrupt):
+        with conn.transaction():
+            raise AssertionError("the block must not run")
+    other = sqlite3.connect(db.path, timeout=0.1, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # "database is locked" if the interrupted one held on
+    other.execute("INSERT INTO pairs VALUES (1, 'other', NULL)")
+    other.execute("COMMIT")
+    monkeypatch.undo()
+    assert [r[0] for r in conn.execute("SELECT b FROM pairs")] == ["other"]
 
 
 def _claim(db, owner: str):
