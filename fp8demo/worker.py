@@ -13,6 +13,7 @@ and wait for runs that any host queues.
 """
 
 import errno
+import faulthandler
 import fcntl
 import functools
 import os
@@ -401,6 +402,8 @@ def main(
     (when the pool has other slots) so that its slot comes back on its own device.
     """
     store = store or Store()
+    # `kill -USR1 <pid>` prints every thread's stack to the worker's log: where a stuck one is.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     starts_the_pool = slot is None
     slot = int(slot or 0)
     slots = max(workers or default_slots(), slot + 1)

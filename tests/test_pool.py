@@ -262,12 +262,17 @@ def test_a_staying_pool_waits_for_work_and_ctrl_c_stops_it(home):
     recorded in the store while nothing is queued, train what is queued later, and Ctrl+C
     on the worker that started the pool stops every slot and removes them from the store."""
     store = Store(home)
-    pool = subprocess.Popen(
-        [sys.executable, "-m", "fp8demo", "worker", "--stay", "--workers", "2"],
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
+    log = home / worker.LOG_NAME  # both slots write here
+    with open(log, "ab") as output:
+        pool = subprocess.Popen(
+            [sys.executable, "-m", "fp8demo", "worker", "--stay", "--workers", "2"],
+            cwd=ROOT,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            # As from a terminal: a shell's background job (CI's, say) would pass SIGINT on
+            # ignored, and Python then never raises KeyboardInterrupt.
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        )
     try:
         wait_for(lambda: len(store.live_workers()) == 2, 60, "both slots")
         time.sleep(worker.IDLE_EXIT_SECONDS + 2)  # longer than a worker without --stay waits
@@ -276,7 +281,15 @@ def test_a_staying_pool_waits_for_work_and_ctrl_c_stops_it(home):
         wait_for(lambda: store.run(run_id)["status"] == "finished", 300, "the run")
         assert len(store.live_workers()) == 2
         pool.send_signal(signal.SIGINT)
-        assert pool.wait(30) == 130
+        try:
+            code = pool.wait(60)
+        except subprocess.TimeoutExpired:
+            pool.send_signal(signal.SIGUSR1)  # the stuck worker prints its threads' stacks
+            time.sleep(2)
+            raise AssertionError(
+                "Ctrl+C did not stop the pool:\n" + log.read_text()[-6000:]
+            ) from None
+        assert code == 130
         wait_for(lambda: not store.live_workers() and not worker.worker_pids(store), 30, "exit")
     finally:
         if pool.poll() is None:
