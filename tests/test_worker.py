@@ -158,11 +158,13 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
     prepared = tokenizer.prepare(store.comparison(uneven)["config"], home)
     model = model_lib.compile(load_run(store, run["id"]).model, config)
     test_loss, test_accuracy = model.evaluate(prepared.x_test, prepared.y_test, verbose=0)
-    assert run["test_loss"] == pytest.approx(test_loss, rel=1e-4)
+    # Other batch shapes compile other bf16 tilings: losses agree to well within bf16's
+    # precision (2e-4 apart seen on an Intel CPU), not bit for bit.
+    assert run["test_loss"] == pytest.approx(test_loss, rel=1e-3)
     assert run["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
     val_loss, val_accuracy = model.evaluate(prepared.x_val, prepared.y_val, verbose=0)
     epoch = store.epoch_metrics(run["id"])[-1]
-    assert epoch["val_loss"] == pytest.approx(val_loss, rel=1e-4)
+    assert epoch["val_loss"] == pytest.approx(val_loss, rel=1e-3)
     assert epoch["val_accuracy"] == pytest.approx(val_accuracy, abs=1e-6)
 
     refused = store.runs(odd_training)[0]
