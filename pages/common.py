@@ -167,6 +167,11 @@ def versions() -> dict:
 # -- formatting ---------------------------------------------------------------------------
 
 
+def widget_value(field: str, value):
+    """A TrainConfig value as its settings widget holds it (precisions: a multiselect's list)."""
+    return list(value) if field == "precisions" else value
+
+
 def fmt_seconds(seconds) -> str:
     if seconds is None:
         return "–"

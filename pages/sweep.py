@@ -108,8 +108,7 @@ def start_config(name: str) -> TrainConfig:
 
 def fill_fixed(config: TrainConfig):
     for name in FIELDS:
-        value = getattr(config, name)
-        st.session_state[f"{FORM}fixed_{name}"] = list(value) if name == "precisions" else value
+        st.session_state[f"{FORM}fixed_{name}"] = common.widget_value(name, getattr(config, name))
 
 
 def apply_start():

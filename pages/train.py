@@ -53,8 +53,7 @@ def init_state():
     saved = st.session_state["train_config"]
     for name in FIELDS:
         if name not in st.session_state:
-            value = getattr(saved, name)
-            st.session_state[name] = list(value) if name == "precisions" else value
+            st.session_state[name] = common.widget_value(name, getattr(saved, name))
 
 
 def current_config() -> TrainConfig:
@@ -85,11 +84,10 @@ def apply_preset():
     name = st.session_state["preset"]
     if name == CUSTOM:
         return
-    values = preset(name)
+    values, kept = preset(name), kept_by(name)
     for field in FIELDS:
-        if field not in kept_by(name):
-            value = getattr(values, field)
-            st.session_state[field] = list(value) if field == "precisions" else value
+        if field not in kept:
+            st.session_state[field] = common.widget_value(field, getattr(values, field))
 
 
 # -- cached previews (import keras / keras_hub only when opened) ----------------------------
