@@ -279,7 +279,11 @@ def test_invalid_settings_a_killed_worker_and_a_cancel_fail_trials_not_the_sweep
         "cancelled",
     ]
 
-    cancelled = wait_for(lambda: training(2), 300, "trial 2 to train")
+    # Supervised as every page refresh does: a worker that left before trial 2 was queued is
+    # restarted (the live pages and the CLI always do this; the test has no page open).
+    cancelled = wait_for(
+        lambda: worker.supervise(store) is not None and training(2), 300, "trial 2 to train"
+    )
     sweep.cancel_sweep(store, sweep_id)
     assert store.sweep(sweep_id)["state"] == "cancelled"
     wait_for(lambda: sweep.trial_rows(store, sweep_id)[2]["state"] == "failed", 60, "the cancel")
