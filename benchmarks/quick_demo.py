@@ -2,7 +2,7 @@
 
 Each repeat starts from nothing: a fresh store home (no worker, no review, vocabulary, token
 or XLA compilation cache), then launches the preset exactly as the Train page's Launch button
-does (worker.launch: queue the comparison, start the worker process) and watches the store
+does (launcher.launch: queue the comparison, start the worker process) and watches the store
 as the Live page does. Measured from Launch:
 
   phase shown     the first run's phase leaves "queued" (the worker claimed it)
@@ -37,7 +37,7 @@ TIMEOUT_S = 900
 
 def one_launch(preset_name: str, log=print) -> dict:
     """Launch the preset in a fresh home and time it by polling the store."""
-    from fp8demo import worker
+    from fp8demo import launcher
     from fp8demo.config import preset
     from fp8demo.store import ENDED, Store
 
@@ -46,7 +46,7 @@ def one_launch(preset_name: str, log=print) -> dict:
     seen = {}
     try:
         launched = time.perf_counter()
-        comparison_id = worker.launch(preset(preset_name), store, label="quick demo benchmark")
+        comparison_id = launcher.launch(preset(preset_name), store, label="quick demo benchmark")
         first = None
         while time.perf_counter() - launched < TIMEOUT_S:
             now = time.perf_counter() - launched
@@ -83,7 +83,7 @@ def one_launch(preset_name: str, log=print) -> dict:
         )
         return result
     finally:
-        pid = worker.worker_pid(store)
+        pid = launcher.worker_pid(store)
         if pid:  # the worker this launch started, still going after an error or a timeout
             os.kill(pid, signal.SIGTERM)
         shutil.rmtree(home, ignore_errors=True)

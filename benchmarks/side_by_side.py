@@ -1,6 +1,6 @@
 """What training bf16 and fp8 at the same time costs on this machine, against one after the other.
 
-The same bf16 + fp8 comparison is launched as the Train page launches it (worker.launch), with
+The same bf16 + fp8 comparison is launched as the Train page launches it (launcher.launch), with
 side_by_side "off" (one worker with every core, the precisions one after the other) and "on"
 (two workers, each pinned to half of the cores, both precisions at once), alternating the
 order from repeat to repeat. One store home serves every launch, after an untimed warm-up
@@ -34,27 +34,26 @@ TIMEOUT_S = 1800
 
 def wait_for_no_workers(store, timeout=120):
     """Every worker of the store has left (each launch starts its own, pinned as it asks)."""
-    from fp8demo import worker
+    from fp8demo import launcher
 
     deadline = time.time() + timeout
-    while worker.worker_pids(store):
+    while launcher.worker_pids(store):
         if time.time() > deadline:
             raise RuntimeError(
-                f"workers still alive after {timeout} s: {worker.worker_pids(store)}"
+                f"workers still alive after {timeout} s: {launcher.worker_pids(store)}"
             )
         time.sleep(0.5)
 
 
 def one_launch(store, config, mode: str, log=print) -> dict:
     """Launch the comparison with side_by_side=`mode` and time it by polling the store."""
-    from fp8demo import worker
+    from fp8demo import launcher
     from fp8demo.store import ENDED
 
     wait_for_no_workers(store)
     launched = time.time()
-    comparison_id = worker.launch(dataclasses.replace(config, side_by_side=mode), store, mode)
+    comparison_id = launcher.launch(dataclasses.replace(config, side_by_side=mode), store, mode)
     while True:
-        worker.supervise(store)
         runs = store.runs(comparison_id)
         if all(r["status"] in ENDED for r in runs):
             break

@@ -10,7 +10,6 @@ Conventions every figure follows:
 import math
 
 import numpy as np
-import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
@@ -35,19 +34,6 @@ AMAX_LOG2_RANGE = (-16.0, 16.0)
 # The automatic range spans these percentiles of a role's log2 amaxes, so a lone spike does not
 # squeeze every other step into one colour (the spike takes the top colour).
 AMAX_PERCENTILES = (1.0, 99.0)
-# Headroom heatmaps, log2 units: white at 0 (the scale fits the tensor tightly: healthy), red
-# below (clipped; barely tinted within rounding, -0.1), blue above (spare range; deep blue =
-# small values underflow). 0 sits at 4/20 of the range, -1 at 3/20.
-HEADROOM_RANGE = (-4.0, 16.0)
-HEADROOM_COLORS = [
-    [0.0, "#b2182b"],
-    [0.15, "#ef8a62"],
-    [0.195, "#fbe3d6"],
-    [0.2, "#f7f7f7"],
-    [0.3, "#e4eef6"],
-    [0.6, "#4393c3"],
-    [1.0, "#053061"],
-]
 # Points per plotted series after downsampling (TensorBoard samples 1,000 per scalar): enough
 # for a chart's pixel width, and what every viewer's browser receives each second on Live.
 MAX_POINTS = 1000
@@ -61,7 +47,7 @@ def color(precision: str) -> str:
     return COLORS.get(precision, FALLBACK_COLOR)
 
 
-def _f32(values) -> np.ndarray:
+def f32(values) -> np.ndarray:
     return np.asarray(values, dtype=np.float32)
 
 
@@ -207,7 +193,7 @@ def metric_figure(
             _add_step_traces(fig, c, x_all, smoothing, max_points)
         if len(c["val_values"]):
             _add_validation_traces(fig, c, x_axis)
-    _layout(
+    layout(
         fig,
         title or METRIC_TITLES.get(metric, metric),
         "step" if x_axis == "step" else "seconds since training started",
@@ -233,8 +219,8 @@ def _add_step_traces(fig, c, x_all, smoothing, max_points):
         keep = minmax_indices(values, max_points)
         fig.add_trace(
             go.Scattergl(
-                x=_f32(x_all[keep]),
-                y=_f32(values[keep]),
+                x=f32(x_all[keep]),
+                y=f32(values[keep]),
                 mode="lines",
                 line=dict(color=col, width=width, dash=c["dash"]),
                 opacity=opacity,
@@ -256,8 +242,8 @@ def _add_validation_traces(fig, c, x_axis):
         vx = np.interp(vx, c["steps"], c["times"]) if len(c["steps"]) else vx * np.nan
     fig.add_trace(
         go.Scatter(
-            x=_f32(vx),
-            y=_f32(c["val_values"]),
+            x=f32(vx),
+            y=f32(c["val_values"]),
             mode="markers",
             marker=dict(color=col, size=10, symbol="diamond", line=dict(color="white", width=1)),
             name=f"{c['label']} validation",
@@ -269,8 +255,8 @@ def _add_validation_traces(fig, c, x_axis):
         b = c["best"]
         fig.add_trace(
             go.Scatter(
-                x=_f32(vx[b : b + 1]),
-                y=_f32(c["val_values"][b : b + 1]),
+                x=f32(vx[b : b + 1]),
+                y=f32(c["val_values"][b : b + 1]),
                 mode="markers",
                 marker=dict(color=col, size=18, symbol="star", line=dict(color="black", width=1)),
                 name=f"{c['label']} best epoch",
@@ -337,7 +323,7 @@ def amax_heatmap(
     steps, amax_role = bucket_max(steps, np.asarray(amax_role, dtype=np.float32), max_columns)
     z = amax_log2(amax_role).T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
     z_range = AMAX_LOG2_RANGE if fixed_scale else amax_color_range(amax_role)
-    return _layer_heatmap(
+    return layer_heatmap(
         steps,
         z,
         layer_names,
@@ -351,7 +337,7 @@ def amax_heatmap(
     )
 
 
-def _layer_heatmap(
+def layer_heatmap(
     steps,
     z,
     layer_names,
@@ -367,7 +353,7 @@ def _layer_heatmap(
     """Rows = float8 layers (the model's order, top down), columns = steps; colours span z_range."""
     fig = go.Figure(
         go.Heatmap(
-            x=_f32(steps),
+            x=f32(steps),
             y=list(layer_names),
             z=z,
             zmin=z_range[0],
@@ -378,7 +364,7 @@ def _layer_heatmap(
             hovertemplate=f"%{{y}}<br>step %{{x}}<br>{z_title} %{{z:.2f}}<extra></extra>",
         )
     )
-    _layout(
+    layout(
         fig,
         title,
         "step",
@@ -424,8 +410,8 @@ def scales_figure(
             keep = minmax_indices(y, max_points)
             fig.add_trace(
                 go.Scattergl(
-                    x=_f32(steps[keep]),
-                    y=_f32(y[keep]),
+                    x=f32(steps[keep]),
+                    y=f32(y[keep]),
                     mode="lines",
                     name=name,
                     legendgroup=name,
@@ -436,7 +422,7 @@ def scales_figure(
                 row=1,
                 col=j + 1,
             )
-    _layout(
+    layout(
         fig,
         "float8 scales over training (scale = amax / fmax)",
         None,
@@ -487,19 +473,19 @@ def scale_change_figure(before: dict, after: dict, role="inputs", height=320) ->
         [
             go.Bar(
                 x=layers,
-                y=_f32([get(before, name) or np.nan for name in layers]),
+                y=f32([get(before, name) or np.nan for name in layers]),
                 name="before training",
                 marker_color="#c7c7c7",
             ),
             go.Bar(
                 x=layers,
-                y=_f32([get(after, name) or np.nan for name in layers]),
+                y=f32([get(after, name) or np.nan for name in layers]),
                 name="after training",
                 marker_color=COLORS["fp8"],
             ),
         ]
     )
-    _layout(
+    layout(
         fig,
         f"{ROLE_TITLES.get(role, role)} scale before vs after training",
         "float8 layer",
@@ -517,7 +503,7 @@ def _layer_order(before: dict, after: dict) -> list:
     return list(dict.fromkeys([*after, *before]))
 
 
-def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
+def layout(fig, title, x_title, y_title, *, uirevision, height=None):
     fig.update_layout(
         title=dict(text=title),
         uirevision=uirevision,
@@ -531,232 +517,3 @@ def _layout(fig, title, x_title, y_title, *, uirevision, height=None):
     if y_title is not None:
         fig.update_yaxes(title_text=y_title)
     return fig
-
-
-# -- fp8 numerics health ------------------------------------------------------------------
-
-
-def headroom_figure(
-    steps, headroom_role, layer_names, role="inputs", *, max_points=MAX_POINTS, height=360
-) -> go.Figure:
-    """log2 headroom per layer over time for one role; below 0 the tensor was clipped."""
-    fig = go.Figure()
-    steps = np.asarray(steps, dtype=np.float64)
-    for i, name in enumerate(layer_names):
-        values = np.asarray(headroom_role[:, i], dtype=np.float64)
-        keep = minmax_indices(np.nan_to_num(values, nan=0.0), max_points)
-        fig.add_trace(
-            go.Scattergl(
-                x=_f32(steps[keep]),
-                y=_f32(values[keep]),
-                mode="lines",
-                name=name,
-                line=dict(width=1.5),
-            )
-        )
-    fig.add_hline(y=0, line=dict(color="red", dash="dash"), annotation_text="clipping")
-    _layout(
-        fig,
-        f"Headroom of {ROLE_TITLES.get(role, role)} (log2 of representable max / amax)",
-        "step",
-        "log2 headroom",
-        uirevision=f"headroom-{role}",
-        height=height,
-    )
-    return _legend_below(fig)
-
-
-def _legend_below(fig: go.Figure) -> go.Figure:
-    """One entry per float8 layer is too many for the top right: put the legend underneath."""
-    fig.update_layout(
-        legend=dict(orientation="h", yanchor="top", y=-0.25, xanchor="left", x=0), margin=dict(b=90)
-    )
-    return fig
-
-
-def mark_overflows(fig: go.Figure, steps, overflow_role, layer_names) -> go.Figure:
-    """Overlay ✕ markers on an amax heatmap where a step overflowed its delayed scale."""
-    rows, cols = np.nonzero(np.asarray(overflow_role).T)  # (layer, step index)
-    if len(rows):
-        fig.add_trace(
-            go.Scatter(
-                x=_f32(np.asarray(steps)[cols]),
-                y=[layer_names[r] for r in rows],
-                mode="markers",
-                marker=dict(symbol="x", size=9, color="red", line=dict(width=1, color="white")),
-                name="overflow",
-                hovertemplate="overflow at step %{x}<br>%{y}<extra></extra>",
-            )
-        )
-    return fig
-
-
-def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -> go.Figure:
-    """Saturation and underflow (% of values) per layer at each probe, for one role.
-
-    stats_role: [probes, layers, (saturation, underflow)] fractions, as the store holds them.
-    """
-    fig = make_subplots(
-        rows=1,
-        cols=2,
-        subplot_titles=("saturation: % clipped", "underflow: % of nonzero flushed to 0"),
-    )
-    steps = _f32(steps)
-    palette = plotly.colors.qualitative.D3  # one colour per layer in both panels
-    for i, name in enumerate(layer_names):
-        line = dict(width=1.5, color=palette[i % len(palette)])
-        for k in range(2):
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=_f32(np.asarray(stats_role)[:, i, k] * 100),
-                    mode="lines+markers",
-                    marker=dict(size=4),
-                    line=line,
-                    name=name,
-                    legendgroup=name,
-                    showlegend=k == 0,
-                    hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}} %<extra></extra>",
-                ),
-                row=1,
-                col=k + 1,
-            )
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(title_text="% of values", rangemode="tozero")
-    _layout(
-        fig,
-        f"Probe batch: {ROLE_TITLES.get(role, role)} under the scale in use",
-        None,
-        None,
-        uirevision=f"probe-{role}",
-        height=height,
-    )
-    fig.update_layout(margin=dict(t=80))
-    return _legend_below(fig)
-
-
-def headroom_heatmap(
-    steps, headroom_role, layer_names, title, *, uirevision, max_columns=MAX_COLUMNS, height=None
-) -> go.Figure:
-    """Heatmap of log2 headroom: rows = float8 layers, columns = steps; red cells clipped.
-
-    Bucketed by the minimum (the worst step in each column stays visible).
-    """
-    values = np.nan_to_num(np.asarray(headroom_role, np.float32), nan=np.inf)
-    steps, lowest = bucket_max(steps, -values, max_columns)
-    z = -lowest.T if len(steps) else np.zeros((len(layer_names), 0), np.float32)
-    z = np.where(np.isfinite(z), z, np.nan).astype(np.float32)
-    return _layer_heatmap(
-        steps,
-        z,
-        layer_names,
-        title,
-        HEADROOM_RANGE,
-        HEADROOM_COLORS,
-        "log2 headroom",
-        uirevision=uirevision,
-        height=height,
-    )
-
-
-# -- scaling recipes (what-if on the probe batch) ------------------------------------------
-
-# One colour per recipe; a recipe some precision trains with shares that precision's colour.
-RECIPE_COLORS = {
-    "delayed": "#ff7f0e",  # fp8
-    "current": "#d62728",  # fp8-current
-    "rowwise": "#9467bd",  # fp8-rowwise
-    "block128": "#8c564b",  # fp8-block128
-    "mxfp8": "#e377c2",  # mxfp8
-    "mxfp8-floor": "#bcbd22",
-    "nvfp4": "#17becf",
-}
-# Fixed SNR colour range, dB: E4M3 rounding alone gives about 31 dB, E5M2 25, E2M1 (4-bit)
-# about 20; lower means values lost to underflow or clipping. Exact cells take the top colour.
-SNR_RANGE = (0.0, 40.0)
-
-
-def _snr_text(value, unit="") -> str:
-    if np.isnan(value):
-        return ""
-    return "exact" if value == np.inf else f"{value:.1f}{unit}"
-
-
-def recipe_heatmap(latest, layer_names, recipes, step=None, *, height=None) -> go.Figure:
-    """SNR (dB) of every float8 tensor (rows: layer · role) under every recipe (columns), at
-    one probe; the hover shows underflow %, saturation % and SNR.
-
-    latest: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)], as one probe of
-    Store.fp8_recipes; SNR is +inf where quantization is exact (shown as "exact").
-    """
-    latest = np.asarray(latest, np.float32)
-    rows = [f"{name} · {ROLE_TITLES[role]}" for name in layer_names for role in ROLES]
-    by_tensor = latest.reshape(len(rows), len(recipes), 3)
-    snr = by_tensor[:, :, 2]
-    fig = go.Figure(
-        go.Heatmap(
-            x=list(recipes),
-            y=rows,
-            z=_f32(np.clip(snr, *SNR_RANGE)),
-            zmin=SNR_RANGE[0],
-            zmax=SNR_RANGE[1],
-            colorscale="Viridis",
-            colorbar=dict(title=dict(text="SNR dB")),
-            text=[[_snr_text(v) for v in row] for row in snr],
-            texttemplate="%{text}",
-            customdata=[
-                [[u, s, _snr_text(v, " dB")] for u, s, v in row.tolist()] for row in by_tensor
-            ],
-            hoverongaps=False,
-            hovertemplate="%{y}<br>recipe %{x}<br>SNR %{customdata[2]}<br>"
-            "underflow %{customdata[0]:.3~g} %<br>saturation %{customdata[1]:.3~g} %"
-            "<extra></extra>",
-        )
-    )
-    when = "" if step is None else f" (probe at step {int(step):,})"
-    _layout(
-        fig,
-        f"What-if: SNR of each float8 tensor under each scaling recipe{when}",
-        "scaling recipe",
-        None,
-        uirevision="recipe-heatmap",
-        height=height or max(320, 90 + 22 * len(rows)),
-    )
-    fig.update_yaxes(autorange="reversed", automargin=True)
-    return fig
-
-
-def recipe_probe_figure(steps, stats_tensor, recipes, tensor, *, height=360) -> go.Figure:
-    """One tensor over the probes: SNR, underflow % and saturation %, a line per recipe.
-
-    stats_tensor: [probes, recipes, (underflow_pct, saturation_pct, snr_db)]; exact
-    quantization (SNR +inf) leaves a gap in the SNR panel.
-    """
-    stats_tensor = np.asarray(stats_tensor, np.float32)
-    panels = ((2, "SNR (dB)"), (0, "underflow: % of nonzero flushed to 0"), (1, "saturation: %"))
-    fig = make_subplots(rows=1, cols=3, subplot_titles=[title for _, title in panels])
-    steps = _f32(steps)
-    for k, recipe in enumerate(recipes):
-        line = dict(width=1.5, color=RECIPE_COLORS.get(recipe, FALLBACK_COLOR))
-        for c, (n, _) in enumerate(panels):
-            values = stats_tensor[:, k, n] if len(steps) else np.zeros(0, np.float32)
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=_f32(np.where(np.isfinite(values), values, np.nan)),
-                    mode="lines+markers",
-                    marker=dict(size=4),
-                    line=line,
-                    name=recipe,
-                    legendgroup=recipe,
-                    showlegend=c == 0,
-                    hovertemplate=f"{recipe}<br>step %{{x}}: %{{y:.3g}}<extra></extra>",
-                ),
-                row=1,
-                col=c + 1,
-            )
-    fig.update_xaxes(title_text="step")
-    fig.update_yaxes(rangemode="tozero")
-    _layout(fig, f"{tensor} over the probes, by recipe", None, None, uirevision=f"recipes-{tensor}")
-    fig.update_layout(height=height, margin=dict(t=80))
-    return _legend_below(fig)

@@ -6,6 +6,7 @@ and the CLI its flags; `from_strings` parses the text of both.
 """
 
 import dataclasses
+import difflib
 import json
 from dataclasses import dataclass
 
@@ -27,6 +28,16 @@ RESERVED_TOKENS = ("[PAD]", "[UNK]")
 
 class ConfigError(ValueError):
     """A configuration that cannot be trained; the message says what to change."""
+
+
+def whole_number_problem(name: str, value, low: int, high: int, why_low: str = "") -> str:
+    """What is wrong with a whole-number setting, or "" when it is in [low, high]."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"{name} must be a whole number, got {value!r}."
+    if not low <= value <= high:
+        why = why_low if value < low else ""
+        return f"{name} must be between {low:,} and {high:,}, got {value:,}{why}."
+    return ""
 
 
 def setting(default, help: str, choices: tuple = (), flag: str = ""):
@@ -69,8 +80,8 @@ class TrainConfig:
     )
     ptq: bool = setting(
         True,
-        "evaluate the bf16 run's post-training int8 and int4 (weight-only) quantization, "
-        "when first shown (Results, Predict, show)",
+        "evaluate the bf16 run's post-training int8 and int4 (weight-only) quantization "
+        "after training, as queued work for a worker (Results and show can ask later too)",
     )
     # The example overfits after epoch 1, hence the option to keep its best epoch.
     restore_best: bool = setting(
@@ -116,49 +127,50 @@ class TrainConfig:
     )
 
     def errors(self) -> list[str]:
-        """Every problem with this configuration, as sentences a user can act on.
-
-        Long on purpose: one flat check per field, in field order, so every rule of the
-        schema reads in one place.
-        """
-        problems = []
-
-        def check_int(name, low, high, why_low=""):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
-                problems.append(f"{name} must be a whole number, got {value!r}.")
-                return False
-            if not low <= value <= high:
-                why = why_low if value < low else ""
-                problems.append(f"{name} must be between {low:,} and {high:,}, got {value:,}{why}.")
-                return False
-            return True
-
-        check_int("epochs", 1, 1000)
-        check_int("batch_size", 1, 65536)
-        check_int("seed", 0, 2**31 - 1)
-        check_int(
-            "vocab_size",
-            64,
-            1_000_000,
-            why_low=(
-                f": the vocabulary holds the reserved tokens {' and '.join(RESERVED_TOKENS)} plus "
-                "the single letters, digits and punctuation that WordPiece starts from"
-            ),
+        """Every problem with this configuration, as sentences a user can act on, in field
+        order: whole numbers, real numbers, choices, precisions, then types."""
+        return (
+            self.whole_number_errors()
+            + self.real_number_errors()
+            + self.choice_errors()
+            + self.precision_errors()
+            + self.type_errors()
         )
-        check_int("seq_len", 4, 32768)
-        hidden_ok = check_int("hidden_dim", 1, 65536)
-        heads_ok = check_int("heads", 1, 256)
-        check_int("intermediate_dim", 1, 262144)
-        check_int("subset", 0, 1_000_000)
-        check_int("early_stopping", 0, 1000)
-        check_int("amax_history_length", 1, 65536)
-        check_int("probe_every", 0, 1_000_000)
-        if hidden_ok and heads_ok and self.hidden_dim % self.heads:
-            problems.append(
+
+    def whole_number_errors(self) -> list[str]:
+        vocab_why = (
+            f": the vocabulary holds the reserved tokens {' and '.join(RESERVED_TOKENS)} plus "
+            "the single letters, digits and punctuation that WordPiece starts from"
+        )
+        ranges = {
+            "epochs": (1, 1000),
+            "batch_size": (1, 65536),
+            "seed": (0, 2**31 - 1),
+            "vocab_size": (64, 1_000_000, vocab_why),
+            "seq_len": (4, 32768),
+            "hidden_dim": (1, 65536),
+            "heads": (1, 256),
+            "intermediate_dim": (1, 262144),
+            "subset": (0, 1_000_000),
+            "early_stopping": (0, 1000),
+            "amax_history_length": (1, 65536),
+            "probe_every": (0, 1_000_000),
+        }
+        problems = {
+            name: whole_number_problem(name, getattr(self, name), *limits)
+            for name, limits in ranges.items()
+        }
+        found = [problem for problem in problems.values() if problem]
+        shape_ok = not problems["hidden_dim"] and not problems["heads"]
+        if shape_ok and self.hidden_dim % self.heads:
+            found.append(
                 f"hidden_dim ({self.hidden_dim}) must be divisible by heads ({self.heads}): "
                 "each attention head gets hidden_dim / heads dimensions."
             )
+        return found
+
+    def real_number_errors(self) -> list[str]:
+        problems = []
         numbers = set()
         for name in ("dropout", "lr"):
             value = getattr(self, name)
@@ -170,39 +182,41 @@ class TrainConfig:
             problems.append(f"dropout must be in [0, 1), got {self.dropout}.")
         if "lr" in numbers and not 0.0 < self.lr <= 10.0:
             problems.append(f"lr must be greater than 0 (and at most 10), got {self.lr}.")
-        if self.vocab_method not in VOCAB_METHODS:
-            problems.append(
-                f"vocab_method must be one of {', '.join(VOCAB_METHODS)}, "
-                f"got {self.vocab_method!r}."
-            )
-        if self.dropout_masks not in DROPOUT_MASKS:
-            problems.append(
-                f"dropout_masks must be one of {', '.join(DROPOUT_MASKS)}, "
-                f"got {self.dropout_masks!r}."
-            )
-        if self.side_by_side not in SIDE_BY_SIDE:
-            problems.append(
-                f"side_by_side must be one of {', '.join(SIDE_BY_SIDE)}, got {self.side_by_side!r}."
-            )
+        return problems
+
+    def choice_errors(self) -> list[str]:
+        choices = {
+            "vocab_method": VOCAB_METHODS,
+            "dropout_masks": DROPOUT_MASKS,
+            "side_by_side": SIDE_BY_SIDE,
+        }
+        return [
+            f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}."
+            for name, allowed in choices.items()
+            if getattr(self, name) not in allowed
+        ]
+
+    def precision_errors(self) -> list[str]:
         # A bare string would be read letter by letter ("bf16" → b, f, 1, 6).
-        listed = isinstance(self.precisions, (tuple, list))
-        precisions = tuple(self.precisions) if listed else ()
-        unknown = [p for p in precisions if p not in PRECISIONS]
-        if not listed:
-            problems.append(
+        if not isinstance(self.precisions, (tuple, list)):
+            return [
                 f"precisions must be a list of names (bf16, fp8, float32), got {self.precisions!r}."
-            )
-        elif unknown:
-            problems.append(
+            ]
+        precisions = tuple(self.precisions)
+        unknown = [p for p in precisions if p not in PRECISIONS]
+        if unknown:
+            return [
                 f"Unknown precision {', '.join(map(str, unknown))}: "
                 f"choose from {', '.join(PRECISIONS)}."
-            )
-        elif not precisions:
-            problems.append("Choose at least one precision (bf16, fp8 or float32).")
-        elif len(set(precisions)) != len(precisions):
-            problems.append("Each precision may appear only once.")
-        if not isinstance(self.data, str):
-            problems.append("data must be a path (text).")
+            ]
+        if not precisions:
+            return ["Choose at least one precision (bf16, fp8 or float32)."]
+        if len(set(precisions)) != len(precisions):
+            return ["Each precision may appear only once."]
+        return []
+
+    def type_errors(self) -> list[str]:
+        problems = [] if isinstance(self.data, str) else ["data must be a path (text)."]
         for name in ("quantize_head", "ptq", "restore_best", "data_parallel"):
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false.")
@@ -246,8 +260,6 @@ class TrainConfig:
         fields = {f.name: f for f in dataclasses.fields(cls)}
         for name, raw in values.items():
             if name not in fields:
-                import difflib
-
                 close = difflib.get_close_matches(str(name), list(fields), n=1)
                 hint = f" (did you mean {close[0]}?)" if close else ""
                 problems.append(f"Unknown setting {name!r}{hint}.")

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 import fp8demo.env  # noqa: F401  (sets KERAS_BACKEND before keras is imported)
+from fp8demo.paths import default_home, pid_alive
 
 URL = "https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz"
 SHA256 = "c40f74a18d3b61f90feba1e17730e0d38e8b97c05fde7008942e91923d1658fe"
@@ -60,8 +61,6 @@ def resolve_source(
     itself unless an extraction of it exists (read_splits reads the reviews from either, and
     unpacking 50,000 small files costs far more than reading them from the archive once).
     """
-    from fp8demo.store import default_home
-
     home = Path(home) if home else default_home()
     named = data or os.environ.get("FP8DEMO_IMDB", "")
     if named:
@@ -76,7 +75,7 @@ def resolve_source(
             return packed_archive(path, home / "data")
         return extract_archive(path, home / "data", progress=progress)
 
-    cached = _cached_extractions(home)
+    cached = cached_extractions(home)
     if cached:
         root = cached[0].parent
         return root, root.parent.name
@@ -84,7 +83,7 @@ def resolve_source(
     return extract_archive(archive, home / "data", progress=progress)
 
 
-def _cached_extractions(home: Path) -> list:
+def cached_extractions(home: Path) -> list:
     """The completion markers of the extractions already in the cache, in a stable order."""
     return sorted((home / "data").glob("*/aclImdb/.complete"))
 
@@ -95,14 +94,12 @@ def default_source_description(home: Path | None = None) -> str:
     FP8DEMO_IMDB when set (a launch records it as the runs' data), else an extraction already
     in the cache, else the original archive downloaded once into the cache.
     """
-    from fp8demo.store import default_home
-
     home = Path(home) if home else default_home()
     named = os.environ.get("FP8DEMO_IMDB", "")
     if named:
         gone = " (which does not exist)" if missing_path(named) else ""
         return f"FP8DEMO_IMDB = {Path(named).expanduser()}{gone}"
-    if _cached_extractions(home):
+    if cached_extractions(home):
         return f"the IMDB reviews already extracted in {home / 'data'}"
     return f"the IMDB archive, downloaded once into {home / 'data'}"
 
@@ -200,8 +197,6 @@ def extract_archive(archive: Path, folder: Path, progress=print) -> tuple[Path, 
 
 def _remove_abandoned_extractions(scratch_folder: Path, fingerprint: str):
     """Scratch folders of this archive whose process was killed mid-extraction."""
-    from fp8demo.store import pid_alive
-
     for scratch in scratch_folder.glob(f"{fingerprint}-*"):
         pid = scratch.name.rsplit("-", 1)[1]
         if not (pid.isdigit() and pid_alive(int(pid)) and int(pid) != os.getpid()):
@@ -357,8 +352,6 @@ def read_splits(root: Path, fingerprint: str, subset: int = 0, home=None) -> dic
     """{split name: Split} from the review cache of this data and subset, else from the
     review files (then cached): one array file instead of listing, reading and lowercasing
     thousands of files."""
-    from fp8demo.store import default_home
-
     path = (
         (Path(home) if home else default_home())
         / "cache"

@@ -6,6 +6,12 @@ the SQL the store writes: `?` placeholders, `INSERT … RETURNING id`, `INSERT �
 DO UPDATE`, and `SELECT … FOR UPDATE [SKIP LOCKED]` for row locks (dropped on SQLite, whose
 write transaction already locks the whole file).
 
+Every difference between the two lives here, behind Database and Connection: the schema's
+one-time setup (schema_transaction: SQLite's file checks and stamp, PostgreSQL's advisory
+lock), named locks among all processes (Database.exclusive), the transaction-scoped lock of
+rules that read many rows (Connection.serialize), and whether hosts share the database
+(Database.shared_between_hosts). The store above it has no `if backend`.
+
 Why psycopg 3 and not SQLAlchemy Core: the store is hand-written SQL in the subset both
 databases share, so a layer only needs to translate placeholders and column types; SQLAlchemy
 would mean rewriting every statement as expressions (or text() with other placeholders) and
@@ -19,8 +25,11 @@ import functools
 import re
 import sqlite3
 import threading
+import zlib
 from pathlib import Path
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from fp8demo.paths import hold_lock
 
 BACKENDS = ("sqlite", "postgresql")
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable server answers with a message, not a hang
@@ -28,6 +37,16 @@ URL_FORMS = (
     "Use sqlite:///relative/path.sqlite, sqlite:////absolute/path.sqlite or "
     "postgresql://user[:password]@host[:port]/database."
 )
+# PRAGMA application_id of every SQLite store ("fp8d" in ASCII): tells a run store apart from
+# another program's database at the same path. On PostgreSQL, the first key of every advisory
+# lock the store takes (other programs sharing the server use other keys).
+APPLICATION_ID = 0x66703864
+SQLITE_HEADER = b"SQLite format 3\x00"  # the first bytes of every (non-empty) SQLite file
+# Store files this process has opened and accepted. Their header is never read again: closing
+# any file descriptor of a file drops every POSIX lock the process holds on it, SQLite's too,
+# and another process could then write under a live connection (a corrupt store).
+_accepted_paths = set()
+MOVE_IT = "Move it away or set FP8DEMO_HOME to another folder."
 
 
 class StoreError(RuntimeError):
@@ -227,6 +246,13 @@ class Connection:
                 self.raw.execute("ROLLBACK")
             raise
 
+    def serialize(self, name: str):
+        """Within a transaction, wait until no other transaction that serializes on `name`
+        runs (for rules that read many rows, not one: claims). PostgreSQL: a transaction-scoped
+        advisory lock. SQLite: nothing to do, BEGIN IMMEDIATE already serialises every writer."""
+        if self.backend == "postgresql":
+            self.execute("SELECT pg_advisory_xact_lock(?, ?)", _lock_key(name))
+
     def ddl(self, statement: str):
         """Run a schema statement written for SQLite, with this backend's column types."""
         if self.backend == "postgresql":
@@ -271,6 +297,11 @@ class Connection:
                 self.raw.close()
 
 
+def _lock_key(name: str) -> tuple[int, int]:
+    """The two 32-bit keys of PostgreSQL's advisory lock called `name`."""
+    return APPLICATION_ID, int.from_bytes(zlib.crc32(name.encode()).to_bytes(4), signed=True)
+
+
 def _postgres_params(params):
     """SQLite stores True as 1; PostgreSQL refuses a boolean for an integer column."""
     return tuple(int(p) if p.__class__ is bool else p for p in params)
@@ -280,7 +311,7 @@ def _postgres_params(params):
 def _driver_errors(backend: str) -> type | tuple:
     if backend == "sqlite":
         return sqlite3.Error
-    import psycopg
+    import psycopg  # lazy: only a PostgreSQL store needs the driver
 
     return psycopg.Error
 
@@ -299,15 +330,31 @@ def _translated(error: Exception) -> Error:
 
 
 class Database:
-    """A store's database: its URL and one connection per thread, opened on first use."""
+    """A store's database: its URL and one connection per thread, opened on first use.
 
-    def __init__(self, url: str):
+    lock_folder: where exclusive() keeps its lock files on SQLite (default: the file's folder).
+    """
+
+    def __init__(self, url: str, lock_folder=None):
         self.backend, self.target = parse_url(url)
         self.url = url if self.backend == "sqlite" else self.target
         # Where messages say the store is: the file, or the URL without its password.
         self.where = self.target if self.backend == "sqlite" else redact(self.target)
         self.path = Path(self.target) if self.backend == "sqlite" else None
+        if self.backend == "sqlite":
+            self.lock_folder = Path(lock_folder) if lock_folder else self.path.parent
+            self.elsewhere = "set FP8DEMO_HOME to another folder"  # how to use another store
+            self.move_it = MOVE_IT
+        else:
+            self.lock_folder = None
+            self.elsewhere = "another database (FP8DEMO_STORE or --store)"
+            self.move_it = f"Use {self.elsewhere}."
         self._local = threading.local()
+
+    @property
+    def shared_between_hosts(self) -> bool:
+        """A server that workers of several hosts reach (PostgreSQL), not a file of one host."""
+        return self.backend == "postgresql"
 
     def connection(self) -> Connection:
         """This thread's connection (a new one when there is none or the server dropped it)."""
@@ -326,7 +373,7 @@ class Database:
             raw.row_factory = sqlite3.Row
             raw.execute("PRAGMA busy_timeout = 30000")
             return Connection(raw, "sqlite")
-        import psycopg
+        import psycopg  # lazy: only a PostgreSQL store needs the driver
 
         options = {"autocommit": True, "row_factory": _rows, "application_name": "fp8demo"}
         # No server-side prepared statements: a `SELECT *` prepared before another process
@@ -345,6 +392,106 @@ class Database:
                 "SQLite store."
             ) from None
         return Connection(raw, "postgresql")
+
+    # -- the store's schema, once per database ------------------------------------------
+
+    @contextlib.contextmanager
+    def schema_transaction(self, unstamped_store):
+        """The transaction that creates, migrates or accepts the store's tables, one process
+        at a time however many open the store at once. SQLite refuses, writing nothing, a file
+        that is not SQLite or is another program's database (unstamped_store(conn) recognises a
+        store written before the application_id stamp), then stamps it and turns on WAL.
+        PostgreSQL serialises on an advisory lock (the database may hold other tables: Optuna's
+        study). A database error becomes a StoreError that says what to do."""
+        if self.backend == "sqlite":
+            with self._sqlite_schema_transaction(unstamped_store) as conn:
+                yield conn
+            return
+        conn = self.connection()
+        try:
+            with conn.transaction():
+                conn.serialize("schema")
+                yield conn
+        except Error as e:
+            raise StoreError(
+                f"The run store {self.where} is not usable: {e}. Its user needs to be "
+                "allowed to create tables there (for example the database's owner)."
+            ) from e
+
+    @contextlib.contextmanager
+    def _sqlite_schema_transaction(self, unstamped_store):
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise StoreError(f"Cannot create the folder of the run store {self.path}: {e}") from e
+        if self.path.resolve() not in _accepted_paths:
+            self._refuse_a_file_that_is_not_sqlite()
+        conn = self.connection()
+        try:
+            # Every check runs inside the write lock, before the first write: a refused file
+            # keeps its bytes, and two processes opening a new store create it once.
+            with conn.transaction():
+                self._refuse_another_programs_database(conn, unstamped_store)
+                yield conn
+                # Unstamped stores are recognised by their schema; stamp them too.
+                conn.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = NORMAL")
+            _accepted_paths.add(self.path.resolve())
+        except Error as e:
+            raise StoreError(f"The run store {self.path} is not usable: {e}. {MOVE_IT}") from e
+
+    def _refuse_a_file_that_is_not_sqlite(self):
+        """A clear answer for notes, an archive, … at the store's path (SQLite says less)."""
+        try:
+            with open(self.path, "rb") as f:
+                header = f.read(len(SQLITE_HEADER))
+        except (FileNotFoundError, IsADirectoryError):
+            return  # a new store, or a folder: sqlite3.connect names that problem
+        except OSError as e:
+            raise StoreError(f"Cannot read the run store {self.path}: {e.strerror}.") from e
+        if header and header != SQLITE_HEADER:
+            raise StoreError(
+                f"{self.path} is not an fp8demo run store: it is not a SQLite "
+                f"database at all. {MOVE_IT}"
+            )
+
+    def _refuse_another_programs_database(self, conn, unstamped_store):
+        """StoreError for a SQLite database that holds something, but not a run store."""
+        application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+        if application_id == APPLICATION_ID:
+            return
+        tables = conn.tables()
+        if application_id == 0 and (not tables or unstamped_store(conn)):
+            return  # a new, empty database, or a store written before the stamp
+        what = (
+            f"it holds {', '.join(tables)}"
+            if tables
+            else f"its application_id is {application_id:#x}"
+        )
+        raise StoreError(
+            f"{self.path} is a SQLite database of another program ({what}), not "
+            f"an fp8demo run store; it was left untouched. {MOVE_IT}"
+        )
+
+    # -- a lock shared by every process of the store ------------------------------------
+
+    @contextlib.contextmanager
+    def exclusive(self, name: str):
+        """Hold `name` exclusively among all processes of this database while the with-block
+        runs: a file in lock_folder on SQLite (one host), an advisory lock on PostgreSQL
+        (every host; the server releases it when its holder dies)."""
+        if self.backend == "sqlite":
+            with hold_lock(self.lock_folder / f"{name}.lock"):
+                yield
+            return
+        key = _lock_key(name)
+        conn = self.connection()
+        conn.execute("SELECT pg_advisory_lock(?, ?)", key)
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(?, ?)", key)
 
     def close(self):
         """Close this thread's connection (others close when their thread ends)."""

@@ -4,8 +4,12 @@ Import this module before keras/jax/tensorflow. It must stay cheap: the dashboar
 imports it on first paint.
 """
 
+import contextlib
+import importlib.machinery
+import logging
 import os
 import shutil
+import sys
 
 
 def has_nvidia_gpu() -> bool:
@@ -13,7 +17,9 @@ def has_nvidia_gpu() -> bool:
     return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
 
 
-def configure() -> None:
+def configure(quiet: bool = False) -> None:
+    """Settings for Keras, JAX and TensorFlow; `quiet` (the CLI without --verbose) also hides
+    their start-up lines, which say nothing about the command's result."""
     os.environ.setdefault("KERAS_BACKEND", "jax")
     # TensorFlow only reads data; quiet its C++ logging.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -23,6 +29,54 @@ def configure() -> None:
         os.environ["JAX_PLATFORMS"] = "cpu"
     # Dashboard and worker may share a GPU: do not grab 75 % of its memory.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+    if quiet:
+        quiet_start_up()
+
+
+def quiet_start_up() -> None:
+    """Hide the libraries' start-up lines in this process: TensorFlow's C++ ones (oneDNN, "Could
+    not find cuda drivers", written while its libraries load, before any log level applies),
+    absl's and JAX's backend warnings. Real errors still raise."""
+    if not any(isinstance(finder, _QuietTensorFlow) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _QuietTensorFlow())
+    for name in ("absl", "jax._src.xla_bridge"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+@contextlib.contextmanager
+def quiet_stderr():
+    """Point file descriptor 2 at /dev/null for the block: C++ code writes there directly."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+class _QuietTensorFlow:
+    """An import hook: `import tensorflow`, wherever it happens (keras imports it too), runs
+    under quiet_stderr; then the hook steps aside."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow":
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                with quiet_stderr():
+                    load(module)
+
+            spec.loader.exec_module = exec_module
+        return spec
 
 
 configure()
@@ -48,7 +102,7 @@ def use_compilation_cache(home) -> str | None:
     path = os.path.join(os.fspath(home), "cache", "xla")
     if path == _compilation_cache_dir:
         return path
-    import jax
+    import jax  # lazy: jax loads in ~3 s
     from jax.experimental.compilation_cache import compilation_cache
 
     jax.config.update("jax_persistent_cache_min_compile_time_secs", COMPILATION_CACHE_MIN_SECONDS)
@@ -63,7 +117,7 @@ def use_compilation_cache(home) -> str | None:
 
 def tensorflow():
     """Import TensorFlow for data work only: JAX owns the GPU, so hide it from TF."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow loads in ~5 s
 
     try:
         tf.config.set_visible_devices([], "GPU")

@@ -23,6 +23,8 @@ import functools
 import math
 import warnings
 
+import numpy as np
+
 import fp8demo.env  # noqa: F401
 from fp8demo import fp8
 from fp8demo import recipes as recipes_lib
@@ -38,7 +40,7 @@ HEAD = "classifier"
 
 def build(config: TrainConfig, precision: str):
     """A fresh model for `precision`; seeds Keras first so every precision starts equal."""
-    import keras
+    import keras  # lazy: keras loads in ~3 s
     import keras_hub
 
     previous = keras.config.dtype_policy()
@@ -80,6 +82,7 @@ def quantize_fp8(model, config: TrainConfig):
     def selected(layer):
         return config.quantize_head or layer.name != HEAD
 
+    # lazy: keras loads in ~3 s
     from keras.src.dtype_policies.dtype_policy import QuantizedFloat8DTypePolicy
 
     # quantize() takes no history length: each layer reads this class default when it
@@ -141,8 +144,7 @@ def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
     emits, the pattern XLA's GPU rewrite turns into FP8 GEMMs (like Keras, it applies the
     scale in `dtype`, bf16 in the model).
     """
-    import jax.numpy as jnp
-    import numpy as np
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
     from keras import quantizers
 
     fmt = recipes_lib.recipe_format(recipe, role)
@@ -164,7 +166,7 @@ def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
 
 def recipe_float8_call(layer, recipe: str, inputs, training=None):
     """A float8 Dense/EinsumDense layer's call with `recipe`'s scales (see use_recipe)."""
-    from keras import ops, quantizers
+    from keras import ops, quantizers  # lazy: keras loads in ~3 s
 
     axes = recipes_lib.operand_axes(layer)
 
@@ -237,7 +239,7 @@ FAST_DROPOUT_BITS = 8
 
 def fast_dropout(inputs, rate, noise_shape=None, seed=None):
     """keras.src.backend.jax.random.dropout with 8-bit mask values (same signature)."""
-    import jax
+    import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
     from keras.src.backend.jax import random as jax_random
 
@@ -268,7 +270,7 @@ def dropout_masks(method: str):
     if method != "fast":
         yield
         return
-    from keras.src.backend.jax import random as jax_random
+    from keras.src.backend.jax import random as jax_random  # lazy: jax loads in ~3 s
 
     original, jax_random.dropout = jax_random.dropout, fast_dropout
     try:
@@ -291,8 +293,6 @@ def quantize_post_training(model, mode: str):
 
 def weights_bytes(model) -> int:
     """Bytes of the model's weights as stored (fp8 bookkeeping variables excluded)."""
-    import numpy as np
-
     return int(
         sum(
             _size(w.shape) * np.dtype(w.dtype).itemsize
@@ -303,7 +303,7 @@ def weights_bytes(model) -> int:
 
 
 def compile(model, config: TrainConfig, steps_per_execution: int = 1):
-    import keras
+    import keras  # lazy: keras loads in ~3 s
 
     # Weighted, so that the zero-weight padding of a data-parallel evaluation set does not
     # count (training.EvaluationSet); without sample weights it is the plain accuracy.

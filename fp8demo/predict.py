@@ -11,7 +11,10 @@ import json
 import numpy as np
 
 import fp8demo.env
+from fp8demo import model as model_lib
+from fp8demo import tokenizer
 from fp8demo.config import TrainConfig
+from fp8demo.data import lowercase
 from fp8demo.store import Store, StoreError
 
 MAX_REVIEW_CHARS = 100_000  # longer text is cut: the model sees seq_len tokens anyway
@@ -52,9 +55,6 @@ class LoadedRun:
             ) from e
         if not weights.is_file():
             raise PredictError(f"Run {run['id']}'s weights file {weights} is missing.")
-        from fp8demo import model as model_lib
-        from fp8demo import tokenizer
-
         fp8demo.env.use_compilation_cache(store.home)  # a restarted dashboard loads, not compiles
         self.run_id = run["id"]
         self.model = model_lib.build(self.config, self.precision)
@@ -80,8 +80,6 @@ class LoadedRun:
         self.predict(["warm up"])
 
     def token_ids(self, texts) -> np.ndarray:
-        from fp8demo.data import lowercase
-
         return np.asarray(self.tokenizer(lowercase(texts)), dtype=np.int32)
 
     def predict(self, texts) -> np.ndarray:

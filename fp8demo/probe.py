@@ -43,7 +43,7 @@ def tensor_stats(values, scale, role):
     Quantization is Keras': x / scale, clipped to ±fmax, cast to E4M3 (inputs, kernel) or
     E5M2 (output gradients). Works on numpy arrays and inside jax.jit.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     fmax = fp8.FORMAT_MAX[role]
     float8 = {"E4M3": jnp.float8_e4m3fn, "E5M2": jnp.float8_e5m2}[fp8.FORMATS[role]]
@@ -75,7 +75,7 @@ def contraction_layout(layer) -> dict:
 def blocked_matrix(x, letters: str, blocked: str, leading: bool):
     """x as a matrix whose blocked dimension (the `blocked` axes, flattened in that order)
     is the last axis, or the first when `leading` (kernels: K x N)."""
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     explicit = letters.replace("...", "")
     offset = x.ndim - len(explicit)  # axes the ellipsis stands for
@@ -97,7 +97,7 @@ def recipe_table(matrices, scales, role: str, recipes):
     are the partial blocks recipes.py describes, and each statistic counts non-NaN values
     only. "delayed" uses `scales`, the scale the run itself applies to each tensor.
     """
-    import jax
+    import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
 
     rows = max(m.shape[0] for m in matrices)
@@ -134,7 +134,7 @@ def _tapped(layers, captured, taps):
         saved.append((layer, layer.__dict__.get("quantized_call"), layer.activation))
 
         def quantized_call(inputs, *args, _layer=layer, _i=i, _call=layer.quantized_call, **kwargs):
-            from keras import ops
+            from keras import ops  # lazy: keras loads in ~3 s
 
             captured[f"inputs{_i}"] = inputs
             captured[f"kernel{_i}"] = ops.convert_to_tensor(_layer._kernel)
@@ -198,7 +198,7 @@ class Probe:
         return positions
 
     def _build(self):
-        import jax
+        import jax  # lazy: jax loads in ~3 s
         import jax.numpy as jnp
         import keras
 

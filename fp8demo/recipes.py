@@ -112,7 +112,7 @@ def _qdq(x, scale, fmt: Format):
     Rounding is the dtype cast: round to nearest, ties to even, subnormals included. A zero
     scale (an NVFP4 block scale below E4M3's smallest subnormal) flushes its values to zero.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     usable = scale > 0
     safe_scale = jnp.where(usable, scale, 1.0)
@@ -131,7 +131,7 @@ def _tile_amax(m, rows: int | None, cols: int | None):
     Tiles are rows x cols (None: the whole extent); the last tile along an axis the tile
     size does not divide is partial, padded with zeros, which leave its amax unchanged.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     n_rows, n_cols = m.shape
     rows = max(1, min(rows or n_rows, n_rows))
@@ -146,7 +146,7 @@ def _tile_amax(m, rows: int | None, cols: int | None):
 
 def _fitting_scale(amax, fmt: Format):
     """amax / fmax, the scale that maps the largest value onto the format's max (1 for 0)."""
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     return jnp.where(amax > 0, amax / fmt.max, 1.0)
 
@@ -162,7 +162,7 @@ def _power_of_two_scale(amax, fmt: Format, rounding: str):
                       so a block's top values above 448 are clipped.
     Exact: read from frexp's exponent and mantissa, not from a rounded log2.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     mantissa, exponent = jnp.frexp(amax)  # amax = mantissa * 2^exponent, mantissa in [0.5, 1)
     fmax_mantissa, fmax_exponent = math.frexp(fmt.max)
@@ -180,7 +180,7 @@ def _power_of_two_scale(amax, fmt: Format, rounding: str):
 
 
 def _delayed(m, scale, fmt):
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     return _qdq(m, jnp.asarray(scale, jnp.float32), fmt)
 
@@ -206,7 +206,7 @@ def _mxfp8(m, rounding, fmt):
 
 
 def _nvfp4(m):
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     block_amax = _tile_amax(m, 1, 16)
     tensor_amax = jnp.max(block_amax, initial=0.0)
@@ -220,7 +220,7 @@ def _nvfp4(m):
 
 def _on_last_axis(recipe, x, *args):
     """`recipe` applied to x viewed as rows x last axis; the dequantized array in x's shape."""
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     x = jnp.asarray(x, jnp.float32)
     matrix = x.reshape(math.prod(x.shape[:-1]), x.shape[-1]) if x.ndim else x.reshape(1, 1)
@@ -239,7 +239,7 @@ def _compiled(*static):
         def call(*args, **kwargs):
             nonlocal jitted
             if jitted is None:
-                import jax
+                import jax  # lazy: jax loads in ~3 s
 
                 jitted = jax.jit(function, static_argnames=static)
             return jitted(*args, **kwargs)
@@ -260,18 +260,6 @@ def qdq_delayed(x, scale, fmt: Format = E4M3):
     compute_float8_scale`); this step's values beyond fmax x scale are clipped.
     """
     return _on_last_axis(_delayed, x, scale, fmt)
-
-
-@_compiled("fmt")
-def qdq_current(x, fmt: Format = E4M3):
-    """Per-tensor current scaling: scale = amax(x) / fmax (TE `Float8CurrentScaling`)."""
-    return _on_last_axis(_current, x, fmt)
-
-
-@_compiled("fmt")
-def qdq_rowwise(x, fmt: Format = E4M3):
-    """One scale amax / fmax per slice along the last axis (torchao float8 `rowwise`)."""
-    return _on_last_axis(_rowwise, x, fmt)
 
 
 @_compiled("tile", "fmt")
@@ -321,7 +309,7 @@ def _to_blocked(x, role: str, block_dims: int):
     kernels (K, N): the leading `block_dims` axes, transposed to (N, K) so rows are the
     output channels.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     x = jnp.asarray(x, jnp.float32)
     shape = x.shape
@@ -379,7 +367,7 @@ def what_if(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1) 
                     quantization is exact (an all-zero tensor, for one).
     Values are float32 scalars (jax arrays), so this works inside jax.jit.
     """
-    import jax.numpy as jnp
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
     x = jnp.asarray(x, jnp.float32)
     dequantized, saturated = _apply(x, recipe, role, delayed_scale, block_dims)

@@ -4,7 +4,7 @@ Keras calls the Recorder after every step; about every RECORD_EVERY_SECONDS the 
 flushes: it writes each pending step's own loss and accuracy (recovered from Keras's running
 means), the float8 scales and amax histories, the probe rows and the progress, then looks
 for a cancel request. At each epoch's end it records the epoch and the best epoch so far,
-and reports to the run's sweep, if any (sweep.py).
+and calls its on_epoch_end hook (the worker passes the sweep's: a trial reports its objective).
 """
 
 import math
@@ -16,7 +16,7 @@ import fp8demo.env  # noqa: F401  (sets KERAS_BACKEND: keras reads it when impor
 # isort: split
 import keras
 
-from fp8demo import fp8, sweep
+from fp8demo import fp8
 from fp8demo.store import Store
 
 RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
@@ -76,6 +76,8 @@ class Recorder(keras.callbacks.Callback):
         step's amax is overwritten before it is read.
     early_stopping: stop after this many epochs without a better validation accuracy (0: never).
     probe: a probe.Probe, run before the first step, every `probe_every` steps and after the last.
+    on_epoch_end: called (store, run_id) after each recorded epoch; a cancel it requests (a
+        pruned sweep trial) stops the fit before the next epoch.
 
     After fit: `cancelled` (a cancel request stopped Keras), `best` (a BestEpoch or None),
     `stopped_early_at`, `epoch` (the last epoch), `step` and steps_per_second().
@@ -93,6 +95,7 @@ class Recorder(keras.callbacks.Callback):
         early_stopping: int = 0,
         probe=None,
         probe_every: int = 0,
+        on_epoch_end=None,
     ):
         super().__init__()
         self.store, self.run_id = store, run_id
@@ -101,6 +104,7 @@ class Recorder(keras.callbacks.Callback):
         self.early_stopping = early_stopping
         self.probe = probe if (record and probe_every > 0) else None
         self.probe_every = probe_every
+        self.on_epoch_end_hook = on_epoch_end  # (store, run_id) after each recorded epoch
 
         self.step = 0  # global training steps done
         self.epoch = 0
@@ -168,7 +172,8 @@ class Recorder(keras.callbacks.Callback):
                 logs.get("val_loss"),
                 logs.get("val_accuracy"),
             )
-            sweep.epoch_ended(self.store, self.run_id)  # a sweep trial: report, maybe prune
+            if self.on_epoch_end_hook is not None:  # a sweep trial: report, maybe prune
+                self.on_epoch_end_hook(self.store, self.run_id)
             self.check_cancel()  # pruned: stop before the next epoch
         val_accuracy = logs.get("val_accuracy")
         best_so_far = self.best.val_accuracy if self.best else None

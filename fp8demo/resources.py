@@ -7,9 +7,10 @@ CLI refuses the same launches with the same messages.
 
 import math
 import os
-import shutil
 
 from fp8demo.config import TrainConfig
+from fp8demo.data import missing_path
+from fp8demo.paths import free_megabytes
 
 MIN_FREE_MB = 100  # FP8DEMO_MIN_FREE_MB: disk space a launch must leave free (default)
 
@@ -86,10 +87,10 @@ def min_free_bytes() -> int:
 
 def disk_problems(config: TrainConfig, home, repeats: int = 1) -> list[str]:
     """A launch that would fill the disk holding the run store (empty when it fits)."""
-    try:
-        free = shutil.disk_usage(home).free
-    except OSError:
+    free_mb = free_megabytes(home)
+    if free_mb is None:
         return []  # the store reports an unusable home itself
+    free = free_mb * 2**20
     needed, keep = estimate_disk_bytes(config) * repeats, min_free_bytes()
     if needed + keep <= free:
         return []
@@ -112,7 +113,5 @@ def data_problems(config: TrainConfig) -> list[str]:
     """
     if not config.data:
         return []
-    from fp8demo.data import missing_path  # numpy, not Keras
-
     problem = missing_path(config.data)
     return [problem] if problem else []

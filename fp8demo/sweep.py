@@ -5,22 +5,20 @@ read from the comparisons' final-epoch validation accuracy. Each trial trains on
 comparison: the fixed settings plus the trial's parameters, every precision with the same
 seed and data, so fp8 − bf16 is a paired difference. Test accuracy is reported beside it.
 
-Nothing runs a sweep as a daemon. Whoever is around asks and tells Optuna's trials, under a
-lock per sweep that every process of the store shares (Store.lock):
+No process of its own runs a sweep. The processes around it ask and tell Optuna's trials,
+under a lock per sweep that every process of the store shares (Store.lock):
 - create_sweep records it and asks its first trials (one per live worker, at least one);
 - the recorder, at every epoch's end, reports the objective of the epochs that every needed
   run has finished (runs may train one after the other or side by side) and prunes;
-- the worker after each run, and supervise() (CLI, dashboard), call advance(): it tells the
-  trials whose comparison ended, asks new ones until `trials` were asked, and marks the
+- the worker after each run, and the supervisor every few seconds, call advance(): it tells
+  the trials whose comparison ended, asks new ones until `trials` were asked, and marks the
   sweep complete once every trial is told.
 Optuna's study lives in its RDB storage (storage_url): SQLite next to the run store, or the
 run store's own PostgreSQL database.
 
-Search space: NAME=SPEC per setting. Choices `heads=1,2,4`; ranges `lr=1e-4:1e-2:log`,
-`hidden_dim=32:256` (a whole-number setting suggests whole numbers). Every TrainConfig
-setting is sweepable except those in FIXED. A value invalid on its own (dropout 1.5) is
-refused before launch; settings that are invalid only together (heads=3 with hidden_dim 32)
-fail that trial with the message, and the sweep goes on.
+Search space (sweep_space.py): NAME=SPEC per setting, e.g. `heads=1,2,4`, `lr=1e-4:1e-2:log`.
+Settings invalid only together (heads=3 with hidden_dim 32) fail that trial with the
+message, and the sweep goes on.
 
 Pruning (optional): Optuna's MedianPruner, fed each epoch's objective. A trial is pruned when
 the best objective it reached by an epoch is worse than the median of the completed trials at
@@ -32,20 +30,22 @@ trial's runs are cancelled and the reason is kept (the trial's user attribute "r
 
 import contextlib
 import dataclasses
-import difflib
 import functools
-import math
-import os
 import sys
 import traceback
-from typing import NamedTuple
 
 import numpy as np
 import optuna
 from optuna.trial import TrialState
 
-from fp8demo.config import ConfigError, TrainConfig, _problems_alone
-from fp8demo.store import ACTIVE, Store, StoreError, host_name
+from fp8demo import launcher
+from fp8demo.config import ConfigError, TrainConfig
+from fp8demo.paths import host_name
+from fp8demo.resources import launch_problems
+from fp8demo.store import ACTIVE, Store, StoreError
+
+# The search space (FIXED too, which the Sweep page reads from here).
+from fp8demo.sweep_space import FIXED, Param, grid_size, grid_space, parse_space  # noqa: F401
 
 # Optuna's INFO line per trial would fill the worker log and the CLI's output.
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -61,154 +61,10 @@ OBJECTIVE_PRECISIONS = {
     "fp8_minus_bf16": ("bf16", "fp8"),
     "abs_fp8_minus_bf16": ("bf16", "fp8"),
 }
-# Settings every trial shares, and why they are not searched.
-FIXED = {
-    "data": "every trial trains on the same data",
-    "subset": "every trial trains on the same data",
-    "seed": "every trial and precision starts from the same seed, so differences are paired",
-    "precisions": "the comparison's precisions are what the objective compares",
-    "data_parallel": "it changes where a run trains, not what it learns",
-    "side_by_side": "it changes where a run trains, not what it learns",
-    "ptq": "post-training quantization is evaluated after the sweep's objective",
-    "probe_every": "the probe measures training without changing it",
-}
 MAX_TRIALS = 1000
 PRUNE_AFTER_TRIALS = 2  # MedianPruner's n_startup_trials: the median of two completed trials
 PRUNE_FROM_EPOCH = 0  # MedianPruner's n_warmup_steps: the first epoch may already prune
 TPE_RANDOM_TRIALS = 10  # TPE's random start (Optuna's default), at most half the trials
-
-
-# -- the search space --------------------------------------------------------------------
-
-
-class Param(NamedTuple):
-    """One searched setting: a list of choices, or a range from low to high (log-scaled)."""
-
-    name: str
-    spec: str  # as the user wrote it
-    choices: tuple = ()
-    low: float | None = None
-    high: float | None = None
-    log: bool = False
-    whole: bool = False  # a whole-number setting: suggest_int
-
-    def suggest(self, trial):
-        """This setting's value for an Optuna trial."""
-        if self.choices:
-            return trial.suggest_categorical(self.name, list(self.choices))
-        if self.whole:
-            return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
-        return trial.suggest_float(self.name, self.low, self.high, log=self.log)
-
-    def grid_points(self, k: int) -> list:
-        """The choices, or k points spanning the range (log-spaced for a log range), ends
-        included; a whole-number range keeps its distinct whole numbers."""
-        if self.choices:
-            return list(self.choices)
-        spread = np.geomspace if self.log else np.linspace
-        points = spread(self.low, self.high, k)
-        if self.whole:
-            return sorted({int(round(p)) for p in points})
-        # Six significant digits read well and stay inside the range.
-        return [min(max(float(f"{p:.6g}"), self.low), self.high) for p in points]
-
-
-def parse_space(specs: dict | list) -> dict[str, Param]:
-    """The search space from {name: spec} or ["name=spec", ...] (the CLI's --param).
-
-    ConfigError with a sentence per problem: unknown or fixed setting, a value that does not
-    parse or is invalid on its own, a range whose low is not below its high, a log range
-    that does not start above 0.
-    """
-    problems, pairs = [], []
-    if isinstance(specs, dict):
-        pairs = [(str(name).strip(), str(spec).strip()) for name, spec in specs.items()]
-    else:
-        for text in specs:
-            name, equals, spec = str(text).partition("=")
-            if not equals:
-                problems.append(f"A parameter is NAME=SPEC (lr=1e-4:1e-2:log), got {text!r}.")
-                continue
-            pairs.append((name.strip(), spec.strip()))
-    space = {}
-    for name, spec in pairs:
-        if name in space:
-            problems.append(f"{name} is searched twice: give each setting once.")
-            continue
-        try:
-            space[name] = _parse_param(name, spec)
-        except ConfigError as e:
-            problems.append(str(e))
-    if not space and not problems:
-        problems.append("Give at least one setting to search, e.g. lr=1e-4:1e-2:log.")
-    if problems:
-        raise ConfigError(" ".join(problems))
-    return space
-
-
-def _parse_param(name: str, spec: str) -> Param:
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
-    if name in FIXED:
-        raise ConfigError(f"{name} cannot be searched: {FIXED[name]}.")
-    if name not in fields:
-        close = difflib.get_close_matches(name, [n for n in fields if n not in FIXED], n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"Unknown setting {name!r}{hint}.")
-    kind = type(fields[name].default)
-    if not spec:
-        raise ConfigError(
-            f"{name} needs values: choices ({name}=A,B,C) or a range ({name}=LOW:HIGH)."
-        )
-    if ":" not in spec:
-        choices = tuple(_value(name, text) for text in spec.split(","))
-        repeated = sorted({str(v) for v in choices if choices.count(v) > 1})
-        if repeated:
-            raise ConfigError(f"{name} lists {', '.join(repeated)} more than once.")
-        return Param(name, spec, choices=choices)
-    if kind not in (int, float):
-        choices = ",".join(fields[name].metadata["choices"]) or "true,false"
-        raise ConfigError(f"{name} takes choices ({name}={choices}), not a range.")
-    parts = [p.strip() for p in spec.split(":")]
-    if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2].lower() != "log"):
-        raise ConfigError(f"The range {name}={spec} is not LOW:HIGH or LOW:HIGH:log (log-spaced).")
-    low, high = _value(name, parts[0]), _value(name, parts[1])
-    log = len(parts) == 3
-    if low >= high:
-        raise ConfigError(
-            f"The range of {name} must go from low to high: {low} is not below {high}."
-        )
-    if log and low <= 0:
-        raise ConfigError(f"A log range needs a low above 0: {name} starts at {low}.")
-    return Param(name, spec, low=low, high=high, log=log, whole=kind is int)
-
-
-def _value(name: str, text: str):
-    """One value of a setting, typed as the setting is; ConfigError when it does not parse or
-    is invalid on its own (settings invalid only together fail their trial instead)."""
-    value = getattr(TrainConfig.from_strings({name: text}), name)
-    problems = _problems_alone(name, value)
-    if problems:
-        raise ConfigError(" ".join(problems))
-    return value
-
-
-def grid_space(space: dict[str, Param], trials: int) -> dict[str, list]:
-    """The grid the grid sampler walks: every choice, and each range cut into k points.
-
-    k is the smallest number (at least 2, so both ends are tried) for which the grid holds at
-    least `trials` points; a whole-number range stops growing once it holds every whole
-    number in it. Choices alone make a grid of their product, whatever `trials` is.
-    """
-    k = 2
-    while True:
-        grid = {name: param.grid_points(k) for name, param in space.items()}
-        if grid_size(grid) >= trials or k >= max(trials, 2):
-            return grid
-        k += 1
-
-
-def grid_size(grid: dict[str, list]) -> int:
-    return math.prod(len(values) for values in grid.values())
 
 
 # -- objectives --------------------------------------------------------------------------
@@ -329,8 +185,6 @@ def sweep_problems(request: SweepRequest, home=None) -> list[str]:
 
     With home (the run store's folder), the launch's own checks too (resources.launch_problems).
     """
-    from fp8demo.resources import launch_problems
-
     base, space, trials = request.base, request.space, request.trials
     objective, direction, sampler = request.objective, request.direction, request.sampler
     problems = []
@@ -380,9 +234,7 @@ def create_sweep(store: Store, request: SweepRequest) -> int:
     problems = sweep_problems(request, store.home)
     if problems:
         raise ConfigError(" ".join(problems))
-    base = request.base
-    if not base.data and os.environ.get("FP8DEMO_IMDB"):  # as worker.launch_repeats records it
-        base = dataclasses.replace(base, data=os.environ["FP8DEMO_IMDB"])
+    base = launcher.with_data_source(request.base)
     specs = {name: param.spec for name, param in parse_space(request.space).items()}
     sweep_id = store.create_sweep(
         base,
@@ -405,6 +257,7 @@ def create_sweep(store: Store, request: SweepRequest) -> int:
         store.set_sweep_state(sweep_id, "failed", f"Its Optuna study could not be created: {e}")
         raise StoreError(f"Sweep {sweep_id}'s Optuna study could not be created: {e}") from e
     advance(store, sweep_id)
+    launcher.ensure_supervisor(store)  # advances the sweep with nobody watching
     return sweep_id
 
 
@@ -435,9 +288,7 @@ def advance(store: Store, sweep_id) -> None:
         if len(trials) >= sweep["trials"] and all(t.state.is_finished() for t in trials):
             store.set_sweep_state(sweep_id, "complete")
     if queued:
-        from fp8demo import worker
-
-        worker.ensure_worker(store)
+        launcher.ensure_worker(store)
 
 
 def _tell_if_ended(store: Store, sweep: dict, study_, trial, comparison: dict | None):
@@ -479,8 +330,6 @@ def _ask_trials(store: Store, sweep: dict, study_) -> int:
     """Ask trials until one per live worker is active or `trials` were asked; queue each
     one's comparison, or fail it at once when its settings are invalid. Returns how many
     comparisons were queued."""
-    from fp8demo.resources import launch_problems
-
     space, queued = parse_space(sweep["space"]), 0
     while True:
         trials = study_.get_trials(deepcopy=False)
@@ -505,10 +354,8 @@ def _ask_trials(store: Store, sweep: dict, study_) -> int:
 def _parallel_trials(store: Store) -> int:
     """Trials to keep active: one per live worker of every host of the store (a worker of
     this host that has not yet recorded itself counts too), at least one."""
-    from fp8demo import worker
-
     live = {(w["host"], w["slot"]) for w in store.live_workers()}
-    live |= {(host_name(), slot) for slot in worker.worker_pids(store)}
+    live |= {(host_name(), slot) for slot in launcher.worker_pids(store)}
     return max(1, len(live))
 
 
@@ -580,7 +427,7 @@ def _pruned_reason(study_, sweep: dict, trial, epoch: int) -> str:
 
 def run_ended(store: Store, run_id: int) -> None:
     """The worker's hook after each run: advance the run's sweep, when it is a trial's. A
-    failure is logged; supervise() advances the sweep again later."""
+    failure is logged; the supervisor advances the sweep again later."""
     try:
         comparison = store.comparison(store.run(run_id)["comparison_id"])
         if comparison["sweep_id"] is not None:
@@ -590,8 +437,9 @@ def run_ended(store: Store, run_id: int) -> None:
 
 
 def advance_running(store: Store) -> None:
-    """Advance every running sweep (supervise's hook): a trial whose worker was killed is
-    failed and the sweep goes on. A sweep that cannot advance keeps the reason in its error."""
+    """Advance every running sweep (the supervisor's hook): a trial whose worker was killed is
+    failed and the sweep goes on. A sweep that cannot advance keeps the reason in its error
+    (and counts as stalled: launcher.work_active) until it advances again or is resumed."""
     for sweep in store.sweeps():
         if sweep["state"] != "running":
             continue
@@ -600,6 +448,9 @@ def advance_running(store: Store) -> None:
         except Exception as e:
             print(f"sweep {sweep['id']} did not advance: {e}", file=sys.stderr)
             store.set_sweep_state(sweep["id"], "running", f"{type(e).__name__}: {e}"[:500])
+            continue
+        if sweep["error"] and store.sweep(sweep["id"])["state"] == "running":
+            store.set_sweep_state(sweep["id"], "running")  # it advanced: the error is past
 
 
 def cancel_sweep(store: Store, sweep_id) -> None:
@@ -630,9 +481,8 @@ def resume_sweep(store: Store, sweep_id) -> None:
             )
         store.set_sweep_state(sweep["id"], "running")
     advance(store, sweep["id"])
-    from fp8demo import worker
-
-    worker.ensure_worker(store)
+    launcher.ensure_worker(store)
+    launcher.ensure_supervisor(store)
 
 
 # -- reading -----------------------------------------------------------------------------

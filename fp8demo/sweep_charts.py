@@ -11,7 +11,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from fp8demo.charts import _layout, color
+from fp8demo.charts import color, layout
 
 PAIR = ("bf16", "fp8")
 # How each trial state draws its markers: an unfinished or stopped trial must not pass for a
@@ -113,7 +113,7 @@ def paired_figure(rows, param: str, *, log_x: bool = False, height: int = 520) -
         if points:
             fig.add_trace(_difference_markers(points, param, state), row=2, col=1)
     fig.add_hline(y=0, line=dict(color="black", width=1, dash="dot"), row=2, col=1)
-    _layout(
+    layout(
         fig,
         f"bf16 and fp8 validation accuracy of each trial, by {param}",
         None,
@@ -275,7 +275,7 @@ def difference_heatmap(
             "fp8 − bf16 %{z:+.2%}<extra></extra>",
         )
     )
-    _layout(
+    layout(
         fig,
         f"fp8 − bf16 validation accuracy over {x_param} and {y_param} "
         f"(mean of {len(rows)} complete trials)",
@@ -302,7 +302,7 @@ OPTUNA_FIGURES = {  # kind: (title, optuna.visualization function)
 
 def optuna_figure_problem(study, kind: str) -> str:
     """Why Optuna cannot draw figure `kind` of this study yet, in words; "" when it can."""
-    import optuna
+    import optuna  # lazy: optuna loads in ~1 s
 
     if kind not in OPTUNA_FIGURES:
         raise ValueError(f"Unknown figure {kind!r}: choose from {', '.join(OPTUNA_FIGURES)}.")
@@ -323,7 +323,7 @@ def optuna_figure(study, kind: str, target_name: str = "objective", *, height: i
     """Optuna's plotly figure `kind` (OPTUNA_FIGURES) of `study`, as (figure, "") or, when
     Optuna cannot draw it yet or fails to, (None, the reason in words). Never raises for a
     study's state: a page may ask at any moment of a sweep."""
-    from optuna import visualization
+    from optuna import visualization  # lazy: optuna loads in ~1 s
 
     problem = optuna_figure_problem(study, kind)
     if problem:

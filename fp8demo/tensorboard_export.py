@@ -14,7 +14,11 @@ run store holds:
     config                                the run's settings, as text
 """
 
+import io
 import json
+import shutil
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -35,9 +39,7 @@ def export_run(store: Store, run_id, folder) -> Path:
 
     Rewrites the run's folder from scratch, so exporting twice gives one copy, not two.
     """
-    import shutil
-
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow loads in ~5 s
 
     run = store.run(run_id)
     target = Path(folder) / run_folder_name(run)
@@ -66,7 +68,7 @@ def _config_markdown(run: dict) -> str:
 
 def _write_metrics(store: Store, run: dict) -> int:
     """Per-step and per-epoch metrics; returns the last step written (0 when none)."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow loads in ~5 s
 
     steps = store.step_metrics(run["id"])
     for step, loss, accuracy in zip(steps["step"], steps["loss"], steps["accuracy"]):
@@ -84,7 +86,7 @@ def _write_metrics(store: Store, run: dict) -> int:
 
 def _write_fp8(store: Store, run: dict) -> None:
     """Scales, per-step amaxes and amax-history histograms of every float8 tensor."""
-    import tensorflow as tf
+    import tensorflow as tf  # lazy: TensorFlow loads in ~5 s
 
     layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
     if not layers:
@@ -111,10 +113,6 @@ def _write_fp8(store: Store, run: dict) -> None:
 
 def export_zip(store: Store, run_ids) -> bytes:
     """The runs' event files as a zip (one folder per run), for a browser download."""
-    import io
-    import tempfile
-    import zipfile
-
     buffer = io.BytesIO()
     with tempfile.TemporaryDirectory() as folder, zipfile.ZipFile(buffer, "w") as archive:
         for run_id in run_ids:

@@ -20,6 +20,7 @@ import numpy as np
 import fp8demo.env  # noqa: F401
 from fp8demo import data
 from fp8demo.config import RESERVED_TOKENS, TrainConfig
+from fp8demo.paths import default_home
 
 CACHE_VERSION = 1
 
@@ -62,8 +63,6 @@ def tokens_cache_path(config: TrainConfig, fingerprint: str, home=None) -> Path:
 
 
 def cache_dir(home=None) -> Path:
-    from fp8demo.store import default_home
-
     path = Path(home or default_home()) / "cache"
     path.mkdir(parents=True, exist_ok=True)
     return path
@@ -194,12 +193,10 @@ def prepare(
 
 def cached_vocabulary(config: TrainConfig, home=None) -> list | None:
     """The cached vocabulary for these settings, or None (never downloads or trains)."""
-    from fp8demo.store import default_home
-
     home = Path(home or default_home())
     named = config.data or os.environ.get("FP8DEMO_IMDB", "")
     try:
-        if named or list((home / "data").glob("*/aclImdb/.complete")):
+        if named or data.cached_extractions(home):
             _, fingerprint = data.resolve_source(
                 config.data, home, progress=lambda *_: None, extract=False
             )

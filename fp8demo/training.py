@@ -4,18 +4,19 @@ Narrative order, as the Keras example: prepare data and tokenizer (cached) → b
 model (bf16, or bf16 + quantize("float8")) → fit with a recording callback (recorder.py) →
 evaluate the final weights, and the best epoch's, on the test split → save what prediction
 needs (weights + config + vocabulary). The post-training quantization of a bf16 model is
-evaluated later, when first asked for (post_training_results), so it never delays a comparison.
+queued work of its own (post_training.py), so it never delays a comparison.
 """
 
 import json
 import math
+import shutil
 import time
 from typing import NamedTuple
 
 import numpy as np
 
 import fp8demo.env
-from fp8demo import compiled, fp8, tokenizer
+from fp8demo import compiled, device, fp8, tokenizer
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
 from fp8demo.config import ConfigError
@@ -56,15 +57,29 @@ class PhaseTimer:
 
 
 def train_run(
-    store: Store, run: dict, record: bool = True, progress=print, on_trained=None, callbacks=()
+    store: Store,
+    run: dict,
+    record: bool = True,
+    progress=print,
+    on_trained=None,
+    callbacks=(),
+    on_epoch_end=None,
 ) -> dict:
     """Train one run, data-parallel over all devices when its config asks for it.
 
     record: False trains without writing metrics (see recorder.Recorder).
     on_trained(model, prepared): called after evaluation, before saving.
     callbacks: more Keras callbacks for fit (benchmarks time the steps with one).
+    on_epoch_end(store, run_id): the recorder's hook after each recorded epoch (the worker
+    passes the sweep's, which reports a trial's objective).
     """
-    options = dict(record=record, progress=progress, on_trained=on_trained, callbacks=callbacks)
+    options = dict(
+        record=record,
+        progress=progress,
+        on_trained=on_trained,
+        callbacks=callbacks,
+        on_epoch_end=on_epoch_end,
+    )
     config = run["config"]
     if not config.data_parallel:
         return _train_run(store, run, **options)
@@ -85,14 +100,14 @@ def train_run(
         keras.distribution.set_distribution(None)
 
 
-def _train_run(store: Store, run: dict, record: bool, progress, on_trained, callbacks) -> dict:
+def _train_run(
+    store: Store, run: dict, record: bool, progress, on_trained, callbacks, on_epoch_end
+) -> dict:
     """Train, evaluate and save one queued run; returns its final fields.
 
     Raises Cancelled when a cancel was requested; other exceptions propagate (the worker
     marks the run failed with their message).
     """
-    import keras
-
     run_id, config, precision = run["id"], run["config"], run["precision"]
     timer = PhaseTimer()
 
@@ -104,7 +119,7 @@ def _train_run(store: Store, run: dict, record: bool, progress, on_trained, call
         show(phase)
         stop_if_cancel_requested(store, run_id)
 
-    store.update_run(run_id, device=device_description())
+    store.update_run(run_id, device=device.describe()["label"])
     fp8demo.env.use_compilation_cache(store.home)
 
     # 1. Data and tokenizer (cached: the second precision of a comparison starts here at once).
@@ -120,8 +135,7 @@ def _train_run(store: Store, run: dict, record: bool, progress, on_trained, call
     model, layers, params = build_model(store, run_id, config, precision)
 
     # 3. Fit. The first step compiles; the recorder switches the phase to "training".
-    recorder = start_recording(store, run_id, config, model, prepared, params, record)
-    keras.utils.set_random_seed(config.seed)  # the same shuffling order for every precision
+    recorder = start_recording(store, run_id, config, model, prepared, params, record, on_epoch_end)
     timer.start("fit (compiling, training, validating)")
     with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
         fit_seconds = fit(model, config, prepared, validation, eval_batch, [recorder, *callbacks])
@@ -155,8 +169,7 @@ def _train_run(store: Store, run: dict, record: bool, progress, on_trained, call
     stop_if_cancel_requested(store, run_id)
     save_artifacts(store, run_id, model, config, precision, prepared.vocabulary)
 
-    # 6. The post-training quantization of a bf16 run waits for its first viewer
-    #    (post_training_results): the comparison ends without it.
+    # 6. The post-training quantization of a bf16 run is queued after it (by the worker).
     kept = best if (config.restore_best and best) else final
     store.merge_summary(
         run_id,
@@ -169,12 +182,6 @@ def _train_run(store: Store, run: dict, record: bool, progress, on_trained, call
 
 
 # -- 1. data ---------------------------------------------------------------------------------
-
-
-def device_description() -> str:
-    from fp8demo.device import describe
-
-    return describe()["text"]
 
 
 def record_data(store: Store, run_id: int, prepared):
@@ -281,10 +288,12 @@ def build_model(store: Store, run_id: int, config, precision: str):
 # -- 3. fit ---------------------------------------------------------------------------------
 
 
-def start_recording(store: Store, run_id: int, config, model, prepared, params: int, record: bool):
-    """The run's Recorder (its probe watches the first validation batch); the run's phase
-    becomes "compiling", as the first step compiles."""
-    from fp8demo.recorder import Recorder
+def start_recording(
+    store: Store, run_id: int, config, model, prepared, params: int, record: bool, on_epoch_end
+):
+    """The run's Recorder (its probe watches the first validation batch, on_epoch_end is its
+    hook after each epoch); the run's phase becomes "compiling", as the first step compiles."""
+    from fp8demo.recorder import Recorder  # lazy: it imports keras (seconds)
 
     n_train = len(prepared.y_train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
@@ -309,11 +318,16 @@ def start_recording(store: Store, run_id: int, config, model, prepared, params: 
         early_stopping=config.early_stopping,
         probe=probe,
         probe_every=config.probe_every,
+        on_epoch_end=on_epoch_end,
     )
 
 
 def fit(model, config, prepared, validation: EvaluationSet, eval_batch: int, callbacks) -> float:
-    """model.fit as the example calls it, validating after every epoch; returns its seconds."""
+    """model.fit as the example calls it, validating after every epoch; returns its seconds.
+    Every precision of a comparison shuffles in the same order (the config's seed)."""
+    import keras  # lazy: keras loads in seconds
+
+    keras.utils.set_random_seed(config.seed)
     started = time.time()
     model.fit(
         prepared.x_train,
@@ -383,8 +397,6 @@ def save_artifacts(store: Store, run_id: int, model, config, precision: str, voc
 
     Weights rather than a .keras file: a quantized model with composite layers cannot be
     loaded back from one (predict.py rebuilds the model and loads the weights)."""
-    import shutil
-
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -397,89 +409,6 @@ def save_artifacts(store: Store, run_id: int, model, config, precision: str, voc
         shutil.rmtree(folder, ignore_errors=True)
         raise
     store.share_artifacts(run_id)  # a PostgreSQL store: into the database, for every host
-
-
-# -- 6. post-training quantization ----------------------------------------------------------
-#
-# The calibration-free INT8 the example contrasts FP8 training with, and int4 weight-only, of
-# a finished bf16 run's saved weights. Evaluated on first request (Results, Predict, `show`)
-# and kept in the run's summary: a comparison does not wait for numbers nobody may look at.
-
-PTQ_LOCK = "ptq.lock"
-
-
-def post_training_pending(run: dict) -> bool:
-    """Whether a run has post-training quantization results still to evaluate."""
-    config = run["config"]
-    return (
-        run["status"] == "finished"
-        and run["precision"] == "bf16"
-        and bool(config.ptq)
-        and set(run["summary"].get("ptq") or {}) != set(model_lib.PTQ_MODES)
-    )
-
-
-def post_training_results(store: Store, run_id: int) -> dict:
-    """{mode: test results, weight bytes and seconds} of a finished bf16 run's post-training
-    quantization: from its summary, else evaluated now and stored there.
-
-    A file lock makes concurrent requests (two browser tabs, the CLI) evaluate once; the
-    others wait and read the stored result. Runs without PTQ give {}.
-    """
-    import fcntl
-
-    run = store.run(run_id)
-    if not post_training_pending(run):
-        return run["summary"].get("ptq") or {}
-    folder = store.run_dir(run["id"])
-    with open(folder / PTQ_LOCK, "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        run = store.run(run["id"])  # another request may have finished meanwhile
-        if not post_training_pending(run):
-            return run["summary"].get("ptq") or {}
-        config = run["config"]
-        fp8demo.env.use_compilation_cache(store.home)
-        test = test_set_of(store, run)
-        batch = eval_batch_size(config.seq_len)
-        results = {}
-        for mode in model_lib.PTQ_MODES:
-            started = time.time()
-            results[mode] = evaluate_post_training(folder, config, mode, test, batch)
-            results[mode]["seconds"] = time.time() - started
-        store.merge_summary(run["id"], ptq=results)
-    return results
-
-
-def test_set_of(store: Store, run: dict) -> EvaluationSet:
-    """The test split a run was evaluated on, tokenized with the vocabulary it saved: from the
-    token cache of the data it recorded, else prepared again from its data source."""
-    fingerprint = (run["summary"].get("data") or {}).get("fingerprint")
-    if fingerprint:
-        path = tokenizer.tokens_cache_path(run["config"], fingerprint, store.home)
-        try:
-            with np.load(path) as arrays:
-                return EvaluationSet(arrays["x_test"], arrays["y_test"])
-        except (OSError, KeyError, ValueError):  # evicted or damaged: prepare it again
-            pass
-    prepared = tokenizer.prepare(run["config"], store.home, progress=lambda *_: None)
-    saved = (store.run_dir(run["id"]) / "vocabulary.txt").read_text(encoding="utf-8")
-    if saved.split("\n") != list(prepared.vocabulary):
-        raise ConfigError(
-            f"Run {run['id']}'s saved vocabulary differs from the one its settings give now "
-            "(was the data changed?): its post-training quantization cannot be evaluated."
-        )
-    return EvaluationSet(prepared.x_test, prepared.y_test)
-
-
-def evaluate_post_training(folder, config, mode: str, test: EvaluationSet, batch_size: int) -> dict:
-    """Test results and weight bytes of the saved bf16 weights quantized to `mode`."""
-    quantized = model_lib.build(config, "bf16")
-    quantized.load_weights(folder / "model.weights.h5")
-    model_lib.compile(model_lib.quantize_post_training(quantized, mode), config)
-    return {
-        **evaluate(quantized, test, batch_size),
-        "weights_bytes": model_lib.weights_bytes(quantized),
-    }
 
 
 def run_results(kept: dict, fit_seconds: float, params: int, recorder, batch_size: int) -> dict:

@@ -29,7 +29,7 @@ tensorflow_text's learner unchanged.
 
 import numpy as np
 
-import fp8demo.env  # noqa: F401  (quiets TensorFlow before tensorflow_text imports it)
+import fp8demo.env  # quiets TensorFlow before tensorflow_text imports it
 
 # tensorflow_text's defaults for the arguments keras_hub does not pass to `learn`.
 LEARN_DEFAULTS = dict(
@@ -60,6 +60,7 @@ def compute_word_piece_vocabulary(
 
 def tf_text_learner():
     """tensorflow_text's learner module (importing it imports TensorFlow)."""
+    # lazy: TensorFlow loads in ~5 s
     from tensorflow_text.tools.wordpiece_vocab import wordpiece_tokenizer_learner_lib
 
     return wordpiece_tokenizer_learner_lib
@@ -73,11 +74,10 @@ def count_words(texts, batch_size: int = 1000) -> dict:
 
     The words are counted per batch and merged by TensorFlow, so Python only sees each
     distinct word once."""
+    # lazy: keras loads in ~3 s
     from keras_hub.src.tokenizers.word_piece_tokenizer import pretokenize
 
-    from fp8demo.env import tensorflow
-
-    tf = tensorflow()
+    tf = fp8demo.env.tensorflow()
     texts = [t.encode("utf-8") if isinstance(t, str) else t for t in texts]
     if not texts:
         raise ValueError("There are no texts to learn a WordPiece vocabulary from.")

@@ -6,13 +6,19 @@ cached functions, so a page's first paint stays fast.
 """
 
 import collections
+import hmac
 import importlib.metadata
+import os
 import time
 
 import streamlit as st
+from streamlit.runtime.pages_manager import PagesManager
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import fp8demo
-from fp8demo.store import ACTIVE, Store, StoreError, default_home, host_name
+from fp8demo import access, device, launcher
+from fp8demo.paths import default_home, host_name
+from fp8demo.store import ACTIVE, Store, StoreError
 
 PRECISION_LABELS = {"bf16": "bf16", "fp8": "fp8", "float32": "float32"}
 # Material icons render in markdown everywhere (emoji fonts are not everywhere).
@@ -64,19 +70,16 @@ def require_navigation():
     app.py. Here the page then sets up app.py's navigation itself (which switches the
     process over for good) and carries on; a rerun instead would drop a pending click.
     """
-    from streamlit.runtime.pages_manager import PagesManager
-
     if PagesManager.uses_pages_directory:
         start_app()
 
 
 def page_store() -> Store:
-    """What every page does first: navigation in charge, the store, dead runs reaped."""
-    from fp8demo import worker
-
+    """What every page does first: navigation in charge, the store, its supervisor asked for
+    (it reaps dead runs, advances sweeps and restarts workers; a page never does)."""
     require_navigation()
     store = get_store()
-    worker.supervise(store)  # mark dead runs interrupted, restart a stalled queue
+    launcher.ensure_supervisor(store)
     return store
 
 
@@ -111,10 +114,6 @@ def _live_sessions() -> dict:
 
 def count_viewers(window: float = 10.0) -> int:
     """Sessions that refreshed a live view in the last `window` seconds, this one included."""
-    import time
-
-    from streamlit.runtime.scriptrunner import get_script_run_ctx
-
     ctx, now, seen = get_script_run_ctx(), time.time(), _live_sessions()
     if ctx is not None:
         seen[ctx.session_id] = now
@@ -128,14 +127,13 @@ def count_viewers(window: float = 10.0) -> int:
 def device_info() -> dict:
     """fp8demo.device.describe(), once per server (it imports jax)."""
     try:
-        from fp8demo import device
-
         return device.describe()
     except Exception as e:  # the dashboard must still open without a working jax
         return dict(
             platform="unknown",
             name="unknown",
             fp8_capable=False,
+            label="unknown",
             text=f"Could not query the device: {e}",
         )
 
@@ -276,7 +274,7 @@ def fixed_scale_toggle(key: str) -> bool:
 
 def plot(fig, key=None):
     """st.plotly_chart with the dashboard's modebar settings (PNG export kept)."""
-    from fp8demo.charts import PLOTLY_CONFIG
+    from fp8demo.charts import PLOTLY_CONFIG  # lazy: plotly loads in about a second
 
     st.plotly_chart(fig, key=key, config=PLOTLY_CONFIG, width="stretch")
 
@@ -286,8 +284,6 @@ def plot(fig, key=None):
 
 def control_password() -> str:
     """The password protecting launch/stop/delete: FP8DEMO_PASSWORD or st.secrets; '' = none."""
-    import os
-
     try:
         secret = st.secrets.get("FP8DEMO_PASSWORD", "")
     except Exception:  # no secrets.toml: the usual local case
@@ -331,10 +327,6 @@ def password_box():
     Each wrong password in a row is answered later than the last (fp8demo.access), so the
     password cannot be guessed quickly; only a newly typed one counts, not a rerun.
     """
-    import hmac
-
-    from fp8demo import access
-
     password = control_password()
     if not password:
         return
@@ -385,9 +377,7 @@ def sidebar_shell(store: Store):
 
 def queue_panel(store: Store):
     """What is training and what waits; refreshes itself every 2 s while anything is queued."""
-    from fp8demo import worker
-
-    worker.supervise(store)  # a dead training process must not stay "running" here
+    launcher.ensure_supervisor(store)  # a dead training process must not stay "running" here
     queue = store.queue()
     if not queue:
         st.caption("Nothing training or waiting.")
@@ -427,8 +417,6 @@ def _live_workers(store) -> list[dict]:
 
 def _worker_pids(store) -> dict:
     try:
-        from fp8demo import worker
-
-        return worker.worker_pids(store)
+        return launcher.worker_pids(store)
     except Exception:
         return {}

@@ -18,7 +18,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, fp8, probe, recipes
+from fp8demo import charts, fp8, fp8_charts, launcher, probe, recipes, records
 from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, ConfigError
 from fp8demo.fp8 import ROLES
 from fp8demo.store import StoreError
@@ -31,20 +31,21 @@ def health_view(store, run, refreshing):
     run = store.run(run["id"])
     if refreshing and run["status"] not in ("queued", "running"):
         st.rerun()
-    layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
-    steps, amax = store.fp8_amax(run["id"])
-    if not layers or not len(steps):
+    health = records.health(store, run)
+    if not health.layers or not len(health.amax_steps):
         st.info(f"The statistics appear once the {run['precision']} run has trained a few steps.")
         return
-    history_length = run["config"].amax_history_length
-    result = fp8.health(amax, history_length=history_length)
-    probe_steps, probe_stats = store.fp8_probe(run["id"])
-    rows = fp8.health_summary(
-        amax, layers, history_length, probe_steps, probe_stats, result, amax_steps=steps
-    )
+    summary_table(run, health)
+    tensor_figures(health)
+    recipe_section(store, run, health.layers)
+
+
+def summary_table(run, health: records.Health):
+    """One row per float8 tensor flagging those at risk, the dead ones in words, the probe."""
+    rows = health.rows
     at_risk = [r for r in rows if r["at risk"]]
     st.caption(
-        f"{run['status']} · step {run['step']:,} · {len(layers)} float8 layers · "
+        f"{run['status']} · step {run['step']:,} · {len(health.layers)} float8 layers · "
         f"{len(at_risk)} of {len(rows)} tensors at risk"
     )
     for sentence in fp8.dead_summary(rows):
@@ -61,6 +62,7 @@ def health_view(store, run, refreshing):
             **{f"{p}{s} %": percent for p in ("", "peak ") for s in ("saturation", "underflow")},
         },
     )
+    probe_steps = health.probe_steps
     if len(probe_steps):
         st.caption(
             f"Probe: {len(probe_steps)} measurements on a fixed validation batch of "
@@ -76,29 +78,37 @@ def health_view(store, run, refreshing):
             st.markdown(f"- **{name}**: {text}.")
         st.markdown(
             "- The scale in use at step t comes from the largest amax of steps up to t−2 "
-            f"(a window of {history_length} steps); the first two steps use 1.0."
+            f"(a window of {run['config'].amax_history_length} steps); the first two steps "
+            "use 1.0."
         )
+
+
+def tensor_figures(health: records.Health):
+    """Per role: headroom lines, the probe's saturation and underflow, the amax heatmap with
+    its overflows marked."""
+    steps, layers, result = health.amax_steps, health.layers, health.result
     fixed_scale = common.fixed_scale_toggle("health_amax_fixed_scale")
     tabs = st.tabs([charts.ROLE_TITLES[r] for r in ROLES])
     for j, role in enumerate(ROLES):
         with tabs[j]:
             common.plot(
-                charts.headroom_figure(steps, result["headroom"][:, :, j], layers, role),
+                fp8_charts.headroom_figure(steps, result["headroom"][:, :, j], layers, role),
                 key=f"headroom-{role}",
             )
-            if len(probe_steps):
+            if len(health.probe_steps):
                 common.plot(
-                    charts.probe_figure(probe_steps, probe_stats[:, :, j], layers, role),
+                    fp8_charts.probe_figure(
+                        health.probe_steps, health.probe_stats[:, :, j], layers, role
+                    ),
                     key=f"probe-{role}",
                 )
             heatmap = charts.amax_heatmap(
-                steps, amax[:, :, j], layers, role, fixed_scale=fixed_scale
+                steps, health.amax[:, :, j], layers, role, fixed_scale=fixed_scale
             )
             common.plot(
-                charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
+                fp8_charts.mark_overflows(heatmap, steps, result["overflow"][:, :, j], layers),
                 key=f"health-amax-{role}",
             )
-    recipe_section(store, run, layers)
 
 
 def what_this_run_records(run) -> str | None:
@@ -139,7 +149,9 @@ def recipe_section(store, run, layers):
     )
     for sentence in probe.recipe_summary(names, stats[-1], layers):
         st.markdown(f"- {sentence}")
-    common.plot(charts.recipe_heatmap(stats[-1], layers, names, steps[-1]), key="recipe-heatmap")
+    common.plot(
+        fp8_charts.recipe_heatmap(stats[-1], layers, names, steps[-1]), key="recipe-heatmap"
+    )
     tensors = [(i, j) for i in range(len(layers)) for j in range(len(ROLES))]
     i, j = st.selectbox(
         "Tensor",
@@ -149,7 +161,7 @@ def recipe_section(store, run, layers):
     )
     tensor = f"{layers[i]} · {charts.ROLE_TITLES[ROLES[j]]}"
     common.plot(
-        charts.recipe_probe_figure(steps, stats[:, i, j], names, tensor), key="recipe-lines"
+        fp8_charts.recipe_probe_figure(steps, stats[:, i, j], names, tensor), key="recipe-lines"
     )
     with st.expander("The recipes and the statistics", expanded=False):
         for name in names:
@@ -173,14 +185,21 @@ def history_section(store, run):
             "fp8 run (or train one) to see what the window does."
         )
         return
-    layers = [layer["name"] for layer in run["summary"].get("fp8_layers", [])]
+    layers = records.float8_layer_names(run)
     steps, amax = store.fp8_amax(run["id"])
     if not layers or not len(steps):
         return
-    own = run["config"].amax_history_length
     role = st.radio(
         "Tensor", ROLES, format_func=charts.ROLE_TITLES.get, horizontal=True, key="history_role"
     )
+    replayed(run, steps, amax, layers, role)
+    measured(store, run, layers, role)
+    train_again(store, run)
+
+
+def replayed(run, steps, amax, layers, role):
+    """This run's amaxes under other windows: a table, and its headroom recorded and replayed."""
+    own = run["config"].amax_history_length
     j = ROLES.index(role)
     lengths = sorted(set(fp8.HISTORY_LENGTHS) | {own})
     st.markdown(
@@ -214,7 +233,7 @@ def history_section(store, run):
     for length, kind in ((own, "recorded"), (other, "replayed")):
         headroom = fp8.health(amax, history_length=length)["headroom"][:, :, j]
         common.plot(
-            charts.headroom_heatmap(
+            fp8_charts.headroom_heatmap(
                 steps,
                 headroom,
                 layers,
@@ -224,6 +243,10 @@ def history_section(store, run):
             key=f"history-{kind}-{role}",
         )
 
+
+def measured(store, run, layers, role):
+    """The headroom of fp8 runs with the same settings but another window (the last three)."""
+    j = ROLES.index(role)
     siblings = [
         r
         for r in store.runs()
@@ -245,7 +268,7 @@ def history_section(store, run):
             f"{charts.ROLE_TITLES[role]}"
         )
         common.plot(
-            charts.headroom_heatmap(
+            fp8_charts.headroom_heatmap(
                 s_steps,
                 result["headroom"][:, :, j],
                 layers,
@@ -256,6 +279,11 @@ def history_section(store, run):
         )
     if not siblings:
         st.caption("None yet.")
+
+
+def train_again(store, run):
+    """Queue the run's fp8 side again under another window (no bf16 run)."""
+    own = run["config"].amax_history_length
     allowed = common.can_control()
     c = st.columns([1, 2])
     length = c[0].number_input(
@@ -270,13 +298,11 @@ def history_section(store, run):
         if not allowed
         else "Queue an fp8 run with these settings and this window (no bf16 run).",
     ):
-        from fp8demo import worker
-
         config = dataclasses.replace(
             run["config"], amax_history_length=int(length), precisions=("fp8",)
         )
         try:
-            cid = worker.launch(config, store=store, label=f"amax history {length}")
+            cid = launcher.launch(config, store=store, label=f"amax history {length}")
         except (ConfigError, StoreError) as e:
             st.error(str(e))
         else:

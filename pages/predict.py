@@ -3,8 +3,8 @@
 import pandas as pd
 import streamlit as st
 
-from fp8demo.predict import PredictError, sentiment
-from fp8demo.store import default_home
+from fp8demo.paths import default_home
+from fp8demo.predict import PredictError, load_run, sentiment
 from pages import common
 
 OWN = "Write your own"
@@ -21,9 +21,7 @@ EXAMPLES = {
 @st.cache_resource(show_spinner="Loading the model…", max_entries=12)
 def load_model(home: str, run_id: int, post_training: str | None = None):
     """Rebuild one run's model from its saved weights, once per server (imports keras)."""
-    from fp8demo import predict
-
-    return predict.load_run(common._open_store(home), run_id, post_training)
+    return load_run(common._open_store(home), run_id, post_training)
 
 
 def load_models(runs) -> dict:

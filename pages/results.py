@@ -5,8 +5,10 @@ import json
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, compiled, report
+from fp8demo import charts, compiled, device, launcher, report
 from fp8demo.config import RECIPE_PRECISIONS, TrainConfig
+from fp8demo.store import StoreError
+from fp8demo.tensorboard_export import export_zip
 from pages import common
 
 
@@ -41,7 +43,7 @@ def run_rows(runs) -> pd.DataFrame:
                 "steps/s": r["steps_per_sec"],
                 "samples/s": r["samples_per_sec"],
                 "params": r["params"],
-                "device": r["device"] or r["summary"].get("device"),
+                "device": device_cell(r["device"] or r["summary"].get("device")),
             }
         )
         for mode, result in (r["summary"].get("ptq") or {}).items():
@@ -57,15 +59,21 @@ def run_rows(runs) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def device_cell(label: str | None) -> str | None:
+    """A run's device as it recorded it ("CPU, 2 cores", "NVIDIA H200"); on a CPU fp8 is
+    emulated, which its speed reflects."""
+    return f"{label} (fp8 emulated)" if device.emulates_fp8(label) else label
+
+
 def phase_table(runs) -> pd.DataFrame:
-    """Seconds each run spent per phase (data, model, fit, evaluation, saving), and the
-    post-training quantization evaluated on the comparison's first view."""
+    """Seconds each run spent per phase (data, model, fit, evaluation, saving), and its
+    post-training quantization, evaluated after it by a worker."""
     recorded = {}
     for r in runs:
         seconds = dict(r["summary"].get("phase_seconds") or {})
         for mode, result in (r["summary"].get("ptq") or {}).items():
             if result.get("seconds") is not None:
-                seconds[f"evaluating {mode} post-training quantization (first view)"] = result[
+                seconds[f"evaluating {mode} post-training quantization (after training)"] = result[
                     "seconds"
                 ]
         recorded[r["precision"]] = seconds
@@ -123,8 +131,6 @@ def tensorboard_reader(store, run_ids):
     """Write the event files only when the user clicks (TensorFlow summary writing)."""
 
     def read():
-        from fp8demo.tensorboard_export import export_zip
-
         return export_zip(store, run_ids)
 
     return read
@@ -249,8 +255,6 @@ def curves(metrics, runs, metric, smoothing, labels=None, dashes=None):
 def repeats_summary(store, comparison):
     """Mean ± std over the seeds this comparison was launched with."""
     group = store.group(comparison["group_id"])
-    if evaluate_post_training(store, group):
-        group = store.group(comparison["group_id"])
     stats = report.repeat_statistics(group)
     finished = sum(all(r["status"] == "finished" for r in c["runs"]) for c in group)
     st.markdown(
@@ -283,29 +287,75 @@ def repeats_summary(store, comparison):
         )
 
 
-def evaluate_post_training(store, comparisons) -> bool:
-    """Evaluate the post-training quantization of the comparisons' finished bf16 runs that
-    still lack it (their first view), and keep it in their summaries. A comparison still
-    training waits, so as not to take CPU from the training. True when any was evaluated."""
-    from fp8demo import training
+# -- post-training quantization: queued work, shown as it goes --------------------------
 
-    evaluated = False
-    for comparison in comparisons:
-        if common.is_active(comparison):
+PTQ_STATES = {
+    "queued": "queued: a worker evaluates it when no training run may start",
+    "running": "being evaluated by a worker",
+}
+
+
+def post_training_section(store, comparison):
+    """The int8/int4 post-training quantization of the comparison's finished bf16 runs (their
+    results are rows of the table above): queued, running, failed with its error, or not
+    asked for, with a button asking a worker for it. Refreshes itself every 2 s while one
+    is pending, and the whole page once it is in."""
+    key = f"_ptq_pending_{comparison['id']}"
+    every = 2.0 if st.session_state.get(key) else None
+    st.fragment(run_every=every)(_post_training_panel)(store, comparison["id"], key)
+
+
+def _post_training_panel(store, comparison_id: int, key: str):
+    comparison = store.comparison(comparison_id)
+    wanted = [
+        r
+        for r in comparison["runs"]
+        if r["precision"] == "bf16" and r["config"].ptq and r["status"] == "finished"
+    ]
+    pending = False
+    for run in wanted:
+        if run["summary"].get("ptq"):  # done: its rows are in the table
             continue
-        for r in filter(training.post_training_pending, comparison["runs"]):
-            with st.spinner(f"Evaluating the post-training quantization of run {r['id']}…"):
-                try:
-                    training.post_training_results(store, r["id"])
-                    evaluated = True
-                except Exception as e:  # shown, not raised: the rest of the page still works
-                    st.warning(f"Post-training quantization of run {r['id']} failed: {e}")
-    return evaluated
+        evaluation = store.evaluation(run["id"])
+        state = evaluation["status"] if evaluation else None
+        what = f"int8/int4 post-training quantization of run {run['id']}"
+        if state in PTQ_STATES:
+            pending = True
+            st.caption(f":material/hourglass_top: The {what} is {PTQ_STATES[state]}…")
+            continue
+        if state == "failed":
+            st.warning(f"The {what} failed: {evaluation['error']}")
+        elif state is None:
+            st.caption(f"The {what} has not been asked for.")
+        else:
+            continue  # finished: the run's summary has its results on the next refresh
+        ask_for_post_training(store, run["id"], again=state == "failed")
+    if pending:
+        launcher.ensure_supervisor(store, pending=True)  # its worker may have died
+    if pending != st.session_state.get(key, False):
+        st.session_state[key] = pending
+        st.rerun()  # the timer on or off; the whole page shows the results once in
+
+
+def ask_for_post_training(store, run_id: int, again: bool):
+    """A button queueing the run's post-training evaluation (protected like launching)."""
+    allowed = common.can_control()
+    label = "Evaluate again" if again else "Evaluate int8/int4 post-training quantization"
+    if st.button(
+        label,
+        key=f"ptq-{run_id}",
+        disabled=not allowed,
+        help=common.LOCKED_HELP if not allowed else "A worker evaluates it on the test split.",
+    ):
+        try:
+            launcher.request_post_training(store, run_id)
+        except StoreError as e:
+            st.error(str(e))
+            return
+        st.rerun()
 
 
 def detail(store, comparison):
-    if evaluate_post_training(store, [comparison]):
-        comparison = store.comparison(comparison["id"])
     runs = comparison["runs"]
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
     if comparison.get("group_id"):
@@ -323,6 +373,7 @@ def detail(store, comparison):
             "weights (KB)": st.column_config.NumberColumn(format="%.0f"),
         },
     )
+    post_training_section(store, comparison)
     phases = phase_table(runs)
     if len(phases):
         with st.expander("Where the time went (seconds per phase)"):
@@ -360,8 +411,6 @@ def detail(store, comparison):
 
 def delete_button(store, comparison):
     """Delete a finished comparison with its metrics and models (protected like launching)."""
-    from fp8demo.store import StoreError
-
     active = common.is_active(comparison)
     allowed = common.can_control()
     if st.button(

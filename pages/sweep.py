@@ -3,7 +3,7 @@
 Build the search space with widgets (a range or choices per setting), launch, and watch the
 trials arrive: the table refreshes itself while the sweep runs, and the figures are drawn
 again whenever a trial reports an epoch or ends. fp8demo.sweep runs the study (the training
-processes and supervise() ask and tell its trials); fp8demo.sweep_charts draws it. The chosen
+processes and the supervisor ask and tell its trials); fp8demo.sweep_charts draws it. The chosen
 sweep lives in the URL (?sweep=ID); every trial links to its comparison on the other pages.
 """
 

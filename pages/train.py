@@ -8,6 +8,7 @@ import dataclasses
 
 import streamlit as st
 
+from fp8demo import launcher, model, tokenizer
 from fp8demo.config import (
     DROPOUT_MASKS,
     EXAMPLE,
@@ -90,20 +91,16 @@ def apply_preset():
             st.session_state[field] = common.widget_value(field, getattr(values, field))
 
 
-# -- cached previews (import keras / keras_hub only when opened) ----------------------------
+# -- cached previews (keras / keras_hub load only when one is opened) ----------------------
 
 
 @st.cache_data(show_spinner="Tokenizing…", max_entries=64)
 def tokenizer_preview(config: TrainConfig, text: str) -> dict:
-    from fp8demo import tokenizer
-
     return tokenizer.preview(config, text)
 
 
 @st.cache_data(show_spinner="Building the model…", max_entries=32)
 def model_summary(config: TrainConfig, precision: str) -> list[dict]:
-    from fp8demo import model
-
     return model.summarize(config, precision)
 
 
@@ -115,6 +112,16 @@ LARGE_HIDDEN = 1024  # the "Large" preset and up: where FP8 GEMMs can beat bf16 
 
 def settings_form():
     """Every TrainConfig field as a widget keyed by its name."""
+    preset_picker()
+    training_settings()
+    tokenizer_settings()
+    model_settings()
+    runs_and_data_settings()
+    with st.expander("Advanced"):
+        advanced_settings()
+
+
+def preset_picker():
     st.selectbox(
         "Preset",
         [CUSTOM, *PRESETS],
@@ -125,12 +132,18 @@ def settings_form():
     )
     if note := PRESET_NOTES.get(st.session_state.get("preset")):
         st.caption(f"{st.session_state['preset']}: {note}")
+
+
+def training_settings():
     st.markdown("**Training**")
     c = st.columns(4)
     c[0].number_input("Epochs", min_value=1, step=1, key="epochs")
     c[1].number_input("Batch size", min_value=1, step=1, key="batch_size")
     c[2].number_input("Learning rate (adam)", min_value=0.0, step=1e-4, format="%.1e", key="lr")
     c[3].number_input("Seed", min_value=0, step=1, key="seed")
+
+
+def tokenizer_settings():
     st.markdown("**Tokenizer**")
     c = st.columns(4)
     c[0].number_input("Vocabulary size", min_value=1, step=1000, key="vocab_size")
@@ -144,6 +157,9 @@ def settings_form():
         "fast: the Hugging Face WordPiece trainer (a different vocabulary). "
         "Cached per data and settings.",
     )
+
+
+def model_settings():
     st.markdown("**Model**")
     c = st.columns(4)
     c[0].number_input("Hidden dim", min_value=1, step=8, key="hidden_dim")
@@ -153,6 +169,9 @@ def settings_form():
         "Dropout", min_value=0.0, max_value=1.0, step=0.05, format="%.2f", key="dropout"
     )
     st.checkbox("Quantize the sigmoid head too (as the example does)", key="quantize_head")
+
+
+def runs_and_data_settings():
     st.markdown("**Runs and data**")
     empty_source = default_source_description()
     c = st.columns([2, 3, 1])
@@ -180,71 +199,74 @@ def settings_form():
         key="subset",
         help="Reviews per split, half positive, half negative.",
     )
-    with st.expander("Advanced"):
-        devices = common.device_info().get("devices") or []
-        st.checkbox(
-            f"Data-parallel over every device ({len(devices)} seen)",
-            key="data_parallel",
-            help="keras.distribution.DataParallel: each batch is split across the "
-            "devices JAX sees; the batch size must divide evenly. Devices: "
-            + (", ".join(devices) or "unknown"),
-        )
-        st.selectbox(
-            "Precisions side by side",
-            SIDE_BY_SIDE,
-            key="side_by_side",
-            help="Train the precisions at the same time, each in a worker of its own, so "
-            "that their Live curves race. auto: at the same time when the host has a GPU per "
-            "precision, one after the other on a CPU (where they would share the cores); on: "
-            "at the same time, sharing the devices or cores there are; off: one after the "
-            "other.",
-        )
-        c = st.columns(4)
-        c[0].checkbox(
-            "Restore the best epoch",
-            key="restore_best",
-            help="Evaluate and keep the weights of the epoch with the best validation "
-            "accuracy (the example overfits after epoch 1). The final weights "
-            "are evaluated too.",
-        )
-        c[1].number_input(
-            "Early stopping patience (0 = off)",
-            min_value=0,
-            step=1,
-            key="early_stopping",
-            help="Stop after this many epochs without a better validation accuracy.",
-        )
-        c[2].number_input(
-            "Amax history length",
-            min_value=1,
-            step=64,
-            key="amax_history_length",
-            help="The delayed-scaling window of the fp8 run: each scale comes from "
-            "the largest amax of this many past steps (Keras' default 1024).",
-        )
-        c[3].checkbox(
-            "int8/int4 post-training quantization of bf16",
-            key="ptq",
-            help="After the bf16 run, evaluate its post-training int8 (and int4 "
-            "weight-only) quantization: the calibration FP8 training avoids.",
-        )
-        c = st.columns(4)
-        c[0].number_input(
-            "Probe every N steps (0 = off)",
-            min_value=0,
-            step=50,
-            key="probe_every",
-            help="Saturation and underflow % of every float8 tensor, measured on a "
-            "fixed validation batch every N steps (FP8 health page).",
-        )
-        c[1].selectbox(
-            "Dropout masks",
-            DROPOUT_MASKS,
-            key="dropout_masks",
-            help="keras: 32 random bits per mask value, as the example; fast: 8 bits "
-            "(the rate rounds to a multiple of 1/256), a faster training step on a "
-            "CPU, where drawing the random numbers is a large part of the step.",
-        )
+
+
+def advanced_settings():
+    """Devices, scheduling, best epoch and early stopping, the fp8 window, PTQ, the probe."""
+    devices = common.device_info().get("devices") or []
+    st.checkbox(
+        f"Data-parallel over every device ({len(devices)} seen)",
+        key="data_parallel",
+        help="keras.distribution.DataParallel: each batch is split across the "
+        "devices JAX sees; the batch size must divide evenly. Devices: "
+        + (", ".join(devices) or "unknown"),
+    )
+    st.selectbox(
+        "Precisions side by side",
+        SIDE_BY_SIDE,
+        key="side_by_side",
+        help="Train the precisions at the same time, each in a worker of its own, so "
+        "that their Live curves race. auto: at the same time when the host has a GPU per "
+        "precision, one after the other on a CPU (where they would share the cores); on: "
+        "at the same time, sharing the devices or cores there are; off: one after the "
+        "other.",
+    )
+    c = st.columns(4)
+    c[0].checkbox(
+        "Restore the best epoch",
+        key="restore_best",
+        help="Evaluate and keep the weights of the epoch with the best validation "
+        "accuracy (the example overfits after epoch 1). The final weights "
+        "are evaluated too.",
+    )
+    c[1].number_input(
+        "Early stopping patience (0 = off)",
+        min_value=0,
+        step=1,
+        key="early_stopping",
+        help="Stop after this many epochs without a better validation accuracy.",
+    )
+    c[2].number_input(
+        "Amax history length",
+        min_value=1,
+        step=64,
+        key="amax_history_length",
+        help="The delayed-scaling window of the fp8 run: each scale comes from "
+        "the largest amax of this many past steps (Keras' default 1024).",
+    )
+    c[3].checkbox(
+        "int8/int4 post-training quantization of bf16",
+        key="ptq",
+        help="After the bf16 run, evaluate its post-training int8 (and int4 "
+        "weight-only) quantization: the calibration FP8 training avoids.",
+    )
+    c = st.columns(4)
+    c[0].number_input(
+        "Probe every N steps (0 = off)",
+        min_value=0,
+        step=50,
+        key="probe_every",
+        help="Saturation and underflow % of every float8 tensor, measured on a "
+        "fixed validation batch every N steps (FP8 health page).",
+    )
+    c[1].selectbox(
+        "Dropout masks",
+        DROPOUT_MASKS,
+        key="dropout_masks",
+        help="keras: 32 random bits per mask value, as the example; fast: 8 bits "
+        "(the rate rounds to a multiple of 1/256), a faster training step on a "
+        "CPU, where drawing the random numbers is a large part of the step.",
+    )
 
 
 def show_tokenizer_preview(config: TrainConfig):
@@ -308,10 +330,8 @@ def show_model_summary(config: TrainConfig):
 
 
 def launch(store, config: TrainConfig, label: str, repeats: int = 1):
-    from fp8demo import worker
-
     try:
-        cid = worker.launch_repeats(config, repeats, store=store, label=label)[0]
+        cid = launcher.launch_repeats(config, repeats, store=store, label=label)[0]
     except (ConfigError, StoreError) as e:
         st.error(str(e))
         return

@@ -39,11 +39,8 @@ def wait_for(predicate, timeout, what):
 
 
 def all_runs_ended(store, comparisons) -> bool:
-    """supervise() as the dashboard and the CLI call it on every refresh (it reaps the runs of
-    dead workers and restarts the queue), then whether every run of `comparisons` has ended."""
-    from fp8demo import worker
-
-    worker.supervise(store)
+    """Whether every run of `comparisons` has ended (read only: the supervisor process reaps
+    the runs of dead workers and restarts the queue, with nobody watching)."""
     return all(r["status"] not in ("queued", "running") for c in comparisons for r in store.runs(c))
 
 
@@ -101,7 +98,7 @@ def imdb_folder(imdb_archive, tmp_path_factory) -> Path:
 @pytest.fixture
 def home(request, tmp_path, monkeypatch, imdb_folder) -> Path:
     """An empty store whose data source is the extracted test archive: the home's SQLite
-    file, or (in a module marked both_backends, run once per backend) a new PostgreSQL
+    file, or (for a test marked postgres_too, run once per backend) a new PostgreSQL
     database named by FP8DEMO_STORE, which every process the test starts inherits."""
     monkeypatch.setenv("FP8DEMO_HOME", str(tmp_path / "home"))
     monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
@@ -113,9 +110,23 @@ def home(request, tmp_path, monkeypatch, imdb_folder) -> Path:
 
 
 def pytest_generate_tests(metafunc):
-    """`home` on both backends where a module asks for it (pytestmark = both_backends)."""
-    if "home" in metafunc.fixturenames and metafunc.definition.get_closest_marker("both_backends"):
+    """`home` on both backends for a test marked postgres_too: only where the SQL differs
+    (queue, claims, locks, several hosts, one end to end); every other test runs on SQLite."""
+    if "home" in metafunc.fixturenames and metafunc.definition.get_closest_marker("postgres_too"):
         metafunc.parametrize("home", ["sqlite", "postgresql"], indirect=True)
+
+
+# Fixtures of end-to-end tests: `home` comes with a data source, for a test that trains or
+# starts workers; the others start a browser, several hosts or train every precision.
+E2E_FIXTURES = {"home", "browser", "server", "hosts", "six"}
+
+
+def pytest_collection_modifyitems(items):
+    """Mark e2e every test that takes an end-to-end fixture (a module or a test may also be
+    marked by hand): `pytest -m "not e2e"` is the fast loop."""
+    for item in items:
+        if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 def train_comparison(home, imdb_folder, config, texts) -> dict:
@@ -128,7 +139,7 @@ def train_comparison(home, imdb_folder, config, texts) -> dict:
     from fp8demo.data import lowercase
     from fp8demo.predict import check_texts
     from fp8demo.store import Store
-    from fp8demo.worker import execute
+    from fp8demo.worker import evaluate, execute, queue_post_training
 
     old = {k: os.environ.get(k) for k in ("FP8DEMO_HOME", "FP8DEMO_IMDB")}
     os.environ["FP8DEMO_HOME"], os.environ["FP8DEMO_IMDB"] = str(home), str(imdb_folder)
@@ -147,6 +158,9 @@ def train_comparison(home, imdb_folder, config, texts) -> dict:
     try:
         while (run := store.claim_next_run(os.getpid())) is not None:
             execute(store, run, on_trained=remember(run["id"]))
+            queue_post_training(store, run["id"])  # as a worker does after each run
+        while (evaluation := store.claim_next_evaluation(os.getpid())) is not None:
+            evaluate(store, evaluation)
     finally:
         for k, v in old.items():
             if v is None:

@@ -801,6 +801,7 @@ def cli_home(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("args, message", CLI, ids=[" ".join(a) for a, _ in CLI])
+@pytest.mark.e2e  # starts the CLI
 def test_cli_bad_input(args, message, cli_home):
     home = cli_home
     done = cli(*args, text=True)
@@ -814,6 +815,7 @@ def test_cli_bad_input(args, message, cli_home):
     assert Store(home).runs() == []  # nothing was queued
 
 
+@pytest.mark.e2e  # starts the CLI
 def test_cli_predict_with_undecodable_bytes(trained):
     env = dict(os.environ, FP8DEMO_HOME=str(trained["home"]))
     run_id = str(trained["run_ids"]["bf16"]).encode()

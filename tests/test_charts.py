@@ -6,7 +6,7 @@ import numpy as np
 import plotly.graph_objects as go
 import pytest
 
-from fp8demo import charts
+from fp8demo import charts, fp8_charts
 from fp8demo.fp8 import ROLES
 
 
@@ -255,8 +255,6 @@ def test_fp8_state_rows_and_scale_change_figure():
 
 
 def test_best_epoch_is_starred_on_the_curves():
-    from fp8demo import charts
-
     steps = {
         "step": np.arange(1, 31, dtype=float),
         "time": np.arange(30, dtype=float),
@@ -282,18 +280,20 @@ def test_headroom_heatmap_keeps_the_worst_step_of_each_bucket():
     headroom = np.full((1200, 2), 3.0, np.float32)
     headroom[700, 1] = -2.0  # one clipped step
     headroom[:2, 0] = np.nan  # no amax yet: blank
-    fig = charts.headroom_heatmap(steps, headroom, ["a", "b"], "t", uirevision="x", max_columns=600)
+    fig = fp8_charts.headroom_heatmap(
+        steps, headroom, ["a", "b"], "t", uirevision="x", max_columns=600
+    )
     z = np.asarray(fig.data[0].z)
     assert z.shape == (2, 600)
     assert z[1].min() == -2.0 and (z[1] == 3.0).sum() == 599  # the spike survives bucketing
     assert np.isnan(z[0, 0]) and z[0, 1] == 3.0
-    assert (fig.data[0].zmin, fig.data[0].zmax) == charts.HEADROOM_RANGE
+    assert (fig.data[0].zmin, fig.data[0].zmax) == fp8_charts.HEADROOM_RANGE
 
 
 def test_probe_figure_plots_percent_per_layer_and_statistic():
     stats = np.zeros((3, 2, 2), np.float32)  # [probes, layers, (saturation, underflow)]
     stats[:, 1, 1] = [0.5, 0.1, 0.0]
-    fig = charts.probe_figure([0, 250, 500], stats, ["a", "b"], "outputs_grad")
+    fig = fp8_charts.probe_figure([0, 250, 500], stats, ["a", "b"], "outputs_grad")
     assert len(fig.data) == 4 and "output gradient" in fig.layout.title.text
     underflow_b = next(t for t in fig.data if t.name == "b" and t.xaxis == "x2")
     np.testing.assert_allclose(underflow_b.y, [50, 10, 0], rtol=1e-6)
@@ -355,13 +355,13 @@ def test_recipe_heatmap_colours_snr_and_hovers_all_three_numbers():
     latest[..., 2] = 31.0
     latest[1, 2, 0] = [9.0, 0.5, 12.25]  # b's output gradients under delayed scaling
     latest[0, 1, 1, 2] = np.inf  # exact
-    fig = charts.recipe_heatmap(latest, ["a", "b"], recipes, step=250)
+    fig = fp8_charts.recipe_heatmap(latest, ["a", "b"], recipes, step=250)
     heatmap = fig.data[0]
     assert heatmap.type == "heatmap" and list(heatmap.x) == list(recipes)
     assert list(heatmap.y)[5] == "b · output gradient" and len(heatmap.y) == 6
     z = np.asarray(heatmap.z)
-    assert z[5, 0] == 12.25 and z[1, 1] == charts.SNR_RANGE[1]  # exact: the top colour
-    assert (heatmap.zmin, heatmap.zmax) == charts.SNR_RANGE
+    assert z[5, 0] == 12.25 and z[1, 1] == fp8_charts.SNR_RANGE[1]  # exact: the top colour
+    assert (heatmap.zmin, heatmap.zmax) == fp8_charts.SNR_RANGE
     assert heatmap.text[1][1] == "exact" and heatmap.customdata[5][0] == [9.0, 0.5, "12.2 dB"]
     assert "underflow" in heatmap.hovertemplate and "saturation" in heatmap.hovertemplate
     assert "step 250" in fig.layout.title.text
@@ -371,9 +371,9 @@ def test_recipe_probe_figure_draws_a_line_per_recipe_and_statistic():
     stats = np.zeros((3, 2, 3), np.float32)  # [probes, recipes, statistics]
     stats[:, 0, 0] = [50.0, 5.0, 0.0]  # delayed underflow falls
     stats[:, :, 2] = [[20.0, 30.0], [25.0, np.inf], [28.0, 31.0]]
-    fig = charts.recipe_probe_figure([0, 250, 500], stats, ("delayed", "mxfp8"), "b · kernel")
+    fig = fp8_charts.recipe_probe_figure([0, 250, 500], stats, ("delayed", "mxfp8"), "b · kernel")
     assert len(fig.data) == 6 and "b · kernel" in fig.layout.title.text
     delayed_underflow = next(t for t in fig.data if t.name == "delayed" and t.xaxis == "x2")
     np.testing.assert_allclose(delayed_underflow.y, [50, 5, 0])
     mxfp8_snr = next(t for t in fig.data if t.name == "mxfp8" and t.xaxis == "x")
-    assert np.isnan(mxfp8_snr.y[1]) and mxfp8_snr.line.color == charts.RECIPE_COLORS["mxfp8"]
+    assert np.isnan(mxfp8_snr.y[1]) and mxfp8_snr.line.color == fp8_charts.RECIPE_COLORS["mxfp8"]

@@ -7,7 +7,9 @@ import sys
 import pytest
 from conftest import ROOT, backend
 
-pytestmark = pytest.mark.both_backends  # every command works on either store
+# Every test but one starts the CLI. The CLI runs on SQLite; train → show → predict runs on
+# PostgreSQL, the suite's one end to end on that store (the other commands read it as pages do).
+pytestmark = pytest.mark.e2e
 
 
 def cli(*args, env=None, timeout=600):
@@ -21,6 +23,7 @@ def cli(*args, env=None, timeout=600):
     )
 
 
+@pytest.mark.parametrize("home", ["postgresql"], indirect=True)  # SQLite: the tests below
 def test_train_then_predict(home):
     import os
 
@@ -47,7 +50,7 @@ def test_train_then_predict(home):
         ("bf16", "finished"),
         ("fp8", "finished"),
     ]
-    from fp8demo.store import host_name
+    from fp8demo.paths import host_name
 
     assert all(r["host"] == host_name() and r["slot"].isdigit() for r in runs)  # a pool slot
     fp8_run = runs[1]["id"]
@@ -81,6 +84,27 @@ def test_train_then_predict(home):
     assert "int8 PTQ: test accuracy" in cli("show", str(runs[0]["id"]), env=env).stdout
     assert "fp8 health:" in text and "best epoch: 1" in text
     predicted = cli("predict", str(fp8_run), "great film", "awful film", "--json", env=env)
+    assert predicted.returncode == 0, predicted.stderr
+    rows = json.loads(predicted.stdout)
+    assert [r["text"] for r in rows] == ["great film", "awful film"]
+    assert all(0.0 <= r["positive_probability"] <= 1.0 for r in rows)
+
+
+def test_show_and_predict_read_a_run_of_the_sqlite_store(trained):
+    """show and predict on the embedded store (train → show → predict runs on PostgreSQL
+    above, the CLI's train on SQLite in test_store_option_names_the_store_…)."""
+    import os
+
+    env = dict(os.environ, FP8DEMO_HOME=str(trained["home"]))
+    fp8_run = str(trained["run_ids"]["fp8"])
+    done = cli("show", fp8_run, "--json", env=env)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert len(shown["float8_layers"]) == 8 and shown["compiled_step"]["matmuls"] > 0
+    assert shown["fp8_health"]["latest_probe_step"] is not None
+    text = cli("show", fp8_run, env=env).stdout
+    assert "fp8 health:" in text and "seconds: loading data" in text
+    predicted = cli("predict", fp8_run, "great film", "awful film", "--json", env=env)
     assert predicted.returncode == 0, predicted.stderr
     rows = json.loads(predicted.stdout)
     assert [r["text"] for r in rows] == ["great film", "awful film"]

@@ -13,7 +13,7 @@ import time
 
 from conftest import SLOW_RUN, all_runs_ended, wait_for
 
-from fp8demo import worker
+from fp8demo import launcher, worker
 from fp8demo.config import TrainConfig
 from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, Store
 
@@ -31,12 +31,13 @@ def test_side_by_side_sequential_and_data_parallel_claims(tmp_path, store_url):
     together, (b_bf16, b_fp8) = store.create_comparison(TrainConfig(side_by_side="on"))
     _, (whole,) = store.create_comparison(TrainConfig(data_parallel=True, precisions=("bf16",)))
     _, (after,) = store.create_comparison(TrainConfig(precisions=("fp8",)))
-    # Decided at launch, for every worker: "auto" by this host's GPUs.
+    # Decided at launch, for every worker: the setting, or for "auto" the launcher's answer
+    # (by the launching host's GPUs: device.trains_side_by_side), which the store keeps.
     assert store.run(a_bf16)["summary"] == {"side_by_side": False}
     assert store.run(b_fp8)["summary"] == {"side_by_side": True}
     auto = TrainConfig()
-    assert store.run(store.create_comparison(auto)[1][0])["summary"] == {
-        "side_by_side": worker.trains_side_by_side(auto)
+    assert store.run(store.create_comparison(auto, side_by_side=True)[1][0])["summary"] == {
+        "side_by_side": True
     }
     store.cancel_comparison(store.latest_comparison_id())
 
@@ -125,12 +126,12 @@ def test_two_processes_never_claim_the_same_run(tmp_path, store_url):
 
 SHARE = """
 import json, os, sys
-from fp8demo import worker
-taken = worker.take_device_share(int(sys.argv[1]), int(sys.argv[2]))
+from fp8demo import device
+taken = device.take_device_share(int(sys.argv[1]), int(sys.argv[2]))
 share = [taken, sorted(os.sched_getaffinity(0)), os.environ.get("CUDA_VISIBLE_DEVICES")]
 # What a worker started from this one (it inherits the share) still sees as the pool's:
-worker.visible_gpus.cache_clear()
-pool = [list(worker.visible_gpus()), worker.pool_cores()]
+device.visible_gpus.cache_clear()
+pool = [list(device.visible_gpus()), device.pool_cores()]
 print(json.dumps([*share, pool]))
 """
 
@@ -178,10 +179,10 @@ def test_two_workers_train_side_by_side_and_keep_a_sequential_comparison_in_orde
     """A side-by-side comparison starts the second worker itself and its runs overlap; a
     comparison that trains one after the other stays so with a worker idle beside it."""
     store = Store(home)
-    together = worker.launch(dataclasses.replace(TINY, side_by_side="on"), store)
-    in_order = worker.launch(dataclasses.replace(TINY, side_by_side="off", seed=1), store)
+    together = launcher.launch(dataclasses.replace(TINY, side_by_side="on"), store)
+    in_order = launcher.launch(dataclasses.replace(TINY, side_by_side="off", seed=1), store)
     # The side-by-side comparison asks for two workers.
-    wait_for(lambda: len(worker.worker_pids(store)) == 2, 60, "two workers")
+    wait_for(lambda: len(launcher.worker_pids(store)) == 2, 60, "two workers")
     wait_for(lambda: all_runs_ended(store, (together, in_order)), 400, "both comparisons")
     runs = store.runs(together)
     for run in runs + store.runs(in_order):
@@ -193,18 +194,18 @@ def test_two_workers_train_side_by_side_and_keep_a_sequential_comparison_in_orde
     assert max(r["started_at"] for r in runs) < min(r["finished_at"] for r in runs)  # overlap
     first, second = store.runs(in_order)
     assert second["started_at"] >= first["finished_at"]
-    log = (home / worker.LOG_NAME).read_text()
+    log = (home / launcher.LOG_NAME).read_text()
     assert "slot 0 of 2: " in log and "slot 1 of 2: " in log  # each took its own share
-    wait_for(lambda: not worker.worker_pids(store), 30, "the idle workers to leave")
+    wait_for(lambda: not launcher.worker_pids(store), 30, "the idle workers to leave")
 
 
 def test_a_killed_pool_worker_loses_its_run_and_the_other_finishes(home):
     store = Store(home)
     # Both long enough to be caught training at the same time (the doomed one never ends).
     slow = dataclasses.replace(SLOW_RUN, ptq=False, probe_every=0)
-    doomed = worker.launch(dataclasses.replace(slow, epochs=50), store)
-    survivor = worker.launch(dataclasses.replace(slow, seed=1), store)
-    assert len(worker.ensure_worker(store, workers=2)) == 2
+    doomed = launcher.launch(dataclasses.replace(slow, epochs=50), store)
+    survivor = launcher.launch(dataclasses.replace(slow, seed=1), store)
+    assert len(launcher.ensure_worker(store, workers=2)) == 2
     doomed_run, survivor_run = store.runs(doomed)[0]["id"], store.runs(survivor)[0]["id"]
     wait_for(
         lambda: store.run(doomed_run)["step"] >= 5 and store.run(survivor_run)["step"] >= 5,
@@ -262,7 +263,7 @@ def test_a_staying_pool_waits_for_work_and_ctrl_c_stops_it(home):
     recorded in the store while nothing is queued, train what is queued later, and Ctrl+C
     on the worker that started the pool stops every slot and removes them from the store."""
     store = Store(home)
-    log = home / worker.LOG_NAME  # both slots write here
+    log = home / launcher.LOG_NAME  # both slots write here
     with open(log, "ab") as output:
         pool = subprocess.Popen(
             [sys.executable, "-m", "fp8demo", "worker", "--stay", "--workers", "2"],
@@ -290,9 +291,9 @@ def test_a_staying_pool_waits_for_work_and_ctrl_c_stops_it(home):
                 "Ctrl+C did not stop the pool:\n" + log.read_text()[-6000:]
             ) from None
         assert code == 130
-        wait_for(lambda: not store.live_workers() and not worker.worker_pids(store), 30, "exit")
+        wait_for(lambda: not store.live_workers() and not launcher.worker_pids(store), 30, "exit")
     finally:
         if pool.poll() is None:
             pool.kill()
-        for pid in worker.worker_pids(store).values():
+        for pid in launcher.worker_pids(store).values():
             os.kill(pid, signal.SIGKILL)

@@ -55,6 +55,7 @@ def test_a_flag_counts_from_step_two_on():
     assert recipe_breaks.first_flag(timeline[:2]) == (None, {})
 
 
+@pytest.mark.e2e  # trains three precisions through the benchmark's engine
 def test_a_tiny_experiment_trains_reports_resumes_and_shows(
     tmp_path, monkeypatch, imdb_folder, capsys
 ):

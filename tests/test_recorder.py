@@ -7,7 +7,7 @@ from fp8demo.config import TrainConfig
 from fp8demo.recorder import Recorder, RunningMeans, per_batch_metrics
 from fp8demo.store import Store
 
-pytestmark = pytest.mark.both_backends  # runs record into either store
+# On SQLite: recording is the store's SQL, tested on PostgreSQL in test_store.
 
 
 def test_per_batch_values_from_running_means_across_an_epoch_boundary():

@@ -13,8 +13,6 @@ from fp8demo import report
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
-pytestmark = pytest.mark.both_backends  # reports read either store
-
 THREE = ("bf16", "fp8", "float32")
 
 

@@ -331,9 +331,9 @@ def test_a_runs_files_reach_a_host_that_did_not_train_it(postgres_url, tmp_path)
 
 
 def test_a_file_over_the_limit_is_refused_with_what_to_do(postgres_url, tmp_path, monkeypatch):
-    import fp8demo.store
+    import fp8demo.store.artifacts
 
-    monkeypatch.setattr(fp8demo.store, "MAX_ARTIFACT_BYTES", 10_000)
+    monkeypatch.setattr(fp8demo.store.artifacts, "MAX_ARTIFACT_BYTES", 10_000)
     store = Store(tmp_path / "home", url=postgres_url)
     _, (run_id,) = store.create_comparison(TrainConfig(precisions=("fp8",)))
     with pytest.raises(StoreError) as raised:
@@ -397,7 +397,8 @@ def test_live_workers_of_every_host(store, monkeypatch):
     import sys
     import time
 
-    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS, host_name
+    from fp8demo.paths import host_name
+    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS
 
     monkeypatch.setenv("FP8DEMO_HOST", "here")
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -422,3 +423,187 @@ def test_live_workers_of_every_host(store, monkeypatch):
     store.worker_gone("there", 0, 4242)  # not that slot's worker any more: nothing changes
     store.worker_gone("here", 0, os.getpid())
     assert [(w["host"], w["pid"]) for w in store.live_workers()] == [("there", 5151)]
+
+
+# -- atomic summaries, liveness, reaping -----------------------------------------------------------
+
+
+def test_concurrent_summary_merges_lose_no_key(store):
+    """Two writers (each its own Store, as two processes would be) merging different keys into
+    one run's summary at the same time: every key of both ends up there."""
+    import threading
+
+    _, (run_id,) = store.create_comparison(TrainConfig(precisions=("bf16",)))
+    rounds = 40
+
+    def writer(name):
+        other = Store(store.home, url=store.url)
+        for k in range(rounds):
+            other.merge_summary(run_id, **{f"{name}{k}": k})
+
+    threads = [threading.Thread(target=writer, args=(name,)) for name in ("a", "b")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    summary = store.run(run_id)["summary"]
+    assert {f"{n}{k}" for n in "ab" for k in range(rounds)} <= set(summary)
+    assert summary["side_by_side"] is False  # what create_comparison wrote is kept too
+
+
+def test_liveness_is_the_pid_here_and_the_heartbeat_elsewhere(store, monkeypatch):
+    import os
+    import time
+
+    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS
+
+    monkeypatch.setenv("FP8DEMO_HOST", "here")
+    now = time.time()
+    assert store.alive("here", os.getpid(), None) and store.alive(None, os.getpid(), None)
+    assert not store.alive("here", 2**22 + 12345, now)  # no such pid: its heartbeat is no help
+    assert store.alive("there", 1, now - 1) and store.alive("there", 1, None, started_at=now)
+    assert not store.alive("there", 1, now - HEARTBEAT_TIMEOUT_SECONDS - 1)
+
+
+def test_reap_interrupts_dead_runs_with_the_callers_note(store, monkeypatch):
+    import os
+
+    monkeypatch.setenv("FP8DEMO_HOST", "here")
+    config = TrainConfig(precisions=("bf16",), side_by_side="on")
+    _, (dead,) = store.create_comparison(config)
+    _, (live,) = store.create_comparison(config)
+    store.claim_next_run(2**22 + 12345)
+    store.claim_next_run(os.getpid())
+    assert [r["id"] for r in store.active_runs()] == [dead, live]
+    assert store.reap(note="The disk is full.") == [dead]
+    run = store.run(dead)
+    assert run["status"] == "interrupted" and run["error"] == (
+        f"The training process (pid {2**22 + 12345}) stopped during 'starting' without "
+        "finishing; partial metrics are kept. The disk is full."
+    )
+    assert store.run(live)["status"] == "running" and store.reap() == []
+
+
+def test_create_comparison_records_the_launchers_side_by_side_decision(store):
+    config = TrainConfig(precisions=("bf16", "fp8"))
+    _, (first, _) = store.create_comparison(config, side_by_side=True)
+    _, (second, _) = store.create_comparison(config)  # the setting alone: "auto" is not "on"
+    assert store.run(first)["summary"] == {"side_by_side": True}
+    assert store.run(second)["summary"] == {"side_by_side": False}
+
+
+# -- evaluations: post-training quantization as queued work ----------------------------------------
+
+
+def _finished_bf16(store) -> int:
+    _, (run_id,) = store.create_comparison(TrainConfig(precisions=("bf16",)))
+    store.end_run(run_id, "finished")
+    return run_id
+
+
+def test_asking_for_an_evaluation_queues_it_once(store):
+    run_id = _finished_bf16(store)
+    assert store.evaluation(run_id) is None and store.queued_evaluations() == 0
+    asked = store.request_evaluation(run_id)
+    assert (asked["run_id"], asked["status"], asked["started_at"]) == (run_id, "queued", None)
+    assert store.request_evaluation(run_id) == asked == store.evaluation(run_id)  # queued: kept
+    assert store.queued_evaluations() == 1
+    claimed = store.claim_next_evaluation(4321, host="here")
+    assert (claimed["id"], claimed["status"], claimed["worker_pid"]) == (
+        asked["id"],
+        "running",
+        4321,
+    )
+    assert claimed["host"] == "here" and store.request_evaluation(run_id) == claimed  # running
+    assert store.claim_next_evaluation(4322) is None and store.queued_evaluations() == 0
+    store.end_evaluation(claimed["id"], "finished")
+    done = store.request_evaluation(run_id)  # finished: kept
+    assert (done["id"], done["status"]) == (asked["id"], "finished") and done["finished_at"]
+    store.end_evaluation(done["id"], "failed", error="out of memory")
+    again = store.request_evaluation(run_id)  # failed: asking again queues a new one
+    assert again["id"] != asked["id"] and again["status"] == "queued"
+
+
+def test_only_finished_bf16_runs_are_evaluated(store):
+    _, (bf16, fp8) = store.create_comparison(TrainConfig(precisions=("bf16", "fp8")))
+    store.end_run(fp8, "finished")
+    for run_id, what in ((bf16, "queued bf16"), (fp8, "finished fp8")):
+        with pytest.raises(StoreError) as raised:
+            store.request_evaluation(run_id)
+        assert str(raised.value) == (
+            f"Run {run_id} is a {what} run: post-training quantization evaluates finished "
+            "bf16 runs."
+        )
+    with pytest.raises(StoreError, match="^There is no run 99 "):
+        store.request_evaluation(99)
+
+
+def test_two_claimers_of_one_evaluation_one_wins(store):
+    import threading
+
+    run_ids = [_finished_bf16(store) for _ in range(6)]
+    for run_id in run_ids:
+        store.request_evaluation(run_id)
+    claimed = {}
+
+    def claimer(pid):
+        own = Store(store.home, url=store.url)
+        while (evaluation := own.claim_next_evaluation(pid)) is not None:
+            claimed.setdefault(evaluation["run_id"], []).append(pid)
+
+    threads = [threading.Thread(target=claimer, args=(pid,)) for pid in (1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(claimed) == run_ids and all(len(pids) == 1 for pids in claimed.values())
+
+
+def test_reap_fails_the_evaluation_of_a_dead_worker(store, monkeypatch):
+    import os
+    import time
+
+    from fp8demo.store import HEARTBEAT_TIMEOUT_SECONDS
+
+    monkeypatch.setenv("FP8DEMO_HOST", "here")
+    dead, live, quiet, heard = (_finished_bf16(store) for _ in range(4))
+    for run_id, pid, host in (
+        (dead, 2**22 + 12345, "here"),
+        (live, os.getpid(), "here"),
+        (quiet, 77, "there"),
+        (heard, 88, "there"),
+    ):
+        store.request_evaluation(run_id)
+        store.claim_next_evaluation(pid, host=host)
+    store.worker_alive("there", 0, 88)  # the other host's worker heartbeats
+    store._write(
+        "UPDATE evaluations SET started_at=? WHERE worker_pid=77",
+        (time.time() - HEARTBEAT_TIMEOUT_SECONDS - 1,),
+    )
+    store.reap()
+    status = {run_id: store.evaluation(run_id)["status"] for run_id in (dead, live, quiet, heard)}
+    assert status == {dead: "failed", live: "running", quiet: "failed", heard: "running"}
+    assert store.evaluation(dead)["error"] == (
+        f"The evaluating process (pid {2**22 + 12345}) stopped without finishing; ask again "
+        "to evaluate anew."
+    )
+    assert "on host there (pid 77)" in store.evaluation(quiet)["error"]
+    assert store.request_evaluation(dead)["status"] == "queued"  # asking again re-queues
+
+
+def test_deleting_a_comparison_deletes_its_evaluations(store):
+    run_id = _finished_bf16(store)
+    store.request_evaluation(run_id)
+    store.delete_comparison(store.run(run_id)["comparison_id"])
+    assert store.evaluation(run_id) is None and _count(store, "evaluations") == 0
+
+
+def test_a_schema_6_store_gets_the_evaluations_table(store, tmp_path):
+    run_id = _finished_bf16(store)
+    raw = Database(store.url).connection()  # the store as schema 6 left it
+    raw.execute("DROP TABLE evaluations")
+    raw.execute("UPDATE meta SET value='6' WHERE key='schema_version'")
+    reopened = Store(tmp_path / "another home", url=store.url)
+    assert "evaluations" in raw.tables() and reopened.run(run_id)["status"] == "finished"
+    assert reopened.request_evaluation(run_id)["status"] == "queued"
+    assert raw.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "7"

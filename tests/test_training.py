@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from conftest import backend, copy_home
 
+from fp8demo import device
 from fp8demo.fp8 import ROLES
 from fp8demo.store import Store
 
@@ -30,7 +31,9 @@ def test_both_runs_finish_with_metrics_in_the_store(trained):
             np.average(steps["accuracy"], weights=sizes), epochs[-1]["accuracy"], rtol=1e-4
         )
         assert not np.allclose(steps["loss"], steps["loss"][0])
-        assert run["steps_per_sec"] > 0 and run["device"]
+        assert run["steps_per_sec"] > 0
+        # Its device by name and count ("CPU, 2 cores", "NVIDIA H200"), not the page's advice.
+        assert run["device"] == device.describe()["label"]
         # Where the time went: every phase the run went through, the fit as recorded.
         phases = run["summary"]["phase_seconds"]
         assert {"loading data", "building model", "evaluating", "saving"} <= set(phases)
@@ -114,13 +117,14 @@ def test_predictions_after_reload_equal_predictions_before_saving(trained):
         assert loaded.tokens("A great film")[:3] == ["a", "great", "film"]
 
 
-def test_post_training_quantization_is_evaluated_on_first_request_and_kept(
+def test_post_training_quantization_is_queued_work_evaluated_by_a_worker_and_kept(
     trained, tmp_path, monkeypatch, imdb_folder
 ):
-    """Training ends without it; the first request evaluates int8 and int4 on the run's test
-    split and stores them in the summary; later requests read them back."""
+    """Training ends without it; a request queues one evaluation, which a worker claims and
+    runs: int8 and int4 on the run's test split, stored in the summary; later evaluations
+    read them back."""
 
-    from fp8demo import training
+    from fp8demo import post_training, training, worker
     from fp8demo.predict import PredictError, load_run
 
     home = tmp_path / "home"  # a copy: other tests may already have asked for the results
@@ -128,31 +132,42 @@ def test_post_training_quantization_is_evaluated_on_first_request_and_kept(
     monkeypatch.setenv("FP8DEMO_IMDB", str(imdb_folder))
     store = Store(home)
     bf16_id, fp8_id = trained["run_ids"]["bf16"], trained["run_ids"]["fp8"]
-    store.merge_summary(bf16_id, ptq=None)  # as training left it
+    # As training left it: the fixture's worker evaluated it already (a failed evaluation is
+    # queued anew when asked again).
+    store.merge_summary(bf16_id, ptq=None)
+    store.end_evaluation(store.evaluation(bf16_id)["id"], "failed", "as if it had failed")
     bf16 = store.run(bf16_id)
-    assert training.post_training_pending(bf16)
+    assert post_training.post_training_pending(bf16)
     assert not any("post-training" in phase for phase in bf16["summary"]["phase_seconds"])
 
-    ptq = training.post_training_results(store, bf16_id)
+    worker.queue_post_training(store, fp8_id)  # only a finished bf16 run with ptq asks
+    assert store.evaluation(fp8_id) is None
+    worker.queue_post_training(store, bf16_id)
+    asked = store.request_evaluation(bf16_id)  # asked twice: still one evaluation
+    assert asked["status"] == "queued" and store.queued_evaluations() == 1
+    evaluation = store.claim_next_evaluation(4321)
+    assert evaluation["id"] == asked["id"] and store.claim_next_evaluation(4321) is None
+    worker.evaluate(store, evaluation)
+    assert store.evaluation(bf16_id)["status"] == "finished"
+    ptq = store.run(bf16_id)["summary"]["ptq"]
     assert set(ptq) == {"int8", "int4"}
     for result in ptq.values():
         assert 0.0 <= result["test_accuracy"] <= 1.0 and result["seconds"] > 0
         # int8 stores one byte per kernel weight, int4 half a byte: both smaller than float32.
         assert result["weights_bytes"] < bf16["summary"]["weights_bytes"]
     assert ptq["int4"]["weights_bytes"] < ptq["int8"]["weights_bytes"]
-    assert store.run(bf16_id)["summary"]["ptq"] == ptq
-    assert not training.post_training_pending(store.run(bf16_id))
+    assert not post_training.post_training_pending(store.run(bf16_id))
     # The int8 model evaluated again by hand gives the stored result. Same batch size: another
     # one compiles other matmul tilings, whose rounding can flip a prediction near 0.5.
-    test = training.test_set_of(store, store.run(bf16_id))
+    test = post_training.test_set_of(store, store.run(bf16_id))
     model = training.model_lib.compile(load_run(store, bf16_id, "int8").model, trained["config"])
     batch = training.eval_batch_size(trained["config"].seq_len)
     accuracy = training.evaluate(model, test, batch)["test_accuracy"]
     assert accuracy == pytest.approx(ptq["int8"]["test_accuracy"], abs=1e-6)
     # Kept: a second request reads the summary (a marked value comes back unchanged).
     store.merge_summary(bf16_id, ptq={**ptq, "int8": {**ptq["int8"], "test_accuracy": 0.5}})
-    assert training.post_training_results(store, bf16_id)["int8"]["test_accuracy"] == 0.5
-    assert training.post_training_results(store, fp8_id) == {}  # only bf16 runs have one
+    assert post_training.evaluate_run(store, bf16_id)["int8"]["test_accuracy"] == 0.5
+    assert post_training.evaluate_run(store, fp8_id) == {}  # only bf16 runs have one
     int8 = load_run(store, bf16["id"], "int8")
     probabilities = int8.predict(trained["texts"])
     assert ((0 <= probabilities) & (probabilities <= 1)).all()

@@ -8,26 +8,23 @@ import time
 import pytest
 from conftest import SLOW_RUN, TINY_RUN, all_runs_ended, backend, wait_for
 
-from fp8demo import device, report, worker
+from fp8demo import device, launcher, report
 from fp8demo.config import TrainConfig
 from fp8demo.store import Store
 
-pytestmark = pytest.mark.both_backends  # the queue behaves the same on either store
+# On SQLite: the queue's claims on PostgreSQL are tested in test_pool and test_postgres_hosts.
 
 
 def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
     store = Store(home)
-    slow = worker.launch(SLOW_RUN, store)
-    tiny = worker.launch(TINY_RUN, store)
+    slow = launcher.launch(SLOW_RUN, store)
+    tiny = launcher.launch(TINY_RUN, store)
     slow_run = store.runs(slow)[0]["id"]
     wait_for(lambda: store.run(slow_run)["step"] >= 20, 240, "the slow run to train")
     pid = store.run(slow_run)["worker_pid"]
     os.kill(pid, signal.SIGKILL)
-    wait_for(
-        lambda: worker.supervise(store) or store.run(slow_run)["status"] != "running",
-        20,
-        "the killed run to be reaped",
-    )
+    # Nobody watches: the supervisor the launch started reaps it.
+    wait_for(lambda: store.run(slow_run)["status"] != "running", 20, "the killed run to be reaped")
     run = store.run(slow_run)
     assert run["status"] == "interrupted"
     assert f"pid {pid}" in run["error"]
@@ -42,7 +39,7 @@ def test_killed_worker_marks_run_interrupted_and_queue_goes_on(home):
 
 def test_cancel_running_and_queued_runs(home):
     store = Store(home)
-    comparison = worker.launch(dataclasses.replace(SLOW_RUN, precisions=("bf16", "fp8")), store)
+    comparison = launcher.launch(dataclasses.replace(SLOW_RUN, precisions=("bf16", "fp8")), store)
     first, second = [r["id"] for r in store.runs(comparison)]
     wait_for(lambda: store.run(first)["step"] >= 5, 240, "training to start")
     store.cancel_comparison(comparison)
@@ -52,7 +49,7 @@ def test_cancel_running_and_queued_runs(home):
     assert run["status"] == "cancelled"
     assert run["step"] < run["total_steps"]
     # The worker leaves when the queue is empty.
-    wait_for(lambda: worker.worker_pid(store) is None, 30, "the worker to exit")
+    wait_for(lambda: launcher.worker_pid(store) is None, 30, "the worker to exit")
 
 
 def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
@@ -60,7 +57,7 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     config = TrainConfig(
         subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"), ptq=False
     )
-    ids = worker.launch_repeats(config, 3, store, label="noise")
+    ids = launcher.launch_repeats(config, 3, store, label="noise")
     assert [store.comparison(i)["config"].seed for i in ids] == [42, 43, 44]
     assert [c["id"] for c in store.group(ids[0])] == ids
     wait_for(lambda: all_runs_ended(store, ids), 300, "three seeds to train")
@@ -84,19 +81,19 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
     base = TrainConfig(
         subset=256, vocab_size=800, seq_len=48, epochs=2, precisions=("bf16", "fp8"), ptq=False
     )
-    single = worker.launch(base, store)
-    parallel = worker.launch(dataclasses.replace(base, data_parallel=True), store)
+    single = launcher.launch(base, store)
+    parallel = launcher.launch(dataclasses.replace(base, data_parallel=True), store)
     wait_for(lambda: all_runs_ended(store, (single, parallel)), 400, "both comparisons")
     for run in store.runs(parallel):
         assert run["status"] == "finished", run["error"]
         if backend() == "cpu":
             assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
-            assert run["device"].startswith("2 × CPU")
+            assert run["device"].startswith("CPU, ")  # its label: "CPU, 2 cores"
         else:  # every GPU of this machine, named as the sidebar names them
             import jax
 
             assert run["summary"]["devices"] == [str(d) for d in jax.devices()]
-            assert run["device"] == device.describe()["text"]
+            assert run["device"] == device.describe()["label"]
         assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
     fp8_parallel = next(r for r in store.runs(parallel) if r["precision"] == "fp8")
     # Probed before the first and after the last step.
@@ -128,8 +125,10 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
     """Validation and test splits of odd size on two devices: their last batches are padded
     and weighted, and the metrics are those of single-device evaluation. A training split of
     odd size is refused in plain words."""
+    import numpy as np
+
     from fp8demo import model as model_lib
-    from fp8demo import tokenizer, training
+    from fp8demo import post_training, tokenizer
     from fp8demo.predict import load_run
 
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
@@ -145,27 +144,43 @@ def test_data_parallel_evaluation_of_splits_that_do_not_split_over_the_devices(
         vocab_method="fast",
         data_parallel=True,
     )
-    uneven = worker.launch(config, store)
-    odd_training = worker.launch(dataclasses.replace(config, data="", subset=63), store)
+    uneven = launcher.launch(config, store)
+    odd_training = launcher.launch(dataclasses.replace(config, data="", subset=63), store)
     wait_for(lambda: all_runs_ended(store, (uneven, odd_training)), 400, "both comparisons")
 
     run = store.runs(uneven)[0]
     assert run["status"] == "finished", run["error"]
     assert run["summary"]["data"]["sizes"] == {"train": 44, "validation": 11, "test": 33}
-    # Its post-training quantization, evaluated on first request (here, on one device).
-    assert set(training.post_training_results(store, run["id"])) == {"int8", "int4"}
+    # Its post-training quantization (here in the test's process, on one device, unless the
+    # worker that trained it was first: then its results are read).
+    assert set(post_training.evaluate_run(store, run["id"])) == {"int8", "int4"}
     # The saved weights evaluated here, on one device, without padding.
     prepared = tokenizer.prepare(store.comparison(uneven)["config"], home)
     model = model_lib.compile(load_run(store, run["id"]).model, config)
+
+    def bf16_rounding(x, y):
+        """How far the metrics of (x, y) may move when each review's probability rounds to a
+        neighbouring bfloat16: the bf16 head's output is one rounding of a float32 sum whose
+        order depends on the batch shape (each device's half of a padded batch against one
+        device's whole batches), so another shape may land one ulp (2^-7 of a power of two)
+        away: 2e-4 of the test loss on an Intel CPU was one review rounded so. A
+        review's loss then moves by ulp / p (ulp / (1 - p) for a negative), the mean by the
+        mean of those; its prediction flips only if p is within one ulp of 0.5. A padded or
+        mis-weighted review moves accuracy by a whole review instead."""
+        p = model.predict(x, verbose=0)[:, 0].astype("float64")
+        ulp = 2.0 ** (np.floor(np.log2(np.maximum(p, 1e-30))) - 7)
+        losses = np.where(y > 0.5, ulp / np.maximum(p, 1e-7), ulp / np.maximum(1 - p, 1e-7))
+        return losses.mean(), np.sum(np.abs(p - 0.5) <= ulp) / len(y) + 1e-6
+
     test_loss, test_accuracy = model.evaluate(prepared.x_test, prepared.y_test, verbose=0)
-    # Other batch shapes compile other bf16 tilings: losses agree to well within bf16's
-    # precision (2e-4 apart seen on an Intel CPU), not bit for bit.
-    assert run["test_loss"] == pytest.approx(test_loss, rel=1e-3)
-    assert run["test_accuracy"] == pytest.approx(test_accuracy, abs=1e-6)
+    loss_slack, accuracy_slack = bf16_rounding(prepared.x_test, prepared.y_test)
+    assert abs(run["test_loss"] - test_loss) <= loss_slack
+    assert abs(run["test_accuracy"] - test_accuracy) <= accuracy_slack
     val_loss, val_accuracy = model.evaluate(prepared.x_val, prepared.y_val, verbose=0)
+    loss_slack, accuracy_slack = bf16_rounding(prepared.x_val, prepared.y_val)
     epoch = store.epoch_metrics(run["id"])[-1]
-    assert epoch["val_loss"] == pytest.approx(val_loss, rel=1e-3)
-    assert epoch["val_accuracy"] == pytest.approx(val_accuracy, abs=1e-6)
+    assert abs(epoch["val_loss"] - val_loss) <= loss_slack
+    assert abs(epoch["val_accuracy"] - val_accuracy) <= accuracy_slack
 
     refused = store.runs(odd_training)[0]
     assert refused["status"] == "failed"
@@ -203,7 +218,7 @@ def test_cancel_while_compiling_or_evaluating_ends_the_run_promptly(home, phase)
         ptq=False,
         vocab_method="fast",
     )
-    run_id = store.runs(worker.launch(config, store))[0]["id"]
+    run_id = store.runs(launcher.launch(config, store))[0]["id"]
     asked = cancel_on_phase(store, run_id, phase)
     wait_for(lambda: store.run(run_id)["status"] != "running", 60, "the run to stop")
     run = store.run(run_id)

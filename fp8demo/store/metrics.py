@@ -1,0 +1,172 @@
+"""A run's measurements: per-step and per-epoch metrics, and the fp8 snapshots (amax, scales,
+probes, recipes) stored as float32 arrays, one row per step."""
+
+import time
+
+import numpy as np
+
+from fp8demo.database import upsert
+from fp8demo.fp8 import ROLES
+from fp8demo.recipes import RECIPES
+
+
+class Metrics:
+    """The metrics and fp8 snapshots of runs (a part of Store)."""
+
+    # -- metrics ------------------------------------------------------------------------
+
+    def add_steps(self, run_id: int, rows):
+        """rows: (step, epoch, time, loss, accuracy) with true per-batch loss and accuracy."""
+        self._conn().executemany(
+            upsert(
+                "step_metrics",
+                ("run_id", "step", "epoch", "time", "loss", "accuracy"),
+                key=("run_id", "step"),
+            ),
+            [
+                (int(run_id), int(s), int(e), float(t), _num(loss), _num(a))
+                for s, e, t, loss, a in rows
+            ],
+        )
+
+    def add_epoch(
+        self,
+        run_id: int,
+        epoch: int,
+        step: int,
+        loss=None,
+        accuracy=None,
+        val_loss=None,
+        val_accuracy=None,
+    ):
+        self._write(
+            upsert(
+                "epoch_metrics",
+                ("run_id", "epoch", "step", "time", "loss", "accuracy", "val_loss", "val_accuracy"),
+                key=("run_id", "epoch"),
+            ),
+            (
+                int(run_id),
+                int(epoch),
+                int(step),
+                time.time(),
+                _num(loss),
+                _num(accuracy),
+                _num(val_loss),
+                _num(val_accuracy),
+            ),
+        )
+
+    def step_metrics(self, run_id: int, since_step: int = -1) -> dict:
+        """Per-step metrics as numpy arrays: step, epoch, time, loss, accuracy."""
+        rows = self._execute(
+            "SELECT step, epoch, time, loss, accuracy FROM step_metrics "
+            "WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step),
+        ).fetchall()
+        arrays = np.array(rows, dtype=np.float64).reshape(-1, 5)
+        return {
+            name: arrays[:, i]
+            for i, name in enumerate(("step", "epoch", "time", "loss", "accuracy"))
+        }
+
+    def epoch_metrics(self, run_id: int) -> list[dict]:
+        return [
+            dict(r)
+            for r in self._execute(
+                "SELECT * FROM epoch_metrics WHERE run_id=? ORDER BY epoch", (int(run_id),)
+            )
+        ]
+
+    # -- fp8 snapshots ------------------------------------------------------------------
+
+    def add_fp8_amax(self, run_id: int, first_step: int, amax: np.ndarray):
+        """amax: (steps, layers, 3 roles), the amax of each step from `first_step` on."""
+        amax = np.asarray(amax, dtype=np.float32)
+        self._conn().executemany(
+            upsert("fp8_amax", ("run_id", "step", "amax"), key=("run_id", "step")),
+            [(int(run_id), first_step + i, amax[i].tobytes()) for i in range(len(amax))],
+        )
+
+    def add_fp8_scales(self, run_id: int, step: int, scales: np.ndarray):
+        self._write(
+            upsert("fp8_scales", ("run_id", "step", "scales"), key=("run_id", "step")),
+            (int(run_id), int(step), np.asarray(scales, dtype=np.float32).tobytes()),
+        )
+
+    def add_fp8_probe(self, run_id: int, rows):
+        """rows: (step, stats[layers, 3 roles, 2]) with saturation and underflow fractions."""
+        self._conn().executemany(
+            upsert("fp8_probe", ("run_id", "step", "stats"), key=("run_id", "step")),
+            [
+                (int(run_id), int(step), np.asarray(stats, np.float32).tobytes())
+                for step, stats in rows
+            ],
+        )
+
+    def fp8_probe(self, run_id: int, since_step: int = -1):
+        """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
+        return self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
+
+    def add_fp8_recipes(self, run_id: int, recipes, rows):
+        """rows: (step, stats[layers, 3 roles, recipes, 3]) of probe.Probe.measure, the
+        recipes in the order of `recipes`."""
+        self._conn().executemany(
+            upsert(
+                "fp8_recipes",
+                ("run_id", "step", "recipe", "stats"),
+                key=("run_id", "step", "recipe"),
+            ),
+            [
+                (int(run_id), int(step), recipe, np.ascontiguousarray(stats[:, :, k]).tobytes())
+                for step, stats in ((s, np.asarray(v, np.float32)) for s, v in rows)
+                for k, recipe in enumerate(recipes)
+            ],
+        )
+
+    def fp8_recipes(self, run_id: int, since_step: int = -1):
+        """(steps, recipes, stats[probes, layers, roles, recipes, (underflow_pct,
+        saturation_pct, snr_db)]) in time order; recipes in recipes.RECIPES' order, a recipe
+        missing at a probe NaN."""
+        n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
+        rows = self._execute(
+            "SELECT step, recipe, stats FROM fp8_recipes WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step),
+        ).fetchall()
+        steps = sorted({r[0] for r in rows})
+        known = {name: k for k, name in enumerate(RECIPES)}  # others (older names) last
+        names = sorted({r[1] for r in rows}, key=lambda n: (known.get(n, len(known)), n))
+        stats = np.full((len(steps), n_layers, len(ROLES), len(names), 3), np.nan, np.float32)
+        at_step = {step: i for i, step in enumerate(steps)}
+        at_recipe = {name: k for k, name in enumerate(names)}
+        for step, recipe, blob in rows:
+            values = np.frombuffer(blob, np.float32).reshape(n_layers, len(ROLES), 3)
+            stats[at_step[step], :, :, at_recipe[recipe]] = values
+        return np.array(steps, np.int64), tuple(names), stats
+
+    def _fp8_series(self, table, column, run_id, since_step, extra=()):
+        n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
+        rows = self._execute(
+            f"SELECT step, {column} FROM {table} WHERE run_id=? AND step>? ORDER BY step",
+            (int(run_id), since_step),
+        ).fetchall()
+        steps = np.array([r[0] for r in rows], dtype=np.int64)
+        values = np.frombuffer(b"".join(r[1] for r in rows), dtype=np.float32)
+        return steps, values.reshape(len(rows), n_layers, len(ROLES), *extra)
+
+    def fp8_amax(self, run_id: int, since_step: int = -1):
+        """(steps, amax[steps, layers, roles]) in time order.
+
+        Layer names are in the run's summary['fp8_layers'].
+        """
+        return self._fp8_series("fp8_amax", "amax", run_id, since_step)
+
+    def fp8_scales(self, run_id: int, since_step: int = -1):
+        return self._fp8_series("fp8_scales", "scales", run_id, since_step)
+
+
+def _num(value):
+    if value is None:
+        return None
+    value = float(value)
+    return value if value == value else None  # NaN → NULL (shown as a gap)
