@@ -14,6 +14,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def missing_path(named: str) -> str:
 
 
 def download(folder: Path, progress=print) -> Path:
-    import keras
+    import keras  # lazy: keras loads JAX (seconds); only a download needs it
 
     progress(f"Downloading the IMDB reviews from {URL} (84 MB) …")
     try:
@@ -230,8 +231,6 @@ def _extract_checked(archive: Path, scratch: Path):
 
 
 def zlib_error():
-    import zlib
-
     return zlib.error
 
 
@@ -283,7 +282,7 @@ def list_split(root: Path, split: str) -> tuple[list, np.ndarray]:
     """File paths and labels of one split, in text_dataset_from_directory's order."""
     # The same helpers text_dataset_from_directory calls; unsup (if present) is excluded
     # by naming the two classes.
-    from keras.src.utils import dataset_utils
+    from keras.src.utils import dataset_utils  # lazy: keras loads JAX (seconds)
 
     directory = root / ("test" if split == "test" else "train")
     paths, labels, _ = dataset_utils.index_directory(
@@ -317,7 +316,7 @@ def balanced_subset(labels: np.ndarray, n: int) -> np.ndarray:
 
 def lowercase(texts) -> list:
     """Lowercase as the example does (tf.strings.lower: ASCII letters only)."""
-    from fp8demo.env import tensorflow
+    from fp8demo.env import tensorflow  # lazy: TensorFlow loads in seconds
 
     tf = tensorflow()
     raw = [t.encode("utf-8") if isinstance(t, str) else t for t in texts]
@@ -416,7 +415,7 @@ def read_archive_splits(archive: Path, subset: int = 0) -> dict:
 def list_archive_split(reviews, split: str) -> tuple[list, np.ndarray]:
     """list_split for the relative paths of an archive's reviews: index_directory's order
     (class by class, files sorted, then one seeded shuffle) and validation split."""
-    from keras.src.utils import dataset_utils
+    from keras.src.utils import dataset_utils  # lazy: keras loads JAX (seconds)
 
     folder = "test" if split == "test" else "train"
     paths, labels = [], []

@@ -31,7 +31,6 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from fp8demo.paths import hold_lock
 
-BACKENDS = ("sqlite", "postgresql")
 CONNECT_TIMEOUT_SECONDS = 10  # an unreachable server answers with a message, not a hang
 URL_FORMS = (
     "Use sqlite:///relative/path.sqlite, sqlite:////absolute/path.sqlite or "
@@ -84,7 +83,7 @@ def parse_url(url: str) -> tuple[str, str]:
     if scheme in ("postgresql", "postgres", "postgresql+psycopg"):
         libpq = "postgresql://" + text.split("://", 1)[1]  # SQLAlchemy's form works too
         try:
-            from psycopg.conninfo import conninfo_to_dict
+            from psycopg.conninfo import conninfo_to_dict  # lazy: psycopg only for a PostgreSQL URL
         except ImportError:
             raise StoreError(
                 "A PostgreSQL store needs psycopg: pip install 'psycopg[binary]' "

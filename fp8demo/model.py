@@ -241,7 +241,7 @@ def fast_dropout(inputs, rate, noise_shape=None, seed=None):
     """keras.src.backend.jax.random.dropout with 8-bit mask values (same signature)."""
     import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
-    from keras.src.backend.jax import random as jax_random
+    from keras.src.backend.jax import random as jax_random  # lazy: keras loads JAX (seconds)
 
     if rate == 1.0:
         return jnp.zeros_like(inputs)

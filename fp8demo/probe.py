@@ -200,7 +200,7 @@ class Probe:
     def _build(self):
         import jax  # lazy: jax loads in ~3 s
         import jax.numpy as jnp
-        import keras
+        import keras  # lazy: keras loads JAX (seconds)
 
         model, layers, recipes = self.model, self.layers, self.recipes
         positions = self._scale_positions()

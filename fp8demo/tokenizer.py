@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import fp8demo.env  # noqa: F401
-from fp8demo import data
+from fp8demo import data, wordpiece
 from fp8demo.config import RESERVED_TOKENS, TrainConfig
 from fp8demo.paths import default_home
 
@@ -85,13 +85,12 @@ def compute_vocabulary(texts, vocab_size: int, method: str = "keras") -> list:
     Hugging Face's WordPiece trainer."""
     if method == "fast":
         return _fast_vocabulary(texts, vocab_size)
-    from fp8demo import wordpiece
-
     return wordpiece.compute_word_piece_vocabulary(texts, vocab_size, RESERVED_TOKENS)
 
 
 def _fast_vocabulary(texts, vocab_size: int) -> list:
     """Hugging Face's WordPiece trainer: the same kind of vocabulary in seconds."""
+    # lazy: only the fast vocabulary learner needs it
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.WordPiece(unk_token="[UNK]"))
@@ -109,7 +108,7 @@ def _fast_vocabulary(texts, vocab_size: int) -> list:
 
 
 def make_tokenizer(vocabulary, seq_len: int):
-    import keras_hub
+    import keras_hub  # lazy: keras_hub loads TensorFlow (seconds)
 
     return keras_hub.tokenizers.WordPieceTokenizer(
         vocabulary=list(vocabulary), lowercase=False, sequence_length=seq_len
@@ -121,7 +120,7 @@ def tokenize(tokenizer, texts, batch_size: int = 512) -> np.ndarray:
 
     Through tf.data, as the example maps its tokenizer: the batches run as a graph on two
     threads, far faster than calling the tokenizer eagerly, with the same ids."""
-    from fp8demo.env import tensorflow
+    from fp8demo.env import tensorflow  # lazy: TensorFlow loads in seconds
 
     if not len(texts):
         return np.zeros((0, tokenizer.sequence_length), np.int32)
@@ -216,10 +215,8 @@ def preview(config: TrainConfig, text: str, home=None) -> dict:
             "No vocabulary is cached for these settings yet; it is built when "
             "the first run with them starts."
         )
-    from fp8demo.data import lowercase
-
     tokenizer = make_tokenizer(vocabulary, config.seq_len)
-    ids = [int(i) for i in np.asarray(tokenizer(lowercase([text])))[0] if i != 0]
+    ids = [int(i) for i in np.asarray(tokenizer(data.lowercase([text])))[0] if i != 0]
     detokenized = tokenizer.detokenize([ids])
     detokenized = np.asarray(detokenized).reshape(-1)[0]
     if isinstance(detokenized, bytes):

@@ -15,7 +15,12 @@ from typing import NamedTuple
 
 import numpy as np
 
-import fp8demo.env
+import fp8demo.env  # sets KERAS_BACKEND: keras reads it when imported
+
+# isort: split
+import jax
+import keras
+
 from fp8demo import compiled, device, fp8, tokenizer
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
@@ -83,9 +88,6 @@ def train_run(
     config = run["config"]
     if not config.data_parallel:
         return _train_run(store, run, **options)
-    import jax
-    import keras
-
     devices = jax.devices()
     if config.batch_size % len(devices):
         raise ConfigError(
@@ -209,8 +211,6 @@ def batch_devices(config, n_train: int) -> int:
     """
     if not config.data_parallel:
         return 1
-    import jax
-
     devices = len(jax.devices())
     if n_train % devices:
         raise ConfigError(
@@ -226,8 +226,6 @@ def eval_batch_size(seq_len: int, multiple_of: int = 1) -> int:
     dispatches); on a CPU about TOKENS_PER_CPU_BATCH tokens, past which the attention scores
     outgrow the caches. Data-parallel batches split evenly over the devices, so the size is a
     multiple of their number."""
-    import jax
-
     size = 256 if jax.default_backend() != "cpu" else min(256, TOKENS_PER_CPU_BATCH // seq_len)
     return max(multiple_of, size // multiple_of * multiple_of)
 

@@ -87,7 +87,7 @@ def plain_error(error: BaseException, home=None, phase: str = "") -> str:
 def execute(store: Store, run: dict, **train_options):
     """Train a claimed run and end it (finished, cancelled or failed with a message a user
     can act on); then tell its sweep, if it is a trial's. train_options go to train_run."""
-    from fp8demo import training  # lazy: keras and jax load in seconds
+    from fp8demo import training  # lazy: JAX loads after the process took its device share
 
     run_id = run["id"]
     train_options.setdefault("on_epoch_end", sweep.epoch_ended)  # a trial reports each epoch
@@ -128,7 +128,7 @@ def queue_post_training(store: Store, run_id: int):
 def evaluate(store: Store, evaluation: dict):
     """Run a claimed post-training evaluation and end it: finished (the results are in its
     run's summary["ptq"]) or failed with a message a user can act on."""
-    from fp8demo import post_training  # lazy: keras and jax load in seconds
+    from fp8demo import post_training  # lazy: JAX loads after the device share is taken
 
     me, run_id = os.getpid(), evaluation["run_id"]
     print(f"[worker {me}] post-training evaluation of run {run_id} started", flush=True)

@@ -20,7 +20,6 @@ from fp8demo import access, device, launcher
 from fp8demo.paths import default_home, host_name
 from fp8demo.store import ACTIVE, Store, StoreError
 
-PRECISION_LABELS = {"bf16": "bf16", "fp8": "fp8", "float32": "float32"}
 # Material icons render in markdown everywhere (emoji fonts are not everywhere).
 STATUS_ICONS = {
     "queued": ":material/schedule:",

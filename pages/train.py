@@ -25,6 +25,7 @@ from fp8demo.config import (
     to_query,
 )
 from fp8demo.data import default_source_description
+from fp8demo.resources import estimate_memory_bytes, launch_problems
 from fp8demo.store import StoreError
 from pages import common
 
@@ -365,8 +366,6 @@ write_url(config)
 
 problems = config.errors()
 if not problems:
-    from fp8demo.resources import estimate_memory_bytes, launch_problems
-
     # The checks the launch makes, with its messages, while the settings are being chosen.
     problems = launch_problems(config, store.home, int(st.session_state.get("repeats", 1)))
     st.caption(f"Estimated memory of one run: {estimate_memory_bytes(config) / 2**20:,.0f} MiB.")
