@@ -8,7 +8,8 @@ import dataclasses
 
 import numpy as np
 
-from fp8demo import compiled, fp8
+from fp8demo import compiled, fp8, report, verdicts
+from fp8demo.config import FLOAT8_PRECISIONS
 from fp8demo.store import Store
 
 RUN_FIELDS = (
@@ -116,8 +117,9 @@ def health_record(store: Store, run: dict) -> dict:
 # -- one run ----------------------------------------------------------------------------------
 
 
-def run_record(store: Store, run: dict) -> dict:
-    """Everything Results shows for one run, as JSON-ready values (`show --json`)."""
+def run_record(store: Store, run: dict, tolerance: float = verdicts.TOLERANCE_POINTS) -> dict:
+    """Everything Results shows for one run, as JSON-ready values (`show --json`); a float8
+    run's paired verdict against bf16 uses `tolerance` (± points of test accuracy)."""
     summary = run["summary"]
     layers = summary.get("fp8_layers", [])
     after = summary.get("fp8_after") or summary.get("fp8_before") or {}
@@ -133,6 +135,7 @@ def run_record(store: Store, run: dict) -> dict:
         "best_epoch": best_epoch_record(summary),
         "post_training": post_training_records(summary),
         "fp8_health": health_record(store, run) if layers else None,
+        "paired_verdict": paired_verdict(store, run, tolerance),
         "float8_layers": [
             {
                 **layer,
@@ -141,6 +144,19 @@ def run_record(store: Store, run: dict) -> dict:
             for layer in layers
         ],
     }
+
+
+def paired_verdict(
+    store: Store, run: dict, tolerance: float = verdicts.TOLERANCE_POINTS
+) -> dict | None:
+    """A float8 run's fp8 − bf16 test accuracy (points) over the seeds its settings were
+    trained with, with the 95 % interval and the verdict (report.comparison_verdict):
+    {difference, ci_low, ci_high, seeds, tolerance, verdict[, more_seeds]}; None for other
+    precisions or before a seed has both runs finished."""
+    if run["precision"] not in FLOAT8_PRECISIONS:
+        return None
+    comparison = store.comparison(run["comparison_id"])
+    return report.comparison_verdict(store.comparisons(), comparison, run["precision"], tolerance)
 
 
 def best_epoch_record(summary: dict) -> dict | None:

@@ -7,6 +7,9 @@ terminal, on the Results page and in a JSON file.
 
 import math
 
+from fp8demo import verdicts
+from fp8demo.config import FLOAT8_PRECISIONS
+
 BASELINE = "bf16"  # the precision the others are measured against, as in the Keras example
 
 
@@ -60,6 +63,67 @@ def repeat_statistics(comparisons, baseline: str = BASELINE) -> dict:
         for precision, difference in paired_differences(finished, baseline=baseline).items():
             values.setdefault(difference_name(precision, baseline), []).append(difference)
     return {name: mean_and_std(v) for name, v in values.items()}
+
+
+# -- verdicts over the seeds that exist -------------------------------------------------------
+
+# Settings that change no trained number: where and in what order runs train, which
+# precisions one launch holds, the evaluation after training. Comparisons that differ only
+# in these (and the seed) are repeats of the same settings.
+NOT_SETTINGS = ("seed", "precisions", "side_by_side", "ptq")
+
+
+def settings_key(config) -> str:
+    """A comparison's settings but the seed (and NOT_SETTINGS), as comparable text."""
+    values = {k: v for k, v in config.to_dict().items() if k not in NOT_SETTINGS}
+    return repr(sorted(values.items()))
+
+
+def seed_differences(comparisons, precision: str, baseline: str = BASELINE) -> dict:
+    """{seed: `precision` − baseline test accuracy in points} over these comparisons: the
+    first comparison with both runs finished counts for each seed (a repeat of one seed is
+    no new evidence)."""
+    differences = {}
+    for c in sorted(comparisons, key=lambda c: c["id"]):
+        finished = [r for r in c["runs"] if r["status"] == "finished"]
+        difference = paired_differences(finished, baseline=baseline).get(precision)
+        if difference is not None:
+            differences.setdefault(c["config"].seed, difference * 100)
+    return differences
+
+
+def repeats_of(comparisons, comparison) -> list:
+    """The comparisons with `comparison`'s settings, any seed (itself included): its repeats
+    group and every other launch or sweep trial that happened to use the same settings."""
+    key = settings_key(comparison["config"])
+    return [c for c in comparisons if settings_key(c["config"]) == key]
+
+
+def comparison_verdict(
+    comparisons,
+    comparison,
+    precision: str = "fp8",
+    tolerance: float = verdicts.TOLERANCE_POINTS,
+    baseline: str = BASELINE,
+) -> dict | None:
+    """verdicts.paired_verdict of `precision` − baseline over the seeds of `comparison`'s
+    settings (`comparisons`: every comparison of the store), or None when no seed has both
+    runs finished or `precision` is no float8 one. The comparison's own seed counts with its
+    own runs."""
+    if precision not in FLOAT8_PRECISIONS:
+        return None
+    repeats = [comparison] + [
+        c for c in repeats_of(comparisons, comparison) if c["id"] != comparison["id"]
+    ]
+    differences = seed_differences(repeats[:1], precision, baseline)
+    for seed, difference in seed_differences(repeats[1:], precision, baseline).items():
+        differences.setdefault(seed, difference)
+    return verdicts.paired_verdict(list(differences.values()), tolerance)
+
+
+def next_seed(comparisons, comparison) -> int:
+    """The first seed after every seed `comparison`'s settings were trained with."""
+    return max(c["config"].seed for c in repeats_of(comparisons, comparison) + [comparison]) + 1
 
 
 def metrics_frame(store, runs):

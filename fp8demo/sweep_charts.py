@@ -33,6 +33,7 @@ OBJECTIVE_TITLES = {
     "bf16_accuracy": "bf16 validation accuracy",
     "fp8_minus_bf16": "fp8 − bf16 validation accuracy",
     "abs_fp8_minus_bf16": "|fp8 − bf16| validation accuracy",
+    "fp8_equivalent": "fp8 − bf16, worse end of its interval",
 }
 
 

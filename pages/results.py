@@ -1,12 +1,13 @@
 """Results: every comparison, one in detail (accuracy, speed, float8 state), two side by side."""
 
+import dataclasses
 import json
 
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, compiled, device, launcher, report
-from fp8demo.config import RECIPE_PRECISIONS, TrainConfig
+from fp8demo import charts, compiled, device, launcher, report, verdicts
+from fp8demo.config import RECIPE_PRECISIONS, ConfigError, TrainConfig
 from fp8demo.store import StoreError
 from fp8demo.tensorboard_export import export_zip
 from pages import common
@@ -83,8 +84,12 @@ def phase_table(runs) -> pd.DataFrame:
     )
 
 
-def accuracy_metrics(runs):
-    """st.metric per run; other precisions show their difference to the baseline (bf16)."""
+def accuracy_metrics(runs, found: dict):
+    """st.metric per run; other precisions show their difference to the baseline (bf16).
+
+    `found`: the float8 precisions' verdicts over seeds (comparison_verdicts). A difference
+    is drawn red or green, with an arrow, only when its verdict is better or worse; one seed
+    (always inconclusive), an equivalent or an inconclusive verdict is drawn grey."""
     accuracy = report.paired_differences(runs, "test_accuracy")
     loss = report.paired_differences(runs, "test_loss")
     speed = report.paired_ratios(runs, "steps_per_sec")
@@ -92,18 +97,24 @@ def accuracy_metrics(runs):
     cols = st.columns(len(runs))
     for col, r in zip(cols, runs):
         p = r["precision"]
+        verdict = found.get(p)
+        decided = verdict is not None and verdict["verdict"] in ("better", "worse")
         with col:
             st.metric(
                 f"{p} test accuracy",
                 common.fmt_pct(r["test_accuracy"]),
                 delta=f"{accuracy[p] * 100:+.2f} pp {versus}" if p in accuracy else None,
+                delta_color="normal" if decided else "off",
+                delta_arrow="auto" if decided else "off",
+                delta_description=verdicts.verdict_words(verdict) if verdict else None,
                 border=True,
             )
             st.metric(
                 f"{p} test loss",
                 common.fmt_number(r["test_loss"], ".4f"),
                 delta=f"{loss[p]:+.4f} {versus}" if p in loss else None,
-                delta_color="inverse",
+                delta_color="inverse" if decided else "off",
+                delta_arrow="auto" if decided else "off",
                 border=True,
             )
             # The speed fp8 is for: on a GPU with FP8 GEMMs it should beat bf16, elsewhere not.
@@ -120,6 +131,89 @@ def accuracy_metrics(runs):
                     f"{common.STATUS_ICONS.get(r['status'], '')} {r['status']}"
                     + (f": {r['error']}" if r.get("error") else "")
                 )
+
+
+# -- fp8 vs bf16 over seeds: the verdict and more seeds ----------------------------------------
+
+VERDICT_ICONS = {
+    "equivalent": ":material/check_circle:",
+    "better": ":material/arrow_upward:",
+    "worse": ":material/arrow_downward:",
+    "inconclusive": ":material/help:",
+}
+
+
+def comparison_verdicts(comparisons, comparison, tolerance: float) -> dict:
+    """{float8 precision: its verdict against bf16} over the seeds of the comparison's
+    settings (report.comparison_verdict), for the precisions with a seed finished."""
+    found = {}
+    for r in comparison["runs"]:
+        verdict = report.comparison_verdict(comparisons, comparison, r["precision"], tolerance)
+        if verdict:
+            found[r["precision"]] = verdict
+    return found
+
+
+def verdict_tolerance() -> float:
+    """The equivalence margin the verdicts use (its widget is drawn by verdict_panel)."""
+    return float(st.session_state.get("verdict_tolerance", verdicts.TOLERANCE_POINTS))
+
+
+def verdict_panel(store, comparison, comparisons, found: dict):
+    """Each float8 precision's verdict in one line, the tolerance, and a button repeating
+    the comparison's settings over more seeds."""
+    if not found:
+        return
+    left, right = st.columns([3, 1])
+    with right:
+        st.number_input(
+            "Tolerance (± points)",
+            min_value=0.0,
+            max_value=100.0,
+            value=verdicts.TOLERANCE_POINTS,
+            step=0.1,
+            key="verdict_tolerance",
+            help="Set it before looking: fp8 is called equivalent to bf16 when the 95 % "
+            "interval of its test accuracy difference lies within ± this many points.",
+        )
+    with left:
+        for precision, verdict in found.items():
+            name = report.difference_name(precision)
+            line = verdicts.verdict_line(verdict, name)
+            st.markdown(f"{VERDICT_ICONS[verdict['verdict']]} {line}")
+        st.caption(
+            "Over every finished comparison with these settings and another seed (a paired "
+            "Student-t interval of the per-seed differences); one seed has no interval."
+        )
+    more = [v["more_seeds"] for v in found.values() if v.get("more_seeds")]
+    repeat_button(store, comparison, comparisons, max(more) if more else 2)
+
+
+def repeat_button(store, comparison, comparisons, suggested: int):
+    """Queue the comparison's settings again with seeds after every seed they have (protected
+    like launching)."""
+    first = report.next_seed(comparisons, comparison)
+    allowed = common.can_control()
+    left, right = st.columns([1, 3], vertical_alignment="bottom")
+    seeds = left.number_input(
+        "More seeds", 1, 100, min(max(int(suggested), 1), 100), key=f"more_seeds_{comparison['id']}"
+    )
+    if not right.button(
+        "Repeat over more seeds",
+        key=f"repeat_seeds_{comparison['id']}",
+        disabled=not allowed,
+        help=common.LOCKED_HELP
+        if not allowed
+        else f"Queues these settings with seeds {first} to {first + int(seeds) - 1}.",
+    ):
+        return
+    config = dataclasses.replace(comparison["config"], seed=first)
+    try:
+        ids = launcher.launch_repeats(config, int(seeds), store, label=comparison["label"])
+    except (ConfigError, StoreError) as e:
+        st.error(str(e))
+        return
+    st.toast(f"Queued comparisons #{ids[0]}–#{ids[-1]} (seeds {first}…{first + len(ids) - 1}).")
 
 
 def weights_reader(path):
@@ -355,12 +449,14 @@ def ask_for_post_training(store, run_id: int, again: bool):
         st.rerun()
 
 
-def detail(store, comparison):
+def detail(store, comparison, comparisons):
     runs = comparison["runs"]
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
     if comparison.get("group_id"):
         repeats_summary(store, comparison)
-    accuracy_metrics(runs)
+    found = comparison_verdicts(comparisons, comparison, verdict_tolerance())
+    accuracy_metrics(runs, found)
+    verdict_panel(store, comparison, comparisons, found)
     st.dataframe(
         run_rows(runs),
         hide_index=True,
@@ -497,7 +593,7 @@ st.dataframe(
     },
 )
 cid = common.pick_comparison(comparisons, key="result", preferred=common.query_int("comparison"))
-detail(store, next(c for c in comparisons if c["id"] == cid))
+detail(store, next(c for c in comparisons if c["id"] == cid), comparisons)
 
 st.divider()
 st.subheader("Compare two comparisons")

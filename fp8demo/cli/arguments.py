@@ -2,6 +2,7 @@
 
 import argparse
 
+from fp8demo import verdicts
 from fp8demo.config import PRESETS, TrainConfig, cli_flags, from_flags, preset
 from fp8demo.sweep import OBJECTIVES, SAMPLERS
 
@@ -9,7 +10,8 @@ COMMANDS = """python -m fp8demo: the dashboard's engine and store, from a termin
 
 train    queue a comparison (defaults: the Keras example), show progress, print results
 runs     every run in the store
-show     one run: config, status, metrics, float8 layers and their final scales
+show     one run: config, status, metrics, float8 layers and their final scales, and an
+         fp8 run's verdict against bf16 over the seeds of its settings
 predict  positive probability of texts under a finished run's model
 export   a run's per-step metrics as CSV, or its records as TensorBoard event files
 sweep    search settings with an Optuna sweep whose every trial is one comparison
@@ -77,6 +79,14 @@ def add_run_commands(commands):
     show = commands.add_parser("show", help="show one run")
     show.add_argument("run")
     show.add_argument("--json", action="store_true")
+    show.add_argument(
+        "--tolerance",
+        type=tolerance_points,
+        default=verdicts.TOLERANCE_POINTS,
+        metavar="POINTS",
+        help="an fp8 run's verdict calls fp8 equivalent to bf16 when the 95%% interval of "
+        "its test accuracy difference over the seeds lies within ±POINTS (default: %(default)s)",
+    )
 
     predict = commands.add_parser("predict", help="predict with a finished run's model")
     predict.add_argument("run")
@@ -220,6 +230,19 @@ def whole_number(low: int, high: int = 1024):
         return number
 
     return parse
+
+
+def tolerance_points(text: str) -> float:
+    """An argparse type: the equivalence margin, in points of test accuracy (≥ 0)."""
+    try:
+        points = float(text)
+    except ValueError:
+        points = -1.0
+    if not 0 <= points <= 100:
+        raise argparse.ArgumentTypeError(
+            f"expected points of test accuracy from 0 to 100 (0.5 = half a point), got {text!r}"
+        )
+    return points
 
 
 def config_from_args(args) -> TrainConfig:

@@ -2,7 +2,7 @@
 
 import json
 
-from fp8demo import fp8, post_training, probe, recipes, records, sweep
+from fp8demo import fp8, post_training, probe, recipes, records, sweep, verdicts
 from fp8demo.records import RUN_FIELDS
 from fp8demo.store import Store
 
@@ -81,6 +81,9 @@ def print_run_record(detail: dict):
             f"{r['mode'] + ' PTQ':>16}: test accuracy {r['test_accuracy']:.4f}, "
             f"loss {r['test_loss']:.4f}, weights {r['weights_bytes'] or 0:,} bytes"
         )
+    if verdict := detail.get("paired_verdict"):
+        name = f"{detail['precision']} − bf16"
+        print(f"{'verdict':>16}: {verdicts.verdict_line(verdict, name)}")
     if health := detail["fp8_health"]:
         at_risk = ", ".join(f"{t['layer']} {t['role']}" for t in health["tensors_at_risk"])
         print(

@@ -118,7 +118,7 @@ def cmd_show(args, store: Store) -> int:
     run = store.run(args.run)
     if post_training.post_training_pending(run):  # queued on first request, then kept
         run = wait_for_post_training(store, run)
-    detail = run_record(store, run)
+    detail = run_record(store, run, tolerance=args.tolerance)
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
