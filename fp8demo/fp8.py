@@ -33,18 +33,30 @@ UNDERFLOW_AT_RISK = 5.0
 DEAD_STEPS = 16
 
 
-def float8_layers(model) -> list:
-    """Every layer that computes in float8, in a stable (depth-first) order."""
-    found = []
+def all_layers(model) -> list:
+    """Every layer inside a Keras 3 model, depth-first, each once: nested layers (keras_hub
+    blocks, sub-models) included, and a layer shared by several parents once."""
+    found, seen = [], set()
 
     def walk(layer):
         for child in getattr(layer, "_layers", []) or []:
-            if getattr(child, "quantization_mode", None) == "float8":
+            if id(child) not in seen:
+                seen.add(id(child))
                 found.append(child)
-            walk(child)
+                walk(child)
 
     walk(model)
     return found
+
+
+def float8_layers(model) -> list:
+    """Every layer that computes in float8 (Dense and EinsumDense after quantize("float8")),
+    in a stable (depth-first) order."""
+    return [layer for layer in all_layers(model) if _is_float8(layer)]
+
+
+def _is_float8(layer) -> bool:
+    return getattr(layer, "quantization_mode", None) == "float8"
 
 
 def describe_layers(model) -> list[dict]:

@@ -36,6 +36,9 @@ class LoadedRun:
             run = store.run(run_id)
         except StoreError as e:
             raise PredictError(str(e)) from e
+        note = own_model_note(run)
+        if note:
+            raise PredictError(note)
         if run["status"] != "finished":
             raise PredictError(
                 f"Run {run['id']} is {run['status']}, not finished: it has no model "
@@ -97,6 +100,25 @@ class LoadedRun:
     def tokens(self, text: str) -> list[str]:
         ids = self.token_ids(check_texts([text]))[0]
         return [self.vocabulary[i] for i in ids if i != 0]
+
+
+def own_model_note(run: dict) -> str | None:
+    """Why a run recorded by FP8Monitor (a user's own model and script) cannot predict
+    here: the engine can only rebuild its own model. None for the engine's runs."""
+    summary = run.get("summary") or {}
+    if summary.get("source") != "monitor":
+        return None
+    saved = summary.get("model_file")
+    where = (
+        f" Its trained model was saved as {saved}: `keras.saving.load_model` it in Python."
+        if saved
+        else " Pass `save_model=True` to FP8Monitor to keep the trained model as a .keras file."
+    )
+    return (
+        f"Run {run['id']} trained your own model `{summary.get('model_name', '?')}` in "
+        f"{summary.get('script', 'a script')} (FP8Monitor): Predict rebuilds only the engine's "
+        f"review classifier, so ask that model in your own code.{where}"
+    )
 
 
 def sentiment(probability: float) -> str:

@@ -168,13 +168,16 @@ class Probe:
         stats = probe()  # stats alone
 
     Call it between training steps (in a callback, after `self.model` synced the state).
+    loss: (y, outputs) -> the loss, per sample or scalar, whose gradients the probe measures;
+    None: binary cross-entropy, the engine's classifier (y as given is then a column).
     """
 
-    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES):
+    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES, loss=None):
         self.model = model
         self.layers = fp8.float8_layers(model)
         self.x = np.asarray(x)
-        self.y = np.asarray(y, np.float32).reshape(len(self.x), -1)
+        self.loss = loss
+        self.y = np.asarray(y, np.float32).reshape(len(self.x), -1) if loss is None else y
         self.recipes = tuple(recipes)
         for recipe in self.recipes:
             recipes_lib.recipe_format(recipe, ROLES[0])  # refuses an unknown recipe now
@@ -203,6 +206,7 @@ class Probe:
         import keras  # lazy: keras loads JAX (seconds)
 
         model, layers, recipes = self.model, self.layers, self.recipes
+        loss_of = self.loss or keras.losses.binary_crossentropy
         positions = self._scale_positions()
         layouts = [contraction_layout(layer) for layer in layers]
 
@@ -210,7 +214,7 @@ class Probe:
             captured = {}
             with _tapped(layers, captured, taps):
                 outputs, _ = model.stateless_call(trainable, non_trainable, x, training=False)
-            value = jnp.mean(keras.losses.binary_crossentropy(y, outputs))
+            value = jnp.mean(loss_of(y, outputs))
             return value, captured
 
         def probe(trainable, non_trainable, x, y):

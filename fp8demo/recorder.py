@@ -78,6 +78,11 @@ class Recorder(keras.callbacks.Callback):
     probe: a probe.Probe, run before the first step, every `probe_every` steps and after the last.
     on_epoch_end: called (store, run_id) after each recorded epoch; a cancel it requests (a
         pruned sweep trial) stops the fit before the next epoch.
+    metric: the logs' key stored as each step's and epoch's "accuracy" (a user's model,
+        monitor.py, may name its metric otherwise; a missing one is stored as a gap).
+    keep_best: keep a copy of the best epoch's weights (the engine evaluates them).
+    batch_size None: unknown (a user's fit, monitor.py); n_train is then the steps per epoch
+        (None: unknown too) and every batch weighs the same.
 
     After fit: `cancelled` (a cancel request stopped Keras), `best` (a BestEpoch or None),
     `stopped_early_at`, `epoch` (the last epoch), `step` and steps_per_second().
@@ -96,6 +101,8 @@ class Recorder(keras.callbacks.Callback):
         probe=None,
         probe_every: int = 0,
         on_epoch_end=None,
+        metric: str = "accuracy",
+        keep_best: bool = True,
     ):
         super().__init__()
         self.store, self.run_id = store, run_id
@@ -105,6 +112,7 @@ class Recorder(keras.callbacks.Callback):
         self.probe = probe if (record and probe_every > 0) else None
         self.probe_every = probe_every
         self.on_epoch_end_hook = on_epoch_end  # (store, run_id) after each recorded epoch
+        self.metric, self.keep_best = metric, keep_best
 
         self.step = 0  # global training steps done
         self.epoch = 0
@@ -150,8 +158,11 @@ class Recorder(keras.callbacks.Callback):
             self.store.update_run(self.run_id, phase="training")
         if self.probe is not None and self.step % self.probe_every == 0:
             self.run_probe()
-        seen = min((batch + 1) * self.batch_size, self.n_train)
-        means = RunningMeans(self.epoch, seen, logs.get("loss"), logs.get("accuracy"))
+        if self.batch_size is None:  # unknown: count batches
+            seen = batch + 1
+        else:
+            seen = min((batch + 1) * self.batch_size, self.n_train)
+        means = RunningMeans(self.epoch, seen, _number(logs, "loss"), _number(logs, self.metric))
         self.pending.append(PendingStep(self.step, now - self.started, means))
         # Flush before the amax history wraps, so no step's amax is lost.
         if now - self.last_flush >= RECORD_EVERY_SECONDS or (
@@ -168,14 +179,16 @@ class Recorder(keras.callbacks.Callback):
                 epoch,
                 self.step,
                 logs.get("loss"),
-                logs.get("accuracy"),
+                logs.get(self.metric),
                 logs.get("val_loss"),
-                logs.get("val_accuracy"),
+                logs.get(f"val_{self.metric}"),
             )
             if self.on_epoch_end_hook is not None:  # a sweep trial: report, maybe prune
                 self.on_epoch_end_hook(self.store, self.run_id)
             self.check_cancel()  # pruned: stop before the next epoch
-        val_accuracy = logs.get("val_accuracy")
+        val_accuracy = logs.get(f"val_{self.metric}")
+        if not self.keep_best:
+            return
         best_so_far = self.best.val_accuracy if self.best else None
         if val_accuracy is not None and (best_so_far is None or val_accuracy > best_so_far):
             self.best = BestEpoch(epoch, float(val_accuracy), self.model.get_weights())
@@ -266,12 +279,12 @@ class Recorder(keras.callbacks.Callback):
         fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
         rate = self.steps_per_second(until=now)
         if rate is not None:
-            total = math.ceil(self.n_train / self.batch_size) * self.epochs
-            fields.update(
-                steps_per_sec=rate,
-                samples_per_sec=rate * self.batch_size,
-                eta=(total - self.step) / rate if rate > 0 else None,
-            )
+            fields["steps_per_sec"] = rate
+            if self.batch_size is not None:
+                fields["samples_per_sec"] = rate * self.batch_size
+            if self.n_train:
+                total = math.ceil(self.n_train / (self.batch_size or 1)) * self.epochs
+                fields["eta"] = (total - self.step) / rate if rate > 0 else None
         self.store.update_run(self.run_id, **fields)
 
     def check_cancel(self):
@@ -309,3 +322,9 @@ class Recorder(keras.callbacks.Callback):
             validation = self.validation_seconds
         seconds = until - self.first_step_time - validation
         return (self.step - 1) / max(seconds, 1e-9)
+
+
+def _number(logs, key) -> float:
+    """A logged metric as a float; NaN (a gap in the store) when the logs lack it."""
+    value = (logs or {}).get(key)
+    return float("nan") if value is None else float(value)

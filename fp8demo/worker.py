@@ -15,7 +15,6 @@ import errno
 import faulthandler
 import os
 import signal
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -24,9 +23,9 @@ from fp8demo import device, env, launcher, paths, sweep
 from fp8demo.config import ConfigError
 from fp8demo.data import DataError
 from fp8demo.store import Store
+from fp8demo.store.heartbeat import HEARTBEAT_SECONDS, Heartbeat  # noqa: F401 (worker.Heartbeat)
 
 IDLE_EXIT_SECONDS = 5.0
-HEARTBEAT_SECONDS = 5.0  # how often a worker refreshes its own and its run's heartbeat_at
 SUPERVISOR_CHECK_SECONDS = 5.0  # how often a waiting worker makes sure a supervisor runs
 LOG_NAME, LOCK_NAME, lock_name = launcher.LOG_NAME, launcher.LOCK_NAME, launcher.lock_name
 
@@ -146,39 +145,6 @@ def evaluate(store: Store, evaluation: dict):
 
 
 # -- the process -----------------------------------------------------------------------
-
-
-class Heartbeat:
-    """While the with-block runs, refresh heartbeats every few seconds from a background
-    thread: of the run being trained (`run_id`, may change) and of the worker itself
-    (`worker`: host, slot, pid). How a worker tells every host of the store it is alive."""
-
-    def __init__(self, store: Store, run_id=None, every=HEARTBEAT_SECONDS, worker=None):
-        self.store, self.run_id, self.every, self.worker = store, run_id, every, worker
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="heartbeat", daemon=True)
-
-    def __enter__(self):
-        if self.worker:
-            self.store.worker_alive(*self.worker)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        if self.worker:
-            self.store.worker_gone(*self.worker)
-
-    def _beat(self):
-        while not self._stop.wait(self.every):
-            try:
-                if self.worker:
-                    self.store.worker_alive(*self.worker)
-                if self.run_id is not None:
-                    self.store.heartbeat(self.run_id)
-            except Exception as e:  # a busy store now and then must not end the training
-                print(f"[worker {os.getpid()}] heartbeat failed: {e}", flush=True)
 
 
 def main(

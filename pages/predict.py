@@ -4,7 +4,7 @@ import pandas as pd
 import streamlit as st
 
 from fp8demo.paths import default_home
-from fp8demo.predict import PredictError, load_run, sentiment
+from fp8demo.predict import PredictError, load_run, own_model_note, sentiment
 from pages import common
 
 OWN = "Write your own"
@@ -28,6 +28,9 @@ def load_models(runs) -> dict:
     """{precision: model} for every finished run that loads; errors are shown, not raised."""
     models = {}
     for r in runs:
+        if own_model_note(r):  # a user's own model (FP8Monitor): explained, not loaded
+            st.info(f"{r['precision']}: {own_model_note(r)}")
+            continue
         try:
             models[r["precision"]] = load_model(str(default_home()), r["id"])
         except PredictError as e:
