@@ -110,21 +110,8 @@ def probe_figure(steps, stats_role, layer_names, role="inputs", *, height=360) -
     for i, name in enumerate(layer_names):
         line = dict(width=1.5, color=palette[i % len(palette)])
         for k in range(2):
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=f32(np.asarray(stats_role)[:, i, k] * 100),
-                    mode="lines+markers",
-                    marker=dict(size=4),
-                    line=line,
-                    name=name,
-                    legendgroup=name,
-                    showlegend=k == 0,
-                    hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}} %<extra></extra>",
-                ),
-                row=1,
-                col=k + 1,
-            )
+            values = f32(np.asarray(stats_role)[:, i, k] * 100)
+            _add_probe_line(fig, steps, values, name, line, first=k == 0, col=k + 1, unit=" %")
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(title_text="% of values", rangemode="tozero")
     layout(
@@ -244,23 +231,29 @@ def recipe_probe_figure(steps, stats_tensor, recipes, tensor, *, height=360) -> 
         line = dict(width=1.5, color=RECIPE_COLORS.get(recipe, FALLBACK_COLOR))
         for c, (n, _) in enumerate(panels):
             values = stats_tensor[:, k, n] if len(steps) else np.zeros(0, np.float32)
-            fig.add_trace(
-                go.Scatter(
-                    x=steps,
-                    y=f32(np.where(np.isfinite(values), values, np.nan)),
-                    mode="lines+markers",
-                    marker=dict(size=4),
-                    line=line,
-                    name=recipe,
-                    legendgroup=recipe,
-                    showlegend=c == 0,
-                    hovertemplate=f"{recipe}<br>step %{{x}}: %{{y:.3g}}<extra></extra>",
-                ),
-                row=1,
-                col=c + 1,
-            )
+            finite = f32(np.where(np.isfinite(values), values, np.nan))
+            _add_probe_line(fig, steps, finite, recipe, line, first=c == 0, col=c + 1)
     fig.update_xaxes(title_text="step")
     fig.update_yaxes(rangemode="tozero")
     layout(fig, f"{tensor} over the probes, by recipe", None, None, uirevision=f"recipes-{tensor}")
     fig.update_layout(height=height, margin=dict(t=80))
     return _legend_below(fig)
+
+
+def _add_probe_line(fig, steps, values, name, line, first: bool, col: int, unit: str = ""):
+    """One series of a per-probe panel; its legend entry once, on the first panel."""
+    fig.add_trace(
+        go.Scatter(
+            x=steps,
+            y=values,
+            mode="lines+markers",
+            marker=dict(size=4),
+            line=line,
+            name=name,
+            legendgroup=name,
+            showlegend=first,
+            hovertemplate=f"{name}<br>step %{{x}}: %{{y:.3g}}{unit}<extra></extra>",
+        ),
+        row=1,
+        col=col,
+    )
