@@ -20,6 +20,7 @@ COLORS = {
     "fp8": "#ff7f0e",
     "fp8-current": "#d62728",
     "fp8-rowwise": "#9467bd",
+    "fp8-rowwise-gw-hp": "#bcbd22",
     "fp8-block128": "#8c564b",
     "mxfp8": "#e377c2",
     "float32": "#7f7f7f",
@@ -268,6 +269,67 @@ def _add_validation_traces(fig, c, x_axis):
 
 
 # -- float8 state -------------------------------------------------------------------------
+
+
+# -- fallback to bf16: where a layer left float8 (fallback.py) ------------------------------
+
+FALLBACK_NAME = "fallback to bf16"
+FALLBACK_MARKER = dict(symbol="triangle-down", size=13, color="#2ca02c", line=dict(width=1))
+
+
+def fallback_by_step(events) -> dict:
+    """{step: hover text} of a run's fallback events (summary "fallback_events"), one entry
+    per probe step that moved layers: "step 0: query, key → bf16"."""
+    moved = {}
+    for event in events:
+        name = event["layer"].rsplit("/", 1)[-1]
+        why = f"{name} ({event['role']} {event['reason']}, {event['value']:.3g})"
+        moved.setdefault(int(event["step"]), []).append(why)
+    return {step: f"step {step}: {', '.join(whys)} → bf16" for step, whys in moved.items()}
+
+
+def add_fallback_markers(fig, c, events, x_axis="step"):
+    """Mark curve `c` (a `curve` dict) where its run's fallback moved layers to bf16: a
+    triangle on the raw curve at each such step (the first step's value for a probe before
+    it). Nothing until the curve has a point."""
+    if not events or not len(c["values"]):
+        return
+    by_step = fallback_by_step(events)
+    steps = np.array(sorted(by_step), dtype=np.float64)
+    y = np.interp(steps, c["steps"], c["values"])
+    x = steps if x_axis == "step" else np.interp(steps, c["steps"], c["times"])
+    fig.add_trace(
+        go.Scatter(
+            x=f32(x),
+            y=f32(y),
+            mode="markers",
+            marker=FALLBACK_MARKER,
+            name=f"{c['label']}: {FALLBACK_NAME}",
+            text=[by_step[int(step)] for step in steps],
+            hovertemplate="%{text}<extra></extra>",
+        )
+    )
+
+
+def add_heatmap_fallback_markers(fig, events, layer_names):
+    """Mark each moved layer's row of a per-layer heatmap at the step it left float8 (its
+    amax stops changing there)."""
+    rows = [e for e in events if e["layer"] in layer_names]
+    if not rows:
+        return
+    by_step = fallback_by_step(rows)
+    fig.add_trace(
+        go.Scatter(
+            x=[float(e["step"]) for e in rows],
+            y=[e["layer"] for e in rows],
+            mode="markers",
+            marker={**FALLBACK_MARKER, "symbol": "triangle-right"},
+            name=FALLBACK_NAME,
+            showlegend=False,
+            text=[by_step[int(e["step"])] for e in rows],
+            hovertemplate="%{y}<br>%{text}<extra></extra>",
+        )
+    )
 
 
 def amax_log2(amax) -> np.ndarray:

@@ -35,6 +35,7 @@ _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
 # Recipes whose scales vary within an operand, by what one scale covers.
 EMULATED_RECIPES = {
     "rowwise": "one scale per row",
+    "rowwise-gw-hp": "one scale per row",
     "block128": "one power-of-two scale per 128-value tile",
     "mxfp8": "one power-of-two scale per 32 values",
 }

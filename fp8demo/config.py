@@ -10,11 +10,14 @@ import difflib
 import json
 from dataclasses import dataclass
 
+from fp8demo import fallback
+
 # Float8 training with another scaling recipe than Keras' delayed one (see model.py), by the
 # precision's name: the recipe of recipes.py its layers quantize their matmul operands with.
 RECIPE_PRECISIONS = {
     "fp8-current": "current",
     "fp8-rowwise": "rowwise",
+    "fp8-rowwise-gw-hp": "rowwise-gw-hp",
     "fp8-block128": "block128",
     "mxfp8": "mxfp8",
 }
@@ -24,10 +27,37 @@ VOCAB_METHODS = ("keras", "fast")
 DROPOUT_MASKS = ("keras", "fast")
 SIDE_BY_SIDE = ("auto", "on", "off")
 RESERVED_TOKENS = ("[PAD]", "[UNK]")
+# The model's float8-capable layers (every Dense and EinsumDense of model.py), in model order,
+# named by their paths as FP8 health lists them. The architecture is fixed, so they are known
+# without building it; model.float8_capable_layers reads the same names off a built model.
+MODEL_LAYERS = (
+    "decoder/self_attention/query",
+    "decoder/self_attention/key",
+    "decoder/self_attention/value",
+    "decoder/self_attention/attention_output",
+    "decoder/feedforward_intermediate_dense",
+    "decoder/feedforward_output_dense",
+    "dense",
+    "classifier",
+)
+HEAD = "classifier"  # the sigmoid head: quantize_head=False keeps it in bf16
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be trained; the message says what to change."""
+
+
+def layer_selector(item: str) -> tuple[str, ...] | None:
+    """The layers one bf16_layers item names: a layer of MODEL_LAYERS, or first:N / last:N
+    (N from 1 to their number) in model order; None when it names none."""
+    if item in MODEL_LAYERS:
+        return (item,)
+    end, colon, count = item.partition(":")
+    if colon and end in ("first", "last") and count.isdigit():
+        n = int(count)
+        if 1 <= n <= len(MODEL_LAYERS):
+            return MODEL_LAYERS[:n] if end == "first" else MODEL_LAYERS[-n:]
+    return None
 
 
 def whole_number_problem(name: str, value, low: int, high: int, why_low: str = "") -> str:
@@ -77,6 +107,18 @@ class TrainConfig:
     )
     quantize_head: bool = setting(
         True, "compute the sigmoid head in float8 too, as the example quantizes every Dense"
+    )
+    bf16_layers: tuple = setting(
+        (),
+        "float8 layers kept in bf16 under any fp8 recipe, comma-separated: names as FP8 "
+        "health lists them (decoder/self_attention/query, dense, classifier, ...), or "
+        "first:N / last:N in model order",
+    )
+    fallback: str = setting(
+        "",
+        "move a float8 layer to bf16 for the rest of the run when a probe of one of its "
+        "tensors crosses a threshold, e.g. underflow>5%,mse>1e-4 (any of underflow, "
+        "saturation, mse, snr<); empty = never",
     )
     ptq: bool = setting(
         True,
@@ -135,7 +177,56 @@ class TrainConfig:
             + self.choice_errors()
             + self.precision_errors()
             + self.type_errors()
+            + self.layer_errors()
+            + self.fallback_errors()
         )
+
+    def layer_errors(self) -> list[str]:
+        """Problems with bf16_layers: a name that is no float8 layer of the model, layers kept
+        in bf16 without a float8 precision to keep them from, or every layer kept in bf16."""
+        items = self.bf16_layers
+        if not isinstance(items, (tuple, list)) or not all(isinstance(i, str) for i in items):
+            return [f"bf16_layers must be a list of layer names, got {items!r}."]
+        unknown = [item for item in items if layer_selector(item) is None]
+        if unknown:
+            return [
+                f"Unknown layer{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))} in "
+                "bf16_layers: choose from "
+                f"{', '.join(MODEL_LAYERS)}, or first:N / last:N (N from 1 to "
+                f"{len(MODEL_LAYERS)})."
+            ]
+        precisions = self.precisions if isinstance(self.precisions, (tuple, list)) else ()
+        if items and not set(precisions) & set(FLOAT8_PRECISIONS):
+            return [
+                "bf16_layers keeps float8 layers in bf16, but no precision trains in float8: "
+                "add fp8 (or a scaling recipe) to the precisions, or clear bf16_layers."
+            ]
+        if items and len(self.bf16_layer_names()) == len(MODEL_LAYERS):
+            return [
+                "bf16_layers keeps every float8 layer in bf16: leave at least one in float8, "
+                "or train bf16."
+            ]
+        return []
+
+    def bf16_layer_names(self) -> tuple[str, ...]:
+        """The float8-capable layers a float8 run keeps in bf16, in model order: bf16_layers
+        with first:N / last:N spelled out, and the head when quantize_head is off (the same
+        thing said the older way). Unknown names are left out (layer_errors names them)."""
+        chosen = {HEAD} if self.quantize_head is False else set()
+        for item in self.bf16_layers if isinstance(self.bf16_layers, (tuple, list)) else ():
+            chosen.update(layer_selector(item) or ())
+        return tuple(name for name in MODEL_LAYERS if name in chosen)
+
+    def fallback_errors(self) -> list[str]:
+        """Problems with fallback: text fallback.parse cannot read (its one-line message), or
+        thresholds without the probe that measures them."""
+        try:
+            thresholds = fallback.parse(self.fallback)
+        except ValueError as e:
+            return [str(e)]
+        if thresholds and self.probe_every == 0:
+            return ["fallback needs the probe's measurements: set probe_every above 0."]
+        return []
 
     def whole_number_errors(self) -> list[str]:
         vocab_why = (
@@ -231,6 +322,8 @@ class TrainConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["precisions"] = list(self.precisions)
+        if isinstance(self.bf16_layers, (tuple, list)):
+            d["bf16_layers"] = list(self.bf16_layers)
         return d
 
     def to_json(self) -> str:
@@ -244,9 +337,10 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"Unknown setting(s): {', '.join(unknown)}.")
         values = dict(values)
-        if "precisions" in values:
-            p = values["precisions"]
-            values["precisions"] = tuple(p.split(",")) if isinstance(p, str) else tuple(p)
+        for name in ("precisions", "bf16_layers"):  # lists in JSON, tuples here
+            if name in values:
+                p = values[name]
+                values[name] = tuple(p.split(",") if p else ()) if isinstance(p, str) else tuple(p)
         return cls(**values)
 
     @classmethod

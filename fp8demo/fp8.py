@@ -21,8 +21,14 @@ FORMATS = {"inputs": "E4M3", "kernel": "E4M3", "outputs_grad": "E5M2"}
 E4M3_MAX = 448.0
 E5M2_MAX = 57344.0
 FORMAT_MAX = {"inputs": E4M3_MAX, "kernel": E4M3_MAX, "outputs_grad": E5M2_MAX}
-# Half the relative spacing of the largest values: E4M3 (3 mantissa bits) 1/16, E5M2 1/8.
-ROUNDING_TOLERANCE = {"inputs": 1 / 16, "kernel": 1 / 16, "outputs_grad": 1 / 8}
+# Saturation: a value counts as clipped when it lies beyond fmax by more than half the top
+# step (the spacing of the two largest values: E4M3 448 - 416 = 32, E5M2 57344 - 49152 = 8192);
+# nearer values lose no more to clipping than rounding would take.
+SATURATION_LIMIT = {
+    "inputs": E4M3_MAX + 16,
+    "kernel": E4M3_MAX + 16,
+    "outputs_grad": E5M2_MAX + 4096,
+}
 # Headroom beyond which small values start to fall below the format's smallest normals.
 UNDERFLOW_HEADROOM = 8.0
 # Probe (probe.py) thresholds, in % of the values of the latest probe: flag a tensor whose
@@ -177,10 +183,10 @@ def health(amax: np.ndarray, roles=ROLES, history_length: int = 1024) -> dict:
     with np.errstate(divide="ignore", invalid="ignore"):
         headroom = np.where(amax > 0, np.log2(representable / amax), np.nan)
     # With margin 0 a tensor that grows a little every step (kernels do) always exceeds its
-    # delayed scale by a hair; clipping within half a step of the format's top values costs
-    # no more than rounding does, so only larger excursions count as overflows.
-    tolerance = np.array([ROUNDING_TOLERANCE[r] for r in roles], np.float32)
-    overflow = amax > representable * (1 + tolerance)
+    # delayed scale by a hair; clipping within half the top step (SATURATION_LIMIT) costs no
+    # more than rounding does, so only larger excursions count as overflows.
+    limit = np.array([SATURATION_LIMIT[r] for r in roles], np.float32)
+    overflow = amax > scales * limit
     return {
         "scales": scales,
         "representable": representable,

@@ -22,6 +22,8 @@ from fp8demo.charts import (
     minmax_indices,
 )
 from fp8demo.fp8 import ROLES
+from fp8demo.prescription import BAND_NAMES, BANDS, band_index, underflow_pct
+from fp8demo.recipes import GEMM_OPERANDS, PER_TENSOR, ROLE_GEMMS
 
 # Headroom heatmaps, log2 units: white at 0 (the scale fits the tensor tightly: healthy), red
 # below (clipped; barely tinted within rounding, -0.1), blue above (spare range; deep blue =
@@ -173,15 +175,36 @@ def _snr_text(value, unit="") -> str:
     return "exact" if value == np.inf else f"{value:.1f}{unit}"
 
 
-def recipe_heatmap(latest, layer_names, recipes, step=None, *, height=None) -> go.Figure:
+def gemm_operands(first, second, recipes, gemm: str):
+    """The two tensors `gemm` multiplies (recipes.GEMM_OPERANDS) at one probe, each as that
+    GEMM quantizes it: (stats[layers, 2 roles, recipes, 3], roles). first and second: one probe
+    of Store.fp8_recipes and Store.fp8_recipes_second; second None (recorded before the store
+    kept it): per-tensor recipes repeat the first GEMM's numbers, the others are NaN (gaps)."""
+    first = np.asarray(first, np.float32)
+    if second is None:
+        per_tensor = np.array([r in PER_TENSOR for r in recipes])[None, None, :, None]
+        second = np.where(per_tensor, first, np.nan)
+    second = np.asarray(second, np.float32)
+    roles = GEMM_OPERANDS[gemm]
+    columns = []
+    for role in roles:
+        source = first if ROLE_GEMMS[role][0] == gemm else second
+        columns.append(source[:, ROLES.index(role)])
+    return np.stack(columns, axis=1), roles
+
+
+def recipe_heatmap(
+    latest, layer_names, recipes, step=None, *, height=None, roles=ROLES, gemm=None
+) -> go.Figure:
     """SNR (dB) of every float8 tensor (rows: layer · role) under every recipe (columns), at
     one probe; the hover shows underflow %, saturation % and SNR.
 
     latest: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)], as one probe of
     Store.fp8_recipes; SNR is +inf where quantization is exact (shown as "exact").
+    roles and gemm: the tensors of one GEMM as gemm_operands gives them, named in the title.
     """
     latest = np.asarray(latest, np.float32)
-    rows = [f"{name} · {ROLE_TITLES[role]}" for name in layer_names for role in ROLES]
+    rows = [f"{name} · {ROLE_TITLES[role]}" for name in layer_names for role in roles]
     by_tensor = latest.reshape(len(rows), len(recipes), 3)
     snr = by_tensor[:, :, 2]
     fig = go.Figure(
@@ -199,15 +222,18 @@ def recipe_heatmap(latest, layer_names, recipes, step=None, *, height=None) -> g
                 [[u, s, _snr_text(v, " dB")] for u, s, v in row.tolist()] for row in by_tensor
             ],
             hoverongaps=False,
-            hovertemplate="%{y}<br>recipe %{x}<br>SNR %{customdata[2]}<br>"
+            hovertemplate="%{y}<br>recipe %{x}"
+            + ("" if gemm is None else f" in {gemm}")
+            + "<br>SNR %{customdata[2]}<br>"
             "underflow %{customdata[0]:.3~g} %<br>saturation %{customdata[1]:.3~g} %"
             "<extra></extra>",
         )
     )
     when = "" if step is None else f" (probe at step {int(step):,})"
+    where = "" if gemm is None else f" in the {gemm} GEMM"
     layout(
         fig,
-        f"What-if: SNR of each float8 tensor under each scaling recipe{when}",
+        f"What-if: SNR of each float8 tensor under each scaling recipe{where}{when}",
         "scaling recipe",
         None,
         uirevision="recipe-heatmap",
@@ -257,3 +283,79 @@ def _add_probe_line(fig, steps, values, name, line, first: bool, col: int, unit:
         row=1,
         col=col,
     )
+
+
+# -- underflow bands (prescription.py) -------------------------------------------------------
+
+# One colour per band, excellent → severe, and grey for a tensor with no nonzero value.
+BAND_COLORS = ("#1a9850", "#fee08b", "#fc8d59", "#d73027", "#969696")
+ALL_ZERO = "all zero"
+
+
+def underflow_bands_heatmap(
+    probe_steps, probe_stats, layer_names, bands=BANDS, worst=(), *, height=None
+) -> go.Figure:
+    """Underflow % of every float8 tensor (rows: layer · role) at every probe (columns),
+    coloured by band (prescription.BANDS), the tensors of `worst` ((layer, role) pairs, worst
+    first) boxed and numbered; the hover shows the value.
+
+    probe_stats: [probes, layers, roles, (saturation, underflow)] fractions, as the store
+    holds them; a tensor without a nonzero value (underflow NaN) is drawn grey.
+    """
+    underflow = underflow_pct(probe_stats)  # [probes, layers, roles]
+    rows = [(name, role) for name in layer_names for role in ROLES]
+    values = underflow.reshape(len(underflow), len(rows)).T  # [tensors, probes]
+    z = np.where(np.isnan(values), len(BAND_NAMES), band_index(values, bands))
+    names = [*BAND_NAMES, ALL_ZERO]
+    n = len(names)
+    colorscale = [
+        [edge, color] for k, color in enumerate(BAND_COLORS) for edge in (k / n, (k + 1) / n)
+    ]
+    a, b, c = (f"{edge:g}" for edge in bands)
+    words = (f"< {a} %", f"{a}–{b} %", f"{b}–{c} %", f"> {c} %")
+    labels = [f"{name} · {ROLE_TITLES[role]}" for name, role in rows]
+    fig = go.Figure(
+        go.Heatmap(
+            x=f32(probe_steps),
+            y=labels,
+            z=z.astype(np.float32),
+            zmin=-0.5,
+            zmax=n - 0.5,
+            colorscale=colorscale,
+            colorbar=dict(
+                title=dict(text="underflow"),
+                tickvals=list(range(n)),
+                ticktext=[f"{b} {w}" for b, w in zip(BAND_NAMES, words)] + [ALL_ZERO],
+            ),
+            customdata=[[_underflow_text(v) for v in row] for row in values],
+            hovertemplate="%{y}<br>probe at step %{x}<br>underflow %{customdata}<extra></extra>",
+        )
+    )
+    for rank, key in enumerate(worst, start=1):
+        k = rows.index(tuple(key))
+        fig.add_shape(
+            type="rect",
+            xref="x domain",
+            x0=0,
+            x1=1,
+            y0=k - 0.5,
+            y1=k + 0.5,
+            line=dict(color="black", width=2),
+        )
+        fig.add_annotation(
+            xref="x domain", x=1, y=labels[k], text=f"#{rank}", showarrow=False, xanchor="left"
+        )
+    layout(
+        fig,
+        f"Underflow bands of every float8 tensor, the {len(worst)} worst boxed",
+        "probe step",
+        None,
+        uirevision="underflow-bands",
+        height=height or max(320, 90 + 22 * len(rows)),
+    )
+    fig.update_yaxes(autorange="reversed", automargin=True)
+    return fig
+
+
+def _underflow_text(value) -> str:
+    return ALL_ZERO if np.isnan(value) else f"{value:.3g} %"

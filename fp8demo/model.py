@@ -11,11 +11,12 @@ Precisions:
   fp8     the same model, then model.quantize("float8"): every Dense/EinsumDense gets
           E4M3 forward / E5M2 gradient quantize-dequantize with delayed scaling
   float32 a full-precision reference
-  fp8-current, fp8-rowwise, fp8-block128, mxfp8
-          the fp8 model, whose float8 layers quantize the same operands with another
+  fp8-current, fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8
+          the fp8 model, whose float8 layers quantize each GEMM's operands with another
           scaling recipe (recipes.py) instead of delayed scaling: see use_recipe
-By default the sigmoid head is quantized too, as the example's quantize() does;
-TrainConfig.quantize_head=False keeps it in bf16.
+By default every Dense and EinsumDense is quantized, the sigmoid head too, as the example's
+quantize() does; the layers of TrainConfig.bf16_layer_names() (bf16_layers, and the head when
+quantize_head is off) stay in bf16: no float8 state, under every float8 precision.
 """
 
 import contextlib
@@ -28,14 +29,13 @@ import numpy as np
 import fp8demo.env  # noqa: F401
 from fp8demo import fp8
 from fp8demo import recipes as recipes_lib
-from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, TrainConfig
+from fp8demo.config import FLOAT8_PRECISIONS, HEAD, RECIPE_PRECISIONS, TrainConfig
 
 POLICIES = {
     "bf16": "mixed_bfloat16",
     **dict.fromkeys(FLOAT8_PRECISIONS, "mixed_bfloat16"),
     "float32": "float32",
 }
-HEAD = "classifier"
 
 
 def build(config: TrainConfig, precision: str):
@@ -77,10 +77,12 @@ def build(config: TrainConfig, precision: str):
 
 
 def quantize_fp8(model, config: TrainConfig):
-    """model.quantize("float8") on the layers Keras can convert (Dense, EinsumDense)."""
+    """model.quantize("float8") on the layers Keras can convert (Dense, EinsumDense), but
+    those the config keeps in bf16: they get no float8 variables at all."""
+    kept = set(config.bf16_layer_names())
 
     def selected(layer):
-        return config.quantize_head or layer.name != HEAD
+        return layer.path not in kept
 
     # lazy: keras loads in ~3 s
     from keras.src.dtype_policies.dtype_policy import QuantizedFloat8DTypePolicy
@@ -99,14 +101,24 @@ def quantize_fp8(model, config: TrainConfig):
         QuantizedFloat8DTypePolicy.default_amax_history_length = default
 
 
+def float8_capable_layers(model) -> list[str]:
+    """The paths of `model`'s layers that quantize("float8") converts (Dense, EinsumDense),
+    in model order, quantized or not: config.MODEL_LAYERS for this module's model."""
+    import keras  # lazy: keras loads in ~3 s
+
+    kinds = (keras.layers.Dense, keras.layers.EinsumDense)
+    return [layer.path for layer in fp8.all_layers(model) if isinstance(layer, kinds)]
+
+
 # -- other scaling recipes -------------------------------------------------------------------
 #
 # A recipe precision is the fp8 model (same layers, variables and saved weights) whose float8
-# layers run `recipe_float8_call` instead of Keras' `_float8_call`. The structure is Keras':
-# inputs and kernel quantize-dequantized around the matmul (the gradient passes straight
-# through), then an identity whose backward quantize-dequantizes the output gradient, placed
-# right after the matmul as Keras places it. Only the scales differ: the recipe computes them
-# from the tensor being quantized (per tensor, row, 128-value tile or 32-value block).
+# layers run `recipe_float8_call` instead of Keras' `_float8_call`. A per-tensor recipe keeps
+# Keras' structure (inputs and kernel quantize-dequantized around the matmul, an identity
+# whose backward quantizes the output gradient). The others quantize each of the three GEMMs'
+# operands along that GEMM's contraction axes, as Transformer Engine and torchao do
+# (_per_gemm_gemm): the scales come from the tensor being quantized (per row, 128-value tile
+# or 32-value block), in the orientation the GEMM reads it.
 #
 # Keras' delayed-scaling bookkeeping keeps running unused by the recipe: each step still writes
 # every tensor's amax into its `<role>_amax_history` and the delayed scale into `<role>_scale`.
@@ -134,9 +146,9 @@ def scaling_recipe(model) -> str | None:
     return getattr(layers[0], "scaling_recipe", "delayed") if layers else None
 
 
-def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
-    """`x` quantize-dequantized under `recipe` as `role`, blocked along `axes`' letters, in
-    `dtype`.
+def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype, gemm: str = "fprop"):
+    """`x` quantize-dequantized under `recipe` as `role` of `gemm`, blocked along `axes`'
+    letters, in `dtype`.
 
     recipes.quantize blocks the trailing axes of inputs and output gradients and the leading
     axes of kernels, so the blocked axes are moved there and back. "current" uses Keras' own
@@ -160,62 +172,24 @@ def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype):
     others = [a for a in range(x.ndim) if a not in block_axes]
     order = block_axes + others if role == "kernel" else others + block_axes
     moved = jnp.transpose(x, order)
-    quantized = recipes_lib.quantize(moved, recipe, role, block_dims=len(block_axes))
+    quantized = recipes_lib.quantize(moved, recipe, role, block_dims=len(block_axes), gemm=gemm)
     return jnp.transpose(quantized, np.argsort(order)).astype(dtype)
 
 
 def recipe_float8_call(layer, recipe: str, inputs, training=None):
     """A float8 Dense/EinsumDense layer's call with `recipe`'s scales (see use_recipe)."""
-    from keras import ops, quantizers  # lazy: keras loads in ~3 s
+    from keras import ops  # lazy: keras loads in ~3 s
 
-    axes = recipes_lib.operand_axes(layer)
+    def delayed_state(role):  # Keras' delayed-scaling variables of one tensor role
+        return [
+            ops.convert_to_tensor(getattr(layer, f"{role}_{kind}"))
+            for kind in ("scale", "amax_history")
+        ]
 
-    def delayed_bookkeeping(x, scale, history, role):
-        """Keras' update: the delayed scale from the history, and the history with x's amax."""
-        fmax = ops.cast(fp8.FORMAT_MAX[role], "float32")
-        new_scale = quantizers.compute_float8_scale(ops.max(history, axis=0), scale, fmax)
-        return new_scale, quantizers.compute_float8_amax_history(x, history)
-
-    def quantized_operand(role):
-        @ops.custom_gradient
-        def qdq(x, scale, history):
-            updates = delayed_bookkeeping(x, scale, history, role) if training else (None, None)
-
-            def grad(*args, upstream=None, variables=None):
-                if upstream is None:
-                    (upstream,) = args
-                return upstream, *updates
-
-            return recipe_qdq(x, recipe, role, axes[role], layer.compute_dtype), grad
-
-        return qdq
-
-    @ops.custom_gradient
-    def quantized_output_gradient(outputs, scale, history):
-        def grad(*args, upstream=None, variables=None):
-            if upstream is None:
-                (upstream,) = args
-            role = "outputs_grad"
-            gradient = recipe_qdq(upstream, recipe, role, axes[role], upstream.dtype)
-            return gradient, *delayed_bookkeeping(upstream, scale, history, role)
-
-        return outputs, grad
-
-    def operand(role, value):
-        return quantized_operand(role)(
-            value,
-            ops.convert_to_tensor(getattr(layer, f"{role}_scale")),
-            ops.convert_to_tensor(getattr(layer, f"{role}_amax_history")),
-        )
-
-    x, kernel = operand("inputs", inputs), operand("kernel", ops.convert_to_tensor(layer._kernel))
-    equation = getattr(layer, "equation", None)
-    x = ops.einsum(equation, x, kernel) if equation else ops.matmul(x, kernel)
-    x = quantized_output_gradient(
-        x,
-        ops.convert_to_tensor(layer.outputs_grad_scale),
-        ops.convert_to_tensor(layer.outputs_grad_amax_history),
-    )
+    kernel = ops.convert_to_tensor(layer._kernel)
+    state = [v for role in fp8.ROLES for v in delayed_state(role)]
+    gemm = _per_tensor_gemm if recipe in PER_TENSOR_RECIPES else _per_gemm_gemm
+    x = gemm(layer, recipe, training)(inputs, kernel, *state)
     if layer.bias is not None:
         bias = layer.bias
         if layer.dtype_policy.compute_dtype == "float32":  # as Keras: a bf16-rounded bias
@@ -224,6 +198,104 @@ def recipe_float8_call(layer, recipe: str, inputs, training=None):
     if layer.activation is not None:
         x = layer.activation(x)
     return x
+
+
+# Recipes with one scale per tensor: both GEMMs that use a tensor see the same quantized
+# values, so autodiff through the forward GEMM runs the backward ones as the references do.
+PER_TENSOR_RECIPES = ("current",)
+
+
+def _delayed_bookkeeping(x, scale, history, role):
+    """Keras' update: the delayed scale from the history, and the history with x's amax."""
+    from keras import ops, quantizers  # lazy: keras loads in ~3 s
+
+    fmax = ops.cast(fp8.FORMAT_MAX[role], "float32")
+    new_scale = quantizers.compute_float8_scale(ops.max(history, axis=0), scale, fmax)
+    return new_scale, quantizers.compute_float8_amax_history(x, history)
+
+
+def _upstream(args, upstream):
+    """The cotangent Keras' custom_gradient hands a grad function (positional on JAX)."""
+    return args[0] if upstream is None else upstream
+
+
+def _per_tensor_gemm(layer, recipe, training):
+    """Keras' structure: inputs and kernel quantize-dequantized around the matmul (gradients
+    pass straight through), then an identity whose backward quantizes the output gradient."""
+    from keras import ops  # lazy: keras loads in ~3 s
+
+    axes = recipes_lib.operand_axes(layer)
+    equation = getattr(layer, "equation", None)
+
+    def quantized_operand(role):
+        @ops.custom_gradient
+        def qdq(x, scale, history):
+            updates = _delayed_bookkeeping(x, scale, history, role) if training else (None, None)
+
+            def grad(*args, upstream=None, variables=None):
+                return _upstream(args, upstream), *updates
+
+            return recipe_qdq(x, recipe, role, axes[role], layer.compute_dtype), grad
+
+        return qdq
+
+    @ops.custom_gradient
+    def quantized_output_gradient(outputs, scale, history):
+        def grad(*args, upstream=None, variables=None):
+            upstream, role = _upstream(args, upstream), "outputs_grad"
+            gradient = recipe_qdq(upstream, recipe, role, axes[role], upstream.dtype)
+            return gradient, *_delayed_bookkeeping(upstream, scale, history, role)
+
+        return outputs, grad
+
+    def gemm(x, kernel, x_scale, x_history, k_scale, k_history, g_scale, g_history):
+        x = quantized_operand("inputs")(x, x_scale, x_history)
+        kernel = quantized_operand("kernel")(kernel, k_scale, k_history)
+        y = ops.einsum(equation, x, kernel) if equation else ops.matmul(x, kernel)
+        return quantized_output_gradient(y, g_scale, g_history)
+
+    return gemm
+
+
+def _per_gemm_gemm(layer, recipe, training):
+    """Y = X·W whose three GEMMs each quantize their operands along that GEMM's contraction
+    axes, as Transformer Engine and torchao do: fprop X·W along K, dgrad dY·Wᵀ along N, wgrad
+    Xᵀ·dY along M (recipes.gemm_layout). A per-row or per-block scale differs between the two
+    GEMMs a tensor feeds, so the backward quantizes X, W and dY afresh (a custom gradient)."""
+    from keras import ops  # lazy: keras loads in ~3 s
+
+    dtype = layer.compute_dtype
+
+    @ops.custom_gradient
+    def matmul(x, kernel, x_scale, x_history, k_scale, k_history, g_scale, g_history):
+        layout = recipes_lib.gemm_layout(getattr(layer, "equation", None), len(x.shape))
+
+        def qdq(value, gemm, role):
+            axes, to = layout[gemm][1][role], value.dtype if role == "outputs_grad" else dtype
+            return recipe_qdq(value, recipe, role, axes, to, gemm)
+
+        updates = [None] * 4
+        if training:
+            updates = [
+                *_delayed_bookkeeping(x, x_scale, x_history, "inputs"),
+                *_delayed_bookkeeping(kernel, k_scale, k_history, "kernel"),
+            ]
+        kernel_q = qdq(kernel, "fprop", "kernel")
+        y = ops.einsum(layout["fprop"][0], qdq(x, "fprop", "inputs"), kernel_q)
+
+        def grad(*args, upstream=None, variables=None):
+            dy = _upstream(args, upstream)
+            # 128x128 kernel tiles survive the transpose: dgrad reuses fprop's values.
+            kernel_t = kernel_q if recipe == "block128" else qdq(kernel, "dgrad", "kernel")
+            dx = ops.einsum(layout["dgrad"][0], qdq(dy, "dgrad", "outputs_grad"), kernel_t)
+            x_w, dy_w = qdq(x, "wgrad", "inputs"), qdq(dy, "wgrad", "outputs_grad")
+            dk = ops.einsum(layout["wgrad"][0], x_w, dy_w)
+            bookkeeping = _delayed_bookkeeping(dy, g_scale, g_history, "outputs_grad")
+            return ops.cast(dx, x.dtype), ops.cast(dk, kernel.dtype), *updates, *bookkeeping
+
+        return y, grad
+
+    return matmul
 
 
 # -- dropout masks ---------------------------------------------------------------------------

@@ -37,8 +37,6 @@ uses the saved .keras file.
 """
 
 import atexit
-import json
-import os
 import sys
 import time
 import weakref
@@ -51,7 +49,7 @@ import jax
 import keras
 import numpy as np
 
-from fp8demo import fp8, paths
+from fp8demo import fp8
 from fp8demo import probe as probe_lib
 from fp8demo.config import TrainConfig
 from fp8demo.recorder import Recorder
@@ -60,6 +58,8 @@ from fp8demo.store.heartbeat import HEARTBEAT_SECONDS, Heartbeat
 
 SOURCE = "monitor"  # summary["source"] of a run this callback records
 MODEL_FILE = "model.keras"  # in the run's folder, with save_model=True
+PROBE_EVERY = 25  # steps between probes by default (ProbePacer may space them further)
+PROBE_BUDGET = 0.02  # the share of training time the default cadence lets probes take
 
 
 def open_store(store=None) -> Store:
@@ -114,49 +114,6 @@ def history_length(layers) -> int:
 # -- the run in the store ------------------------------------------------------------------
 
 
-def start_run(
-    store: Store, label: str, precision: str, config: TrainConfig, summary: dict, new_label=""
-):
-    """(comparison id, run id): a 'running' run of this process in the latest comparison
-    labelled `label` that has no `precision` run yet, or else in a new one (labelled `label`,
-    or `new_label` when there is none to join by).
-
-    Written here rather than with Store.create_comparison, which queues runs for workers: a
-    worker must never claim a run that a user's script trains."""
-    now, host = time.time(), paths.host_name()
-    with store._transaction() as conn:
-        conn.serialize("monitor")  # two scripts starting at once join one comparison
-        cid, precisions = None, None
-        if label:
-            rows = conn.execute(
-                "SELECT c.id, c.config FROM comparisons c WHERE c.label=? AND c.sweep_id IS NULL "
-                "AND NOT EXISTS (SELECT 1 FROM runs r WHERE r.comparison_id=c.id "
-                "AND r.precision=?) ORDER BY c.id DESC LIMIT 1",
-                (label, precision),
-            ).fetchall()
-            if rows:
-                cid, precisions = rows[0][0], json.loads(rows[0][1]).get("precisions", [])
-        if cid is None:
-            cid = conn.execute(
-                "INSERT INTO comparisons (created_at, config, label) VALUES (?, ?, ?) RETURNING id",
-                (now, config.to_json(), label or new_label),
-            ).fetchone()[0]
-        else:  # the comparison lists every precision it holds, baseline (bf16) first
-            joined = sorted({*precisions, precision}, key=lambda p: (p != "bf16", p))
-            conn.execute(
-                "UPDATE comparisons SET config=? WHERE id=?",
-                (TrainConfig.from_dict({**config.to_dict(), "precisions": joined}).to_json(), cid),
-            )
-        run_id = conn.execute(
-            "INSERT INTO runs (comparison_id, precision, config, status, phase, created_at, "
-            "updated_at, started_at, heartbeat_at, worker_pid, host, slot, summary) "
-            "VALUES (?, ?, ?, 'running', 'compiling', ?, ?, ?, ?, ?, ?, ?, ?) RETURNING id",
-            (cid, precision, config.to_json(), now, now, now, now, os.getpid(), host, "monitor")
-            + (json.dumps(summary),),
-        ).fetchone()[0]
-    return cid, run_id
-
-
 def last_exception():
     """The last unhandled exception Python (a script's end) or IPython (a cell) reported."""
     return getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
@@ -179,10 +136,15 @@ class FP8Monitor(keras.callbacks.Callback):
     comparison: a label; fits with the same label pair into one comparison (Results).
     probe_data: (x, y), one batch of the fit's batch size (gradient sizes depend on it), on
         which FP8 health and the recipes' what-if statistics are measured; None: no probe.
-    probe_every: probe every this many steps (and before the first, after the last).
+    probe_every: probe every this many steps (and before the first, after the last); None
+        (the default): every 25 steps, or less often when a probe costs more than 2 % of
+        the training time between two probes (ProbePacer: a large model on a CPU).
     store: a Store, a database URL (postgresql://...), a home folder, or None (default).
     precision: the run's precision; None: inferred (infer_precision).
-    save_model: save the trained model as the run's model.keras, for Predict.
+    save_model: True saves the trained model as the run's model.keras, for Predict (which
+        takes a JSON array for it); a Keras model saves that one instead, e.g. the trained
+        model behind its tokenizer, `keras.Sequential([keras.Input((), dtype="string"),
+        tokenizer, model])`, so that Predict takes text.
 
     After each fit: `run_id`, `comparison_id` (of the latest run), `run_ids` (all).
     """
@@ -192,14 +154,17 @@ class FP8Monitor(keras.callbacks.Callback):
         name=None,
         comparison=None,
         probe_data=None,
-        probe_every=25,
+        probe_every=None,
         store=None,
         precision=None,
         save_model=False,
     ):
         super().__init__()
         self.name, self.label = name, comparison or ""
-        self.probe_data, self.probe_every = probe_data, int(probe_every)
+        self.probe_data = probe_data
+        self.probe_every = int(probe_every) if probe_every is not None else PROBE_EVERY
+        self.paced = probe_every is None
+        self.pacer = None
         self.store = open_store(store)
         self.precision, self.save_model = precision, save_model
         self.recorder = None  # the Recorder of the fit in progress
@@ -236,8 +201,8 @@ class FP8Monitor(keras.callbacks.Callback):
             "fp8_before": fp8.variables_summary(layers),
             "params": int(model.count_params()),
         }
-        self.comparison_id, self.run_id = start_run(
-            self.store, self.label, precision, config, summary, new_label=summary["name"]
+        self.comparison_id, self.run_id = self.store.start_own_run(
+            self.label, precision, config, summary, new_label=summary["name"]
         )
         self.run_ids.append(self.run_id)
         self.store.update_run(
@@ -249,10 +214,24 @@ class FP8Monitor(keras.callbacks.Callback):
         )
         self.exception_at_begin = last_exception()
         self.recorder = self.make_recorder(model, steps, epochs, config)
-        self.recorder.on_train_begin(logs)
+        self.recorder.on_train_begin(logs)  # the first probe (compiled here)
+        self.pacer = self.make_pacer()
         self.heartbeat = Heartbeat(
             self.store, self.run_id, every=HEARTBEAT_SECONDS, on_beat=self.check_alive
         ).__enter__()
+
+    def make_pacer(self):
+        """The automatic cadence (None: a cadence given, or no probe), with the seconds of one
+        probe, compiled by the recorder's first: an extra probe before the first step."""
+        probe = self.recorder.probe
+        if not self.paced or probe is None:
+            return None
+        started = time.perf_counter()
+        try:
+            probe.measure()
+        except Exception:  # the recorder's own probes report and turn off a failing probe
+            return None
+        return ProbePacer(self.probe_every, time.perf_counter() - started)
 
     def make_recorder(self, model, steps, epochs, config) -> Recorder:
         probe = None
@@ -278,10 +257,15 @@ class FP8Monitor(keras.callbacks.Callback):
         self.recorder.on_epoch_begin(epoch, logs)
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.recorder.step == 0:  # the logs' keys are known now: pick the stored metric
-            self.recorder.metric = metric_name(logs)
-            self.store.merge_summary(self.run_id, metric=self.recorder.metric)
-        self.recorder.on_train_batch_end(batch, logs)
+        recorder = self.recorder
+        if recorder.step == 0:  # the logs' keys are known now: pick the stored metric
+            recorder.metric = metric_name(logs)
+            self.store.merge_summary(self.run_id, metric=recorder.metric)
+        probing = recorder.probe is not None and (recorder.step + 1) % recorder.probe_every == 0
+        started = time.perf_counter()
+        recorder.on_train_batch_end(batch, logs)
+        if self.pacer is not None:
+            recorder.probe_every = self.pacer.after_step(started, probing)
 
     def on_epoch_end(self, epoch, logs=None):
         self.recorder.on_epoch_end(epoch, logs)
@@ -307,6 +291,7 @@ class FP8Monitor(keras.callbacks.Callback):
         final = {key: float(value) for key, value in logs.items() if _is_number(value)}
         summary = {
             "final": final,
+            "probe_every": recorder.probe_every if recorder.probe is not None else None,
             "fp8_after": fp8.variables_summary(recorder.layers),
             "weights_bytes": int(sum(np.asarray(v).nbytes for v in self.model.get_weights())),
         }
@@ -333,15 +318,24 @@ class FP8Monitor(keras.callbacks.Callback):
     # -- what a user's model holds ------------------------------------------------------------
 
     def write_model(self, run_id: int) -> str | None:
-        """Save the model as the run's model.keras; None (and a note) when Keras cannot."""
+        """Save the model (or the one save_model names) as the run's model.keras, with the
+        positions of its float8 layers (predict.load_keras_file quantizes them again: Keras
+        alone cannot reload a float8 keras_hub block), and share it as the engine shares its
+        weights (a PostgreSQL store: into the database, for every host). None, and a note in
+        the summary, when it cannot be saved: the run still ends well."""
+        model = self.save_model if isinstance(self.save_model, keras.Model) else self.model
         path = self.store.run_dir(run_id) / MODEL_FILE
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            self.model.save(path)
-        except Exception as e:  # a float8 model may not round-trip: the run still ends well
+            model.save(path)
+            float8 = {id(layer) for layer in fp8.float8_layers(model)}
+            float8_at = [i for i, layer in enumerate(fp8.all_layers(model)) if id(layer) in float8]
+            self.store.merge_summary(run_id, model_float8_layers=float8_at)
+            self.store.share_artifacts(run_id)
+        except Exception as e:  # keras, h5py and the store raise several types
             self.store.merge_summary(run_id, model_error=f"{type(e).__name__}: {e}"[:500])
             return None
-        return str(path)
+        return MODEL_FILE
 
     # -- failures ---------------------------------------------------------------------------
 
@@ -374,6 +368,34 @@ class FP8Monitor(keras.callbacks.Callback):
         heartbeat, self.heartbeat = self.heartbeat, None
         if heartbeat is not None:
             heartbeat.stop()
+
+
+class ProbePacer:
+    """The automatic probe cadence: every `least` steps, or less often so that probes take
+    at most PROBE_BUDGET of the training time (a probe of a large model on a CPU costs as
+    much as a few steps). The seconds of a probe (timed once, compiled, before the first
+    step; then each probe's) against the median seconds of a training step (between two
+    batch ends, the monitor's own work left out)."""
+
+    def __init__(self, least: int, probe_seconds: float):
+        self.every = self.least = least
+        self.probe_seconds = probe_seconds
+        self.steps = []  # recent training step seconds
+        self.last_end = None  # when the monitor's previous batch-end work ended
+
+    def after_step(self, started: float, probed: bool) -> int:
+        """The cadence after a batch end whose monitor work began at `started`."""
+        now = time.perf_counter()
+        if self.last_end is not None:
+            self.steps = [*self.steps[-31:], started - self.last_end]
+        if probed:
+            self.probe_seconds = now - started
+        step = float(np.median(self.steps)) if len(self.steps) >= 3 else 0.0
+        if step > 0:
+            needed = int(np.ceil(self.probe_seconds / (PROBE_BUDGET * step)))
+            self.every = max(self.least, needed)
+        self.last_end = now
+        return self.every
 
 
 def model_loss(model):

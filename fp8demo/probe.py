@@ -7,7 +7,7 @@ in inference mode (no dropout) on a fixed validation batch of the training batch
 the next training step will use:
 
     saturation  share of the values clipped to ±fmax by more than rounding would move them
-                (beyond fmax × scale × (1 + half the top step); see fp8.ROUNDING_TOLERANCE)
+                (beyond (fmax + half the top step) × scale; see fp8.SATURATION_LIMIT)
     underflow   share of the nonzero values that quantize to zero; NaN when the tensor
                 holds no nonzero value at all (dead: fp8.dead_since)
 
@@ -50,7 +50,7 @@ def tensor_stats(values, scale, role):
     x = jnp.asarray(values, jnp.float32)
     scaled = x / jnp.asarray(scale, jnp.float32)
     # Clipping within half a step of the top value costs no more than rounding does.
-    saturation = jnp.mean(jnp.abs(scaled) > fmax * (1 + fp8.ROUNDING_TOLERANCE[role]))
+    saturation = jnp.mean(jnp.abs(scaled) > fp8.SATURATION_LIMIT[role])
     quantized = jnp.clip(scaled, -fmax, fmax).astype(float8).astype(jnp.float32)
     nonzero = x != 0
     flushed = jnp.sum(nonzero & (quantized == 0))
@@ -69,6 +69,17 @@ def contraction_layout(layer) -> dict:
     return {
         role: (letters, blocked, role == "kernel")
         for role, (letters, blocked) in recipes_lib.operand_axes(layer).items()
+    }
+
+
+def second_gemm_layout(layer, inputs_rank: int) -> dict:
+    """{role: (axis letters, letters a block runs along, blocks lead)} of each tensor in the
+    other GEMM that uses it (recipes.ROLE_GEMMS): inputs and output gradients in wgrad,
+    blocked along the tokens M; the kernel in dgrad, blocked along N."""
+    layout = recipes_lib.gemm_layout(getattr(layer, "equation", None), inputs_rank)
+    return {
+        role: (*layout[gemms[1]][1][role], role == "kernel")
+        for role, gemms in recipes_lib.ROLE_GEMMS.items()
     }
 
 
@@ -165,6 +176,8 @@ class Probe:
         stats, by_recipe = probe.measure()
         # stats:     [layers, roles, (saturation, underflow)], fractions in [0, 1]
         # by_recipe: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)]
+        #            each tensor blocked for its first GEMM (recipes.ROLE_GEMMS)
+        probe.second_gemm  # by_recipe for the other GEMM of each tensor, same measure
         stats = probe()  # stats alone
 
     Call it between training steps (in a callback, after `self.model` synced the state).
@@ -182,6 +195,12 @@ class Probe:
         for recipe in self.recipes:
             recipes_lib.recipe_format(recipe, ROLES[0])  # refuses an unknown recipe now
         self._compiled = None
+        self.mean_square = np.zeros((len(self.layers), len(ROLES)), np.float32)  # [layers, roles]
+        # by_recipe of the latest measure with each tensor blocked for the other GEMM that uses
+        # it (second_gemm_layout): [layers, roles, recipes, 3].
+        self.second_gemm = np.zeros(
+            (len(self.layers), len(ROLES), len(self.recipes), len(RECIPE_STATISTICS)), np.float32
+        )
 
     def _scale_positions(self):
         """Where each layer's scale variables sit in the model's variable lists."""
@@ -244,17 +263,38 @@ class Probe:
                     for i in range(len(layers))
                 ]
             )
-            if not recipes:
-                return stats, jnp.zeros((len(layers), len(ROLES), 0, len(RECIPE_STATISTICS)))
-            by_recipe = []
-            for j, role in enumerate(ROLES):
-                matrices = [
-                    blocked_matrix(jnp.asarray(t, jnp.float32), *layouts[i][role])
-                    for i, t in enumerate(tensors[role])
+            # Mean square per tensor: with the SNR it gives the quantization MSE (fallback.py).
+            mean_square = jnp.stack(
+                [
+                    jnp.stack(
+                        [
+                            jnp.mean(jnp.square(tensors[role][i].astype(jnp.float32)))
+                            for role in ROLES
+                        ]
+                    )
+                    for i in range(len(layers))
                 ]
-                scales = [scale(i, j) for i in range(len(layers))]
-                by_recipe.append(recipe_table(matrices, scales, role, recipes))
-            return stats, jnp.stack(by_recipe, axis=1)  # [layers, roles, recipes, 3]
+            )
+            if not recipes:
+                empty = jnp.zeros((len(layers), len(ROLES), 0, len(RECIPE_STATISTICS)))
+                return stats, empty, mean_square, empty
+
+            def table(layouts):  # [layers, roles, recipes, 3], each tensor blocked as laid out
+                by_role = []
+                for j, role in enumerate(ROLES):
+                    matrices = [
+                        blocked_matrix(jnp.asarray(t, jnp.float32), *layouts[i][role])
+                        for i, t in enumerate(tensors[role])
+                    ]
+                    scales = [scale(i, j) for i in range(len(layers))]
+                    by_role.append(recipe_table(matrices, scales, role, recipes))
+                return jnp.stack(by_role, axis=1)
+
+            second = [
+                second_gemm_layout(layer, tensors["inputs"][i].ndim)
+                for i, layer in enumerate(layers)
+            ]
+            return stats, table(layouts), mean_square, table(second)
 
         return jax.jit(probe)
 
@@ -269,7 +309,11 @@ class Probe:
             self._compiled = self._build()
         trainable = [v.value for v in self.model.trainable_variables]
         non_trainable = [v.value for v in self.model.non_trainable_variables]
-        stats, by_recipe = self._compiled(trainable, non_trainable, self.x, self.y)
+        stats, by_recipe, mean_square, second = self._compiled(
+            trainable, non_trainable, self.x, self.y
+        )
+        self.mean_square = np.asarray(mean_square, np.float32)
+        self.second_gemm = np.asarray(second, np.float32)
         return np.asarray(stats, np.float32), np.asarray(by_recipe, np.float32)
 
     def __call__(self) -> np.ndarray:
@@ -286,29 +330,46 @@ ROLE_PHRASES = {  # "the output gradients of `query` lose 9 % of their values"
 }
 
 
-def recipe_records(steps, recipes, stats, layer_names, all_probes: bool = False) -> list[dict]:
-    """One dict per probe (the latest only, unless `all_probes`), float8 tensor and recipe:
-    layer, role, recipe, step, underflow_pct, saturation_pct, snr_db.
+def recipe_records(
+    steps, recipes, stats, layer_names, all_probes: bool = False, second=None
+) -> list[dict]:
+    """One dict per probe (the latest only, unless `all_probes`), float8 tensor, GEMM that
+    uses it (recipes.ROLE_GEMMS) and recipe: layer, role, gemm, recipe, step, underflow_pct,
+    saturation_pct, snr_db.
 
-    stats: [probes, layers, roles, recipes, 3] as Store.fp8_recipes returns it. A value that
-    is not finite becomes None (snr_db is +inf where quantization is exact), so the rows are
-    valid JSON.
+    stats: [probes, layers, roles, recipes, 3] as Store.fp8_recipes returns it, each tensor
+    blocked for its first GEMM; second: the same for its other GEMM (Probe.second_gemm), or
+    None where that was not recorded: a per-tensor recipe then repeats the first GEMM's row
+    (it quantizes a tensor the same in both), the others have no row for the second GEMM.
+    A value that is not finite becomes None (snr_db is +inf where quantization is exact), so
+    the rows are valid JSON.
     """
     stats = np.asarray(stats, np.float32)
+    second = None if second is None else np.asarray(second, np.float32)
     picked = range(len(steps)) if all_probes else range(len(steps))[-1:]
-    return [
-        {
-            "layer": layer,
-            "role": role,
-            "recipe": recipe,
-            "step": int(steps[p]),
-            **{name: _finite(stats[p, i, j, k, n]) for n, name in enumerate(RECIPE_STATISTICS)},
-        }
-        for p in picked
-        for i, layer in enumerate(layer_names)
-        for j, role in enumerate(ROLES)
-        for k, recipe in enumerate(recipes)
-    ]
+    rows = []
+    for p in picked:
+        for i, layer in enumerate(layer_names):
+            for j, role in enumerate(ROLES):
+                for g, gemm in enumerate(recipes_lib.ROLE_GEMMS[role]):
+                    for k, recipe in enumerate(recipes):
+                        source = stats if g == 0 else second
+                        if source is None and recipe in recipes_lib.PER_TENSOR:
+                            source = stats
+                        if source is None:
+                            continue
+                        values = source[p, i, j, k]
+                        rows.append(
+                            {
+                                "layer": layer,
+                                "role": role,
+                                "gemm": gemm,
+                                "recipe": recipe,
+                                "step": int(steps[p]),
+                                **{n: _finite(values[m]) for m, n in enumerate(RECIPE_STATISTICS)},
+                            }
+                        )
+    return rows
 
 
 def _finite(value) -> float | None:

@@ -9,11 +9,15 @@ arrays and can be called inside another jitted function (the probe's).
     recipe       format                 one scale per                     scale
     delayed      E4M3 fwd, E5M2 grads   tensor                            the run's (Keras)
     current      E4M3 fwd, E5M2 grads   tensor                            amax / fmax
-    rowwise      E4M3 fwd, E5M2 grads   row (kernel: output channel)      amax / fmax
+    rowwise      E4M3                   row (kernel: output channel)      power of two, up
     block128     E4M3                   1x128 tile (kernel: 128x128)      power of two, up
     mxfp8        E4M3                   32 values, E8M0 scale             power of two, up
     mxfp8-floor  E4M3                   32 values, E8M0 scale             power of two, down
     nvfp4        E2M1                   16 values (E4M3), tensor (FP32)   two levels
+
+Training also knows "rowwise-gw-hp" (torchao `rowwise_with_gw_hp`, see `quantize`'s `gemm`):
+E4M3 with plain amax / fmax scales, the kernel per tensor in the input-gradient GEMM and the
+weight-gradient GEMM unquantized.
 
 Scales follow Keras' convention: a divisor, `quantized = cast(clip(x / scale, ±fmax)) * scale`
 (Transformer Engine stores the reciprocal as "scale" and this one as "scale_inv").
@@ -23,6 +27,11 @@ does: the last axis of inputs (..., K); axis 0 of kernels (K, N); the last axis 
 gradients (..., N), which the input-gradient matmul contracts. `block_dims` says how many
 axes form that dimension (an EinsumDense may contract over two). A shape that the block does
 not divide gets a partial last block whose scale comes from its own values (zero padding).
+A layer runs three GEMMs (fprop X·W, dgrad dY·Wᵀ, wgrad Xᵀ·dY) and each quantizes its
+operands along its own contraction axes, so the caller moves those axes where these
+functions block: `gemm_layout` names them for a layer's einsum (the kernel along N in dgrad,
+inputs and output gradients along the tokens M in wgrad); a 128x128 kernel tile is the same
+tile either way round.
 
 Non-finite input. Scales come from the finite values only, so one inf or NaN does not change
 how the rest of its block is quantized. NaN stays NaN; ±inf saturates to ±fmax x scale and
@@ -43,30 +52,52 @@ from fp8demo.fp8 import ROLES
 
 @dataclass(frozen=True)
 class Format:
-    """An element format: its jax dtype name, largest finite value and saturation tolerance.
+    """An element format: its jax dtype name, largest finite value and saturation limit.
 
-    tolerance: half the relative spacing of the top values; clipping by less costs no more
-    than rounding does, so only values beyond fmax x (1 + tolerance) count as saturated.
+    saturation_limit: fmax plus half the top step (the spacing of the two largest values);
+    clipping a value below it costs no more than rounding does, so only values beyond it
+    count as saturated.
     """
 
     name: str
     dtype: str
     max: float
-    tolerance: float
+    saturation_limit: float
 
 
-E4M3 = Format("E4M3", "float8_e4m3fn", fp8.E4M3_MAX, fp8.ROUNDING_TOLERANCE["inputs"])
-E5M2 = Format("E5M2", "float8_e5m2", fp8.E5M2_MAX, fp8.ROUNDING_TOLERANCE["outputs_grad"])
-# E2M1 values: 0, 0.5, 1, 1.5, 2, 3, 4, 6; the top step 4 -> 6 is 2, half of it 1 = 6 / 6.
-E2M1 = Format("E2M1", "float4_e2m1fn", 6.0, 1 / 6)
+E4M3 = Format("E4M3", "float8_e4m3fn", fp8.E4M3_MAX, fp8.SATURATION_LIMIT["inputs"])
+E5M2 = Format("E5M2", "float8_e5m2", fp8.E5M2_MAX, fp8.SATURATION_LIMIT["outputs_grad"])
+# E2M1 values: 0, 0.5, 1, 1.5, 2, 3, 4, 6; the top step 4 -> 6 is 2, half of it 1.
+E2M1 = Format("E2M1", "float4_e2m1fn", 6.0, 6.0 + 1.0)
 
 RECIPES = ("delayed", "current", "rowwise", "block128", "mxfp8", "mxfp8-floor", "nvfp4")
+# Recipes only training uses: their operands differ per GEMM beyond where the blocks lie.
+TRAINING_ONLY = ("rowwise-gw-hp",)
+# The three GEMMs of a linear layer and the two tensors each multiplies: forward Y = X·W,
+# input gradient dX = dY·Wᵀ, weight gradient dW = Xᵀ·dY.
+GEMMS = ("fprop", "dgrad", "wgrad")
+GEMM_OPERANDS = {
+    "fprop": ("inputs", "kernel"),
+    "dgrad": ("outputs_grad", "kernel"),
+    "wgrad": ("inputs", "outputs_grad"),
+}
+# The two GEMMs each tensor feeds; `operand_axes` blocks it as the first does.
+ROLE_GEMMS = {
+    "inputs": ("fprop", "wgrad"),
+    "kernel": ("fprop", "dgrad"),
+    "outputs_grad": ("dgrad", "wgrad"),
+}
+# What-if recipes with one scale per tensor: a tensor quantizes the same in both its GEMMs.
+PER_TENSOR = ("delayed", "current")
 STATISTICS = ("underflow_pct", "saturation_pct", "snr_db")
 
 RECIPE_HELP = {
     "delayed": "the scale the run used: amax history of earlier steps / fmax, per tensor (Keras)",
     "current": "per tensor, from this tensor's own amax (TE Float8CurrentScaling)",
-    "rowwise": "one scale per row; per output channel for kernels (torchao rowwise)",
+    "rowwise": "one power-of-two scale per row along what the GEMM contracts, E4M3 for "
+    "gradients too (torchao rowwise)",
+    "rowwise-gw-hp": "torchao rowwise_with_gw_hp: one amax / fmax scale per row, the kernel "
+    "per tensor in the input-gradient GEMM, the weight-gradient GEMM in bf16",
     "block128": "1x128 tiles, 128x128 for kernels, power-of-two scales (TE Float8BlockScaling)",
     "mxfp8": "32-value blocks, E8M0 scale rounded up (TE MXFP8BlockScaling, arXiv 2506.08027)",
     "mxfp8-floor": "32-value blocks, E8M0 scale rounded down as the OCP MX v1.0 spec suggests",
@@ -85,19 +116,20 @@ STATISTICS_HELP = {
 def recipe_format(recipe: str, role: str) -> Format:
     """The element format a recipe quantizes a tensor role to (TE's defaults).
 
-    Per-tensor and per-row recipes use the hybrid format (E4M3 forward, E5M2 for gradients);
-    block recipes use E4M3 both ways, their small blocks leave E5M2's range unneeded.
+    Per-tensor recipes use the hybrid format (E4M3 forward, E5M2 for gradients); torchao's
+    rowwise and the block recipes use E4M3 both ways, their finer scales leave E5M2's range
+    unneeded.
     """
     _check(recipe, role)
     if recipe == "nvfp4":
         return E2M1
-    if recipe in ("delayed", "current", "rowwise"):
+    if recipe in ("delayed", "current"):
         return E5M2 if role == "outputs_grad" else E4M3
     return E4M3
 
 
 def _check(recipe, role):
-    if recipe not in RECIPES:
+    if recipe not in RECIPES + TRAINING_ONLY:
         raise ValueError(f"unknown recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
     if role not in ROLES:
         raise ValueError(f"unknown tensor role {role!r}; choose one of {', '.join(ROLES)}")
@@ -121,7 +153,7 @@ def _qdq(x, scale, fmt: Format):
     dequantized = clipped.astype(getattr(jnp, fmt.dtype)).astype(jnp.float32) * safe_scale
     # E2M1 has no NaN (the cast would give 0): keep NaN visible in every format.
     dequantized = jnp.where(jnp.isnan(x), jnp.nan, jnp.where(usable, dequantized, 0.0))
-    saturated = usable & (jnp.abs(scaled) > fmt.max * (1 + fmt.tolerance))
+    saturated = usable & (jnp.abs(scaled) > fmt.saturation_limit)
     return dequantized, saturated
 
 
@@ -194,6 +226,19 @@ def _current(m, fmt):
 
 
 def _rowwise(m, fmt):
+    # torchao: multiplier fmax / amax rounded down to a power of two (a divisor rounded up).
+    return _tiled(m, 1, None, fmt, lambda amax: _power_of_two_scale(amax, fmt, "up"))
+
+
+def _rowwise_gw_hp(m, fmt, role, gemm):
+    """torchao rowwise_with_gw_hp: rows with amax / fmax scales; the kernel per tensor in
+    dgrad; wgrad's operands unquantized (high precision)."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    if gemm == "wgrad":
+        return m, jnp.zeros(m.shape, bool)
+    if gemm == "dgrad" and role == "kernel":
+        return _current(m, fmt)
     return _tiled(m, 1, None, fmt, lambda amax: _fitting_scale(amax, fmt))
 
 
@@ -325,9 +370,11 @@ def _to_blocked(x, role: str, block_dims: int):
     return matrix, lambda m: m.reshape(shape)
 
 
-def _apply(x, recipe, role, delayed_scale, block_dims):
-    """(dequantized, saturated) of `x` under `recipe` as the given tensor role."""
+def _apply(x, recipe, role, delayed_scale, block_dims, gemm="fprop"):
+    """(dequantized, saturated) of `x` under `recipe` as the given tensor role in `gemm`."""
     _check(recipe, role)
+    if gemm not in GEMMS:
+        raise ValueError(f"unknown GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
     fmt = recipe_format(recipe, role)
     if recipe == "delayed" and delayed_scale is None:
         raise ValueError("recipe 'delayed' needs delayed_scale (the scale the run used)")
@@ -338,6 +385,8 @@ def _apply(x, recipe, role, delayed_scale, block_dims):
         result = _current(matrix, fmt)
     elif recipe == "rowwise":
         result = _rowwise(matrix, fmt)
+    elif recipe == "rowwise-gw-hp":
+        result = _rowwise_gw_hp(matrix, fmt, role, gemm)
     elif recipe == "block128":
         result = _block(matrix, (128, 128) if role == "kernel" else (1, 128), fmt)
     elif recipe in ("mxfp8", "mxfp8-floor"):
@@ -348,12 +397,14 @@ def _apply(x, recipe, role, delayed_scale, block_dims):
     return restore(dequantized), restore(saturated)
 
 
-@_compiled("recipe", "role", "block_dims")
-def quantize(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1):
+@_compiled("recipe", "role", "block_dims", "gemm")
+def quantize(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1, gemm="fprop"):
     """`x` quantized under `recipe` as an "inputs", "kernel" or "outputs_grad" tensor, and
     dequantized back (float32, x's shape). `delayed_scale` is needed by "delayed" only;
-    `block_dims`: how many axes form the blocked dimension (see the module docstring)."""
-    return _apply(x, recipe, role, delayed_scale, block_dims)[0]
+    `block_dims`: how many axes form the blocked dimension (see the module docstring);
+    `gemm`: the GEMM the operand feeds, which only "rowwise-gw-hp" tells apart (the blocked
+    axes say the rest: a kernel blocked along N for dgrad, inputs along M for wgrad)."""
+    return _apply(x, recipe, role, delayed_scale, block_dims, gemm)[0]
 
 
 @_compiled("recipe", "role", "block_dims")
@@ -389,13 +440,14 @@ def what_if(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1) 
 
 
 def operand_axes(layer) -> dict:
-    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer.
+    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer, as the
+    forward GEMM and the input-gradient GEMM block them (what the probe measures).
 
     Blocks run along what a matmul contracts: for inputs and kernel the contracted axes, for
     the output gradient the kernel's output axes (the input-gradient matmul contracts those).
     A Dense layer reads as the einsum "...a,ab->...b"; "..." stands for unblocked axes.
     """
-    equation = getattr(layer, "equation", None) or "...a,ab->...b"
+    equation = getattr(layer, "equation", None) or DENSE_EQUATION
     inputs, rest = equation.split(",")
     kernel, outputs = rest.split("->")
     contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
@@ -404,3 +456,46 @@ def operand_axes(layer) -> dict:
         "kernel": (kernel, contracted),
         "outputs_grad": (outputs, "".join(c for c in kernel if c not in contracted)),
     }
+
+
+DENSE_EQUATION = "...a,ab->...b"
+
+
+def gemm_layout(equation: str | None, inputs_rank: int) -> dict:
+    """The three GEMMs of a float8 layer computing `equation` ("inputs,kernel->outputs"; None:
+    a Dense layer) on inputs of rank `inputs_rank`:
+
+        {gemm: (einsum equation, {role: (axis letters, letters contracted in that GEMM)})}
+
+    fprop contracts K (in inputs and kernel, not outputs), dgrad N (in outputs and kernel,
+    not inputs), wgrad M (in inputs and outputs, not kernel: the tokens). The ellipsis is
+    spelled out in capital letters so that each GEMM's einsum can name every axis.
+    """
+    i, k, o = _explicit(equation or DENSE_EQUATION, inputs_rank)
+    stray = [c for c in i if c not in k + o] + [c for c in k if c not in i + o]
+    if stray:
+        raise ValueError(f"einsum {equation!r} sums axes {''.join(stray)} of one operand alone")
+
+    def contracted(first, second, other, order):
+        return "".join(c for c in order if c in first and c in second and c not in other)
+
+    k_axes, n_axes, m_axes = contracted(i, k, o, k), contracted(o, k, i, k), contracted(i, o, k, i)
+    return {
+        "fprop": (f"{i},{k}->{o}", {"inputs": (i, k_axes), "kernel": (k, k_axes)}),
+        "dgrad": (f"{o},{k}->{i}", {"outputs_grad": (o, n_axes), "kernel": (k, n_axes)}),
+        "wgrad": (f"{i},{o}->{k}", {"inputs": (i, m_axes), "outputs_grad": (o, m_axes)}),
+    }
+
+
+def _explicit(equation: str, inputs_rank: int) -> tuple[str, str, str]:
+    """(inputs, kernel, outputs) letters of `equation` with "..." replaced by fresh capitals."""
+    inputs, rest = equation.replace(" ", "").split(",")
+    kernel, outputs = rest.split("->")
+    if "..." in kernel:
+        raise ValueError(f"einsum {equation!r}: a kernel with '...' is not a float8 layer's")
+    named = len(inputs.replace("...", ""))
+    if "..." not in inputs and named != inputs_rank:
+        raise ValueError(f"einsum {equation!r} does not fit inputs of rank {inputs_rank}")
+    fresh = "".join(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation)
+    ellipsis = fresh[: max(inputs_rank - named, 0)]
+    return inputs.replace("...", ellipsis), kernel, outputs.replace("...", ellipsis)

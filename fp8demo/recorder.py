@@ -5,18 +5,23 @@ flushes: it writes each pending step's own loss and accuracy (recovered from Ker
 means), the float8 scales and amax histories, the probe rows and the progress, then looks
 for a cancel request. At each epoch's end it records the epoch and the best epoch so far,
 and calls its on_epoch_end hook (the worker passes the sweep's: a trial reports its objective).
+With fallback thresholds, each probe may also move float8 layers to bf16 (fallback.py).
 """
 
 import math
 import time
 from typing import NamedTuple
 
+import numpy as np
+
 import fp8demo.env  # noqa: F401  (sets KERAS_BACKEND: keras reads it when imported)
 
 # isort: split
 import keras
 
+from fp8demo import fallback as fallback_lib
 from fp8demo import fp8
+from fp8demo import model as model_lib
 from fp8demo.store import Store
 
 RECORD_EVERY_SECONDS = 0.5  # store writes, fp8 snapshots and cancel checks
@@ -81,11 +86,14 @@ class Recorder(keras.callbacks.Callback):
     metric: the logs' key stored as each step's and epoch's "accuracy" (a user's model,
         monitor.py, may name its metric otherwise; a missing one is stored as a gap).
     keep_best: keep a copy of the best epoch's weights (the engine evaluates them).
+    fallback: fallback thresholds (fallback.parse; () for none): after each probe a float8
+        layer one of whose tensors crosses one computes in bf16 for the rest of the run.
     batch_size None: unknown (a user's fit, monitor.py); n_train is then the steps per epoch
         (None: unknown too) and every batch weighs the same.
 
     After fit: `cancelled` (a cancel request stopped Keras), `best` (a BestEpoch or None),
-    `stopped_early_at`, `epoch` (the last epoch), `step` and steps_per_second().
+    `stopped_early_at`, `epoch` (the last epoch), `step`, steps_per_second() and
+    fallback_layers() (the paths of the layers moved to bf16).
     """
 
     def __init__(
@@ -103,6 +111,7 @@ class Recorder(keras.callbacks.Callback):
         on_epoch_end=None,
         metric: str = "accuracy",
         keep_best: bool = True,
+        fallback=(),
     ):
         super().__init__()
         self.store, self.run_id = store, run_id
@@ -113,6 +122,8 @@ class Recorder(keras.callbacks.Callback):
         self.probe_every = probe_every
         self.on_epoch_end_hook = on_epoch_end  # (store, run_id) after each recorded epoch
         self.metric, self.keep_best = metric, keep_best
+        self.thresholds = tuple(fallback)
+        self.fallback = None  # a fallback.Fallback once the float8 layers are known
 
         self.step = 0  # global training steps done
         self.epoch = 0
@@ -125,6 +136,7 @@ class Recorder(keras.callbacks.Callback):
         self.last_means = None  # running means of the last step taken out of `pending`
         self.probe_rows = []  # (step, stats) not yet in the store
         self.recipe_rows = []  # (step, what-if stats per scaling recipe) not yet in the store
+        self.second_rows = []  # the same with each tensor in its other GEMM (Probe.second_gemm)
         self.recipes = self.probe.recipes if self.probe is not None else ()
         self.fp8_step = 0  # last step whose amax is in the store
         self.last_flush = 0.0
@@ -143,6 +155,8 @@ class Recorder(keras.callbacks.Callback):
         self.layers = fp8.float8_layers(self.model)
         if not self.layers:
             self.probe = None  # nothing in float8 to probe
+        if self.thresholds and self.probe is not None:
+            self.fallback = fallback_lib.Fallback(self.thresholds, [x.path for x in self.layers])
         self.run_probe()
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -263,9 +277,23 @@ class Recorder(keras.callbacks.Callback):
         _ = self.model  # the property writes JAX's training state back into the variables
         histories, scales = fp8.read_state(self.layers)
         new = fp8.newest_amax(histories, self.step - self.fp8_step)
-        self.store.add_fp8_amax(self.run_id, self.step - len(new) + 1, new)
+        first = self.step - len(new) + 1
+        self.store.add_fp8_amax(self.run_id, first, self.without_bf16_steps(new, first))
         self.store.add_fp8_scales(self.run_id, self.step, scales)
         self.fp8_step = self.step
+
+    def without_bf16_steps(self, amax, first_step: int):
+        """amax [steps from first_step, layers, roles] with NaN (no amax: a gap in the
+        heatmaps, not a dead tensor in FP8 health) where a layer computed in bf16: every
+        step after the probe that moved it. Its frozen history would repeat stale values."""
+        if self.fallback is None or not self.fallback.events:
+            return amax
+        amax = np.array(amax, np.float32)
+        steps = np.arange(first_step, first_step + len(amax))
+        for event in self.fallback.events:
+            i = self.fallback.layer_names.index(event.layer)
+            amax[steps > event.step, i] = np.nan
+        return amax
 
     def write_probes(self):
         if self.probe_rows:
@@ -273,7 +301,8 @@ class Recorder(keras.callbacks.Callback):
             self.probe_rows = []
         if self.recipe_rows:
             self.store.add_fp8_recipes(self.run_id, self.recipes, self.recipe_rows)
-            self.recipe_rows = []
+            self.store.add_fp8_recipes(self.run_id, self.recipes, self.second_rows, second=True)
+            self.recipe_rows, self.second_rows = [], []
 
     def report_progress(self, now: float):
         fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
@@ -307,9 +336,39 @@ class Recorder(keras.callbacks.Callback):
             self.probe_rows.append((self.step, stats))
             if self.recipes:
                 self.recipe_rows.append((self.step, by_recipe))
+                self.second_rows.append((self.step, self.probe.second_gemm))
         except Exception as e:  # monitoring must never end a training run
             self.probe = None
             self.store.merge_summary(self.run_id, probe_error=f"{type(e).__name__}: {e}"[:500])
+            return
+        if self.fallback is not None:
+            self.fall_back(stats, by_recipe)
+
+    def fall_back(self, stats, by_recipe):
+        """Move the layers whose tensors cross a fallback threshold at this probe to bf16, and
+        record the events; the model's steps then retrace once (fallback.py)."""
+        recipe = model_lib.scaling_recipe(self.model)
+        statistics = fallback_lib.tensor_statistics(
+            stats, by_recipe, self.recipes, recipe, self.probe.mean_square
+        )
+        events = self.fallback.check(self.step, statistics)
+        if not events:
+            return
+        for event in events:
+            fallback_lib.use_bf16(self.layers[self.fallback.layer_names.index(event.layer)])
+        fallback_lib.retrace(self.model)
+        self.store.merge_summary(
+            self.run_id,
+            fallback_events=fallback_lib.event_rows(self.fallback.events),
+            fallback_layers=self.fallback_layers(),
+            fallback_summary=fallback_lib.layers_summary(self.fallback.moved, len(self.layers)),
+        )
+
+    def fallback_layers(self) -> list[str]:
+        """The paths of the float8 layers moved to bf16 so far, in model order."""
+        if self.fallback is None:
+            return []
+        return [self.fallback.layer_names[i] for i in sorted(self.fallback.moved)]
 
     def steps_per_second(self, until: float | None = None) -> float | None:
         """Training steps per second after the first (compiling) one, validation excluded,

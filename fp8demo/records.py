@@ -9,7 +9,7 @@ import dataclasses
 import numpy as np
 
 from fp8demo import compiled, fp8, report, verdicts
-from fp8demo.config import FLOAT8_PRECISIONS
+from fp8demo.config import FLOAT8_PRECISIONS, MODEL_LAYERS
 from fp8demo.store import Store
 
 RUN_FIELDS = (
@@ -60,6 +60,24 @@ class Health:
     probe_stats: np.ndarray  # [probes, layers, roles, 2]: saturation, underflow fractions
     result: dict | None  # fp8.health(amax): headroom, overflows …; None without float8 layers
     rows: list[dict]  # fp8.health_summary: one per float8 layer and role
+    bf16_layers: list[str] = dataclasses.field(default_factory=list)  # kept in bf16 by config
+
+
+def bf16_layer_names(run) -> list[str]:
+    """The float8-capable layers a float8 run kept in bf16 by its settings (bf16_layers, the
+    head when quantize_head is off), in model order; none for other precisions."""
+    if run["precision"] not in FLOAT8_PRECISIONS:
+        return []
+    return list(run["config"].bf16_layer_names())
+
+
+def kept_in_bf16_words(config) -> str | None:
+    """The layers a comparison's float8 runs keep in bf16, in words for Live and Results
+    ("Kept in bf16 in the float8 runs: dense, classifier."); None when they keep none."""
+    names = config.bf16_layer_names()
+    if not names or not set(config.precisions) & set(FLOAT8_PRECISIONS):
+        return None
+    return f"Kept in bf16 in the float8 runs: {', '.join(names)}."
 
 
 def health(store: Store, run: dict) -> Health:
@@ -67,19 +85,43 @@ def health(store: Store, run: dict) -> Health:
     layers = float8_layer_names(run)
     amax_steps, amax = store.fp8_amax(run["id"])
     probe_steps, probe_stats = store.fp8_probe(run["id"])
+    kept = bf16_layer_names(run)
     if not layers:
-        return Health(layers, amax_steps, amax, probe_steps, probe_stats, None, [])
+        return Health(layers, amax_steps, amax, probe_steps, probe_stats, None, [], kept)
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
     rows = fp8.health_summary(
         amax, layers, history_length, probe_steps, probe_stats, result, amax_steps=amax_steps
     )
-    return Health(layers, amax_steps, amax, probe_steps, probe_stats, result, rows)
+    return Health(layers, amax_steps, amax, probe_steps, probe_stats, result, rows, kept)
+
+
+def bf16_row(layer: str) -> dict:
+    """A health table row for a layer kept in bf16: no float8 tensor, nothing to flag."""
+    return {
+        "layer": layer,
+        "role": "all",
+        "format": "bf16",
+        "overflows": None,
+        "min headroom": None,
+        "median headroom": None,
+        "dead since": None,
+        "at risk": False,
+    }
+
+
+def table_rows(summary: Health) -> list[dict]:
+    """The health rows with a "bf16" row for each layer kept in bf16, in model order (the
+    float8 rows of a model other than the example's keep theirs, the bf16 rows after them)."""
+    rows = summary.rows + [bf16_row(layer) for layer in summary.bf16_layers]
+    order = {name: k for k, name in enumerate(MODEL_LAYERS)}
+    return sorted(rows, key=lambda r: order.get(r["layer"], len(order)))
 
 
 def health_summary(store: Store, run: dict) -> list[dict]:
-    """One row per float8 layer and role, flagging the tensors at risk (fp8.health_summary)."""
-    return health(store, run).rows
+    """One row per float8 layer and role, flagging the tensors at risk (fp8.health_summary),
+    and one saying "bf16" per layer the run kept in bf16."""
+    return table_rows(health(store, run))
 
 
 def health_record(store: Store, run: dict) -> dict:
@@ -109,6 +151,7 @@ def health_record(store: Store, run: dict) -> dict:
             if t["dead_since"] is not None
         ],
         "dead_summary": fp8.dead_summary(summary.rows),
+        "bf16_layers": summary.bf16_layers,
         "latest_probe_step": int(summary.probe_steps[-1]) if len(summary.probe_steps) else None,
         "tensors": tensors,
     }

@@ -2,9 +2,11 @@
 sampler walks.
 
 Choices `heads=1,2,4`; ranges `lr=1e-4:1e-2:log`, `hidden_dim=32:256` (a whole-number setting
-suggests whole numbers). Every TrainConfig setting is sweepable except those in FIXED. A value
-invalid on its own (dropout 1.5) is refused before launch; settings that are invalid only
-together (heads=3 with hidden_dim 32) fail their trial (sweep.py).
+suggests whole numbers). A list setting takes choices only, each a list written with `+`:
+`bf16_layers=none,classifier,dense+classifier,last:2` (`none`: the empty list). Every
+TrainConfig setting is sweepable except those in FIXED. A value invalid on its own (dropout
+1.5) is refused before launch; settings that are invalid only together (heads=3 with hidden_dim
+32) fail their trial (sweep.py).
 """
 
 import dataclasses
@@ -41,11 +43,14 @@ class Param(NamedTuple):
     high: float | None = None
     log: bool = False
     whole: bool = False  # a whole-number setting: suggest_int
+    listed: bool = False  # a list setting: its choices are text, A+B (see list_value)
 
     def suggest(self, trial):
         """This setting's value for an Optuna trial."""
         if self.choices:
-            return trial.suggest_categorical(self.name, list(self.choices))
+            # Optuna keeps choices of plain types: a list setting's are its text.
+            choice = trial.suggest_categorical(self.name, list(self.choices))
+            return list_value(choice) if self.listed else choice
         if self.whole:
             return trial.suggest_int(self.name, int(self.low), int(self.high), log=self.log)
         return trial.suggest_float(self.name, self.low, self.high, log=self.log)
@@ -105,6 +110,8 @@ def _parse_param(name: str, spec: str) -> Param:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise ConfigError(f"Unknown setting {name!r}{hint}.")
     kind = type(fields[name].default)
+    if kind is tuple:
+        return _parse_list_choices(name, spec)
     if not spec:
         raise ConfigError(
             f"{name} needs values: choices ({name}=A,B,C) or a range ({name}=LOW:HIGH)."
@@ -130,6 +137,31 @@ def _parse_param(name: str, spec: str) -> Param:
     if log and low <= 0:
         raise ConfigError(f"A log range needs a low above 0: {name} starts at {low}.")
     return Param(name, spec, low=low, high=high, log=log, whole=kind is int)
+
+
+NO_ITEMS = "none"  # the empty list, as a list setting's choice
+
+
+def list_value(choice: str) -> tuple:
+    """A list setting's value from its choice text: "dense+classifier" → ("dense",
+    "classifier"), "none" → ()."""
+    return () if choice == NO_ITEMS else tuple(p.strip() for p in choice.split("+") if p.strip())
+
+
+def _parse_list_choices(name: str, spec: str) -> Param:
+    """A list setting's choices, separated by commas, each a list written with "+" (the
+    colons of first:N / last:N are no range here)."""
+    texts = tuple(text.strip() for text in spec.split(",") if text.strip())
+    if not texts:
+        raise ConfigError(
+            f"{name} needs choices, each a list written with +: {name}={NO_ITEMS},A,A+B."
+        )
+    for text in texts:
+        _value(name, ",".join(list_value(text)))
+    repeated = sorted({t for t in texts if texts.count(t) > 1})
+    if repeated:
+        raise ConfigError(f"{name} lists {', '.join(repeated)} more than once.")
+    return Param(name, spec, choices=texts, listed=True)
 
 
 def _value(name: str, text: str):

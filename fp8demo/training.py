@@ -22,6 +22,7 @@ import jax
 import keras
 
 from fp8demo import compiled, device, fp8, tokenizer
+from fp8demo import fallback as fallback_lib
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
 from fp8demo.config import ConfigError
@@ -317,6 +318,7 @@ def start_recording(
         probe=probe,
         probe_every=config.probe_every,
         on_epoch_end=on_epoch_end,
+        fallback=fallback_lib.parse(config.fallback),
     )
 
 
@@ -394,13 +396,22 @@ def save_artifacts(store: Store, run_id: int, model, config, precision: str, voc
     """Weights, config and vocabulary; nothing half-written is left behind (e.g. disk full).
 
     Weights rather than a .keras file: a quantized model with composite layers cannot be
-    loaded back from one (predict.py rebuilds the model and loads the weights)."""
+    loaded back from one (predict.py rebuilds the model and loads the weights). The float8
+    layers a fallback moved to bf16 are listed in config.json's "fallback_layers" (the
+    rebuilt model moves them too: fallback.apply_saved)."""
     folder = store.run_dir(run_id)
     folder.mkdir(parents=True, exist_ok=True)
     try:
         model.save_weights(folder / "model.weights.h5")
         (folder / "config.json").write_text(
-            json.dumps({"precision": precision, "config": config.to_dict()}, indent=2)
+            json.dumps(
+                {
+                    "precision": precision,
+                    "config": config.to_dict(),
+                    "fallback_layers": fallback_lib.moved_layers(model),
+                },
+                indent=2,
+            )
         )
         (folder / "vocabulary.txt").write_text("\n".join(vocabulary), encoding="utf-8")
     except BaseException:

@@ -18,7 +18,7 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, fp8, fp8_charts, launcher, probe, recipes, records
+from fp8demo import charts, fp8, fp8_charts, launcher, prescription, probe, recipes, records
 from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, ConfigError
 from fp8demo.fp8 import ROLES
 from fp8demo.store import StoreError
@@ -38,21 +38,23 @@ def health_view(store, run, refreshing):
     summary_table(run, health)
     tensor_figures(health)
     recipe_section(store, run, health.layers)
+    bands_section(store, run, health)
 
 
 def summary_table(run, health: records.Health):
     """One row per float8 tensor flagging those at risk, the dead ones in words, the probe."""
     rows = health.rows
     at_risk = [r for r in rows if r["at risk"]]
+    kept = f" · kept in bf16: {', '.join(health.bf16_layers)}" if health.bf16_layers else ""
     st.caption(
         f"{run['status']} · step {run['step']:,} · {len(health.layers)} float8 layers · "
-        f"{len(at_risk)} of {len(rows)} tensors at risk"
+        f"{len(at_risk)} of {len(rows)} tensors at risk{kept}"
     )
     for sentence in fp8.dead_summary(rows):
         st.warning(sentence)
     percent = st.column_config.NumberColumn(format="%.3g")
     st.dataframe(
-        pd.DataFrame(rows),
+        pd.DataFrame(records.table_rows(health)),
         hide_index=True,
         width="stretch",
         column_config={
@@ -111,6 +113,80 @@ def tensor_figures(health: records.Health):
             )
 
 
+def bands_section(store, run, health: records.Health):
+    """Underflow bands over the probes, the five worst tensors boxed, and the suggested
+    policy: the layers to keep in bf16, why, and a button comparing it with bf16 and fp8."""
+    st.subheader("Underflow bands and a suggested policy")
+    if not len(health.probe_steps):
+        st.caption("The bands and the suggestion read the probe: they appear at its first step.")
+        return
+    text = st.text_input(
+        "Band edges (% underflow)",
+        ",".join(f"{edge:g}" for edge in prescription.BANDS),
+        key="health_bands",
+        help="Three increasing percentages: excellent below the first, warning up to the "
+        "second, critical up to the third, severe above it (bionemo's bands by default).",
+    )
+    try:
+        bands = prescription.parse_bands(text)
+    except ConfigError as e:
+        st.error(str(e))
+        bands = prescription.BANDS
+    worst = prescription.worst_tensors(
+        health.layers, health.probe_steps, health.probe_stats, health.rows
+    )
+    st.caption(f"Bands: {prescription.band_words(bands)}; boxed: the {len(worst)} worst tensors.")
+    common.plot(
+        fp8_charts.underflow_bands_heatmap(
+            health.probe_steps, health.probe_stats, health.layers, bands, worst
+        ),
+        key="underflow-bands",
+    )
+    suggestions = prescription.suggest(
+        health.layers, health.probe_steps, health.probe_stats, health.rows, bands
+    )
+    for sentence in prescription.suggestion_words(suggestions, bands):
+        st.markdown(f"- {sentence}")
+    if suggestions:
+        suggest_button(store, run, [s["layer"] for s in suggestions])
+    st.caption(
+        f"The rule: a layer stays in bf16 when one of its float8 tensors is dead, or severe at "
+        f"each of its last {prescription.LAST_PROBES} probes (after the first two steps)."
+    )
+
+
+def suggest_button(store, run, layers):
+    """Queue bf16 / the run's precision / that precision with `layers` in bf16."""
+    precision = run["precision"]
+    try:
+        prescription.suggested_configs(run["config"], precision, layers)
+    except ConfigError as e:
+        st.info(f"Nothing to compare: {e}")
+        return
+    allowed = common.can_control()
+    if st.button(
+        f"Compare bf16 / {precision} / {precision} with these {len(layers)} layers in bf16",
+        key="health_suggest",
+        disabled=not allowed,
+        help=common.LOCKED_HELP
+        if not allowed
+        else "Queue two comparisons over this run's settings under one label: bf16 and "
+        f"{precision}, and {precision} with the suggested layers in bf16.",
+    ):
+        try:
+            ids = prescription.launch_suggested(store, run, layers)
+        except (ConfigError, StoreError) as e:
+            st.error(str(e))
+        else:
+            # Kept for the refreshes of a live run, which redraw this part every 2 s.
+            st.session_state[f"health_suggested_{run['id']}"] = ids
+    if ids := st.session_state.get(f"health_suggested_{run['id']}"):
+        st.success(
+            f"Queued comparisons #{ids[0]} and #{ids[1]} as "
+            f"“{prescription.launch_label(run)}”: Results lists them together."
+        )
+
+
 def what_this_run_records(run) -> str | None:
     """For a recipe run, what the page's numbers are (they are not what it scaled with)."""
     recipe = RECIPE_PRECISIONS.get(run["precision"])
@@ -125,6 +201,37 @@ def what_this_run_records(run) -> str | None:
         "scaling *would have* done to them. What this run applied is the "
         f"`{recipe}` column of the scaling recipes' heatmap further down."
     )
+
+
+FIRST_GEMM = "each tensor's first GEMM"
+
+
+def recipe_gemm_heatmap(store, run, layers, steps, names, stats):
+    """The latest probe's recipe heatmap: every tensor in the first GEMM that uses it, or the
+    two tensors of one chosen GEMM as that GEMM quantizes them (its own blocking axis)."""
+    gemm = st.radio(
+        "GEMM",
+        (FIRST_GEMM, *recipes.GEMMS),
+        horizontal=True,
+        key="recipe_gemm",
+        help="A linear layer runs three GEMMs: fprop X·W, dgrad dY·Wᵀ, wgrad Xᵀ·dY. Block "
+        "recipes scale each operand along the axis its GEMM contracts, so a tensor's numbers "
+        "differ between the two GEMMs that use it; per-tensor recipes quantize it the same.",
+    )
+    if gemm == FIRST_GEMM:
+        figure = fp8_charts.recipe_heatmap(stats[-1], layers, names, steps[-1])
+    else:
+        second = store.fp8_recipes_second(run["id"], steps[-1:], names)
+        if second is None:
+            st.caption(
+                "This run was recorded before the store kept each tensor's second GEMM: "
+                "block recipes show only the tensors' first GEMM (blank cells)."
+            )
+        latest, roles = fp8_charts.gemm_operands(
+            stats[-1], None if second is None else second[-1], names, gemm
+        )
+        figure = fp8_charts.recipe_heatmap(latest, layers, names, steps[-1], roles=roles, gemm=gemm)
+    common.plot(figure, key="recipe-heatmap")
 
 
 def recipe_section(store, run, layers):
@@ -149,9 +256,7 @@ def recipe_section(store, run, layers):
     )
     for sentence in probe.recipe_summary(names, stats[-1], layers):
         st.markdown(f"- {sentence}")
-    common.plot(
-        fp8_charts.recipe_heatmap(stats[-1], layers, names, steps[-1]), key="recipe-heatmap"
-    )
+    recipe_gemm_heatmap(store, run, layers, steps, names, stats)
     tensors = [(i, j) for i in range(len(layers)) for j in range(len(ROLES))]
     i, j = st.selectbox(
         "Tensor",

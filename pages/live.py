@@ -11,7 +11,7 @@ import time
 
 import streamlit as st
 
-from fp8demo import charts, compiled, recipes
+from fp8demo import charts, compiled, recipes, records
 from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS
 from fp8demo.fp8 import E4M3_MAX, E5M2_MAX, ROLES
 from pages import common
@@ -53,13 +53,22 @@ def run_card(run):
 
 
 def metric_curves(metrics, runs, metric, smoothing, log_y, x_axis):
+    """The runs' curves of `metric`, a marker where a fallback moved layers to bf16."""
     curves = [
         charts.curve_from_store(r["precision"], r["precision"], *metrics[r["id"]], metric)
         for r in runs
     ]
-    return charts.metric_figure(
+    fig = charts.metric_figure(
         curves, metric, smoothing=smoothing, log_y=log_y and metric == "loss", x_axis=x_axis
     )
+    for run, curve in zip(runs, curves):
+        charts.add_fallback_markers(fig, curve, fallback_events(run), x_axis)
+    return fig
+
+
+def fallback_events(run) -> list:
+    """The run's fallback events so far (fallback.py): {step, layer, role, reason, value}."""
+    return (run.get("summary") or {}).get("fallback_events") or []
 
 
 def fp8_figures(store, run, fixed_scale=False) -> dict:
@@ -78,13 +87,17 @@ def fp8_figures(store, run, fixed_scale=False) -> dict:
     if not len(steps):
         return {"note": f"Waiting for the first training steps of the {precision} run…"}
     s_steps, scales = store.fp8_scales(run["id"])
+    heatmaps = {
+        role: charts.amax_heatmap(steps, amax[:, :, j], layers, role, fixed_scale=fixed_scale)
+        for j, role in enumerate(ROLES)
+    }
+    for heatmap in heatmaps.values():
+        charts.add_heatmap_fallback_markers(heatmap, fallback_events(run), layers)
     return {
-        "amax": {
-            role: charts.amax_heatmap(steps, amax[:, :, j], layers, role, fixed_scale=fixed_scale)
-            for j, role in enumerate(ROLES)
-        },
+        "amax": heatmaps,
         "scales": charts.scales_figure(s_steps, scales, layers) if len(s_steps) else None,
         "precision": precision,
+        "fallback": run["summary"].get("fallback_summary"),
     }
 
 
@@ -150,6 +163,11 @@ def fp8_panel(figures: dict):
         st.caption(figures["note"])
         return
     st.caption(recipe_note(figures["precision"]))
+    if figures.get("fallback"):
+        st.caption(
+            f"{figures['fallback']}: a triangle marks the step each layer left float8; its "
+            "amax and scales stay as they were then."
+        )
     st.caption(
         "Each float8 layer keeps the absolute maximum (amax) of its inputs, kernel and "
         f"output gradient per step; its scale is amax / fmax ({E4M3_MAX:g} for E4M3, "
@@ -273,6 +291,8 @@ if common.query_int("comparison") != cid:
 comparison = next(c for c in comparisons if c["id"] == cid)
 active = common.is_active(comparison)
 st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
+if kept := records.kept_in_bf16_words(comparison["config"]):
+    st.caption(kept)
 
 c = st.columns([4, 3, 2, 2, 1], vertical_alignment="center")
 smoothing = c[0].slider(

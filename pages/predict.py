@@ -1,10 +1,18 @@
-"""Predict: ask every model of a finished comparison what it thinks of a review."""
+"""Predict: ask every model of a finished comparison what it thinks of a review, or, for a
+user's own models saved by FP8Monitor (save_model=True), what it outputs for raw inputs."""
 
 import pandas as pd
 import streamlit as st
 
 from fp8demo.paths import default_home
-from fp8demo.predict import PredictError, load_run, own_model_note, sentiment
+from fp8demo.predict import (
+    PredictError,
+    SavedModel,
+    describe_output,
+    load_run,
+    own_model_note,
+    sentiment,
+)
 from pages import common
 
 OWN = "Write your own"
@@ -117,6 +125,32 @@ def many_reviews(models):
     )
 
 
+def raw_inputs(models):
+    """A user's own saved models: the raw input they take, each one's output per example."""
+    first = next(iter(models.values()))
+    raw = st.text_area(
+        "Input",
+        key="raw_input",
+        height=140,
+        help=f"This model takes {first.describe_input()}.",
+        placeholder="One example per line" if first.takes_text else "[[1, 2, 3], [4, 5, 6]]",
+    )
+    if not raw.strip():
+        st.info(f"Your own model takes {first.describe_input()}: type one to see its output.")
+        return
+    rows = {}
+    for precision, model in models.items():
+        try:
+            outputs = model.predict(model.parse(raw))
+        except PredictError as e:
+            st.error(f"{precision}: {e}")
+            continue
+        for i, output in enumerate(outputs):
+            rows.setdefault(i, {"example": i})[precision] = describe_output(output)
+    if rows:
+        st.dataframe(pd.DataFrame(list(rows.values())), hide_index=True, width="stretch")
+
+
 # -- the page -----------------------------------------------------------------------------
 
 store = common.page_store()
@@ -151,6 +185,10 @@ if len(runs) < len(comparison["runs"]):
         + " did not finish."
     )
 models = load_models(runs)
+own = {p: m for p, m in models.items() if isinstance(m, SavedModel)}
+models = {p: m for p, m in models.items() if p not in own}
+if own:
+    raw_inputs(own)
 if not models:
     st.stop()
 single_review(models)

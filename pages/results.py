@@ -6,7 +6,7 @@ import json
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, compiled, device, launcher, report, verdicts
+from fp8demo import charts, compiled, device, launcher, records, report, verdicts
 from fp8demo.config import RECIPE_PRECISIONS, ConfigError, TrainConfig
 from fp8demo.store import StoreError
 from fp8demo.tensorboard_export import export_zip
@@ -452,6 +452,11 @@ def ask_for_post_training(store, run_id: int, again: bool):
 def detail(store, comparison, comparisons):
     runs = comparison["runs"]
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
+    if kept := records.kept_in_bf16_words(comparison["config"]):
+        st.caption(kept)
+    for run in runs:
+        if moved := (run.get("summary") or {}).get("fallback_summary"):
+            st.caption(f"{run['precision']}: {moved}")
     if comparison.get("group_id"):
         repeats_summary(store, comparison)
     found = comparison_verdicts(comparisons, comparison, verdict_tolerance())

@@ -41,6 +41,7 @@ SUGGESTED = {
     "dropout": "0:0.5",
     "amax_history_length": "1:1024:log",
     "early_stopping": "0,1,2",
+    "bf16_layers": "none,classifier,last:2",  # a list setting: choices of A+B lists
 }
 FLOAT_FORMATS = {"lr": "%.1e", "dropout": "%.2f"}
 TRAIN_SETTINGS = "The Train page's settings"
@@ -170,6 +171,10 @@ def init_param(name: str):
     if f"{FORM}kind_{name}" in st.session_state:
         return
     spec = suggested_spec(name)
+    if isinstance(FIELDS[name].default, tuple):  # choices only, typed (first:N has a colon)
+        st.session_state[f"{FORM}kind_{name}"] = "choices"
+        st.session_state[f"{FORM}choices_{name}"] = spec
+        return
     if choices_only(name):
         st.session_state[f"{FORM}picks_{name}"] = spec.split(",")
         st.session_state[f"{FORM}kind_{name}"] = "choices"
@@ -191,8 +196,12 @@ def param_row(name: str):
         options = options_of(name) or list(FIELDS[name].metadata["choices"])
         c[1].multiselect("Choices", options, key=f"{FORM}picks_{name}")
         return
+    ranges = not isinstance(FIELDS[name].default, tuple)  # a list setting takes choices
     kind = c[1].segmented_control(
-        "Search", ["range", "choices"], key=f"{FORM}kind_{name}", required=True
+        "Search",
+        ["range", "choices"] if ranges else ["choices"],
+        key=f"{FORM}kind_{name}",
+        required=True,
     )
     if kind == "choices":
         c[2].text_input("Choices", key=f"{FORM}choices_{name}", placeholder="e.g. 1,2,4")

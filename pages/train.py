@@ -13,6 +13,7 @@ from fp8demo.config import (
     DROPOUT_MASKS,
     EXAMPLE,
     FLOAT8_PRECISIONS,
+    MODEL_LAYERS,
     PRECISIONS,
     PRESET_NOTES,
     PRESETS,
@@ -21,6 +22,7 @@ from fp8demo.config import (
     ConfigError,
     TrainConfig,
     from_query,
+    layer_selector,
     preset,
     to_query,
 )
@@ -55,12 +57,27 @@ def init_state():
     saved = st.session_state["train_config"]
     for name in FIELDS:
         if name not in st.session_state:
-            st.session_state[name] = common.widget_value(name, getattr(saved, name))
+            st.session_state[name] = widget_value(name, getattr(saved, name))
+
+
+def widget_value(field: str, value):
+    """A TrainConfig value as its widget holds it; bf16_layers: the multiselect's layer
+    names, first:N / last:N spelled out."""
+    if field == "bf16_layers":
+        chosen = {name for item in value for name in layer_selector(item) or ()}
+        return [name for name in MODEL_LAYERS if name in chosen]
+    return common.widget_value(field, value)
+
+
+def float8_chosen() -> bool:
+    return bool(set(st.session_state.get("precisions") or ()) & set(FLOAT8_PRECISIONS))
 
 
 def current_config() -> TrainConfig:
     values = {name: st.session_state[name] for name in FIELDS}
     values["precisions"] = tuple(values["precisions"])
+    # The layer picker shows only with a float8 precision, and counts only then.
+    values["bf16_layers"] = tuple(values["bf16_layers"]) if float8_chosen() else ()
     return TrainConfig(**values)
 
 
@@ -89,7 +106,7 @@ def apply_preset():
     values, kept = preset(name), kept_by(name)
     for field in FIELDS:
         if field not in kept:
-            st.session_state[field] = common.widget_value(field, getattr(values, field))
+            st.session_state[field] = widget_value(field, getattr(values, field))
 
 
 # -- cached previews (keras / keras_hub load only when one is opened) ----------------------
@@ -183,8 +200,9 @@ def runs_and_data_settings():
         help="One run per precision, on the same data and seed (one after another, or side "
         "by side: Advanced). fp8 "
         "scales as Keras does (delayed, from an amax history); fp8-current, fp8-rowwise, "
-        "fp8-block128 and mxfp8 quantize the same matmul operands with the scaling recipe "
-        "they name.",
+        "fp8-block128 and mxfp8 quantize each matmul's operands with the scaling recipe "
+        "they name, as Transformer Engine and torchao do; fp8-rowwise-gw-hp is torchao's "
+        "rowwise with the weight-gradient matmul in bf16.",
     )
     c[1].text_input(
         "Data source",
@@ -268,6 +286,17 @@ def advanced_settings():
         "(the rate rounds to a multiple of 1/256), a faster training step on a "
         "CPU, where drawing the random numbers is a large part of the step.",
     )
+    if float8_chosen():
+        st.multiselect(
+            "Layers kept in bf16 in the float8 runs",
+            MODEL_LAYERS,
+            key="bf16_layers",
+            placeholder="none: every layer computes in float8",
+            help="These float8-capable layers (the model's Dense and EinsumDense, in model "
+            "order) stay in bf16 under every float8 precision: no float8 scales or amax "
+            "histories. FP8 health's suggested policy names candidates. The head is also "
+            "kept in bf16 when 'Quantize the sigmoid head too' is off.",
+        )
 
 
 def show_tokenizer_preview(config: TrainConfig):
@@ -385,7 +414,8 @@ if not problems:
             "if XLA runs the float8 layers as FP8 GEMMs. After its fit, each float8 run says "
             "how many of its matmuls did (Live card, Results), and Results compares the training "
             "speed of fp8 with bf16 (and of every other precision). Row- and block-scaled "
-            "recipes (fp8-rowwise, fp8-block128, mxfp8) are emulated: numerics, not speed."
+            "recipes (fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8) are emulated: "
+            "numerics, not speed."
             + (
                 " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
                 if platform != "gpu"

@@ -26,6 +26,30 @@ TINY_RUN = TrainConfig(subset=64, vocab_size=800, seq_len=64, epochs=1, precisio
 SLOW_RUN = TrainConfig(subset=1600, vocab_size=800, seq_len=64, epochs=4, precisions=("bf16",))
 
 
+def pytest_configure(config):
+    """One XLA compilation cache for the whole test run, in a fresh temporary folder.
+
+    Tests train the same tiny models again and again, each in a new home whose own cache
+    starts empty (env.use_compilation_cache); a shared cache compiles each program once, in
+    this process, the xdist workers and every process a test starts (they inherit the
+    variables). A cache the user set is kept. test_compilation_cache.py unsets it to test
+    the homes' own caches."""
+    if hasattr(config, "workerinput") or os.environ.get("JAX_COMPILATION_CACHE_DIR"):
+        return  # an xdist worker inherits the controller's folder
+    import tempfile
+
+    config.xla_cache = tempfile.mkdtemp(prefix="fp8demo-tests-xla-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.xla_cache
+    os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
+
+
+def pytest_unconfigure(config):
+    import shutil
+
+    if getattr(config, "xla_cache", None):
+        shutil.rmtree(config.xla_cache, ignore_errors=True)
+
+
 def wait_for(predicate, timeout, what):
     """Poll `predicate` until it returns something true, and return that; fail after
     `timeout` seconds, naming `what` was awaited."""
@@ -79,6 +103,30 @@ def _find_archive() -> Path:
     return data.download(Path.home() / ".fp8demo" / "data")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """A folder `build(folder)` fills once per test session, shared by every xdist worker.
+
+    Under pytest-xdist each worker is a process with its own session fixtures; the first to
+    ask builds under a file lock in the folder the workers share, the others wait for it and
+    read the result (only tests that do not write into it may use it)."""
+    from fp8demo.paths import hold_lock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # pytest-of-<user>/pytest-N/, above each worker's own folder
+    folder, done = shared / name, shared / f"{name}.done"
+    with hold_lock(shared / f"{name}.lock"):
+        if not done.exists():
+            if folder.exists():  # a build that failed in another worker: start over
+                import shutil
+
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            done.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def imdb_archive() -> Path:
     return _find_archive()
@@ -89,10 +137,12 @@ def imdb_folder(imdb_archive, tmp_path_factory) -> Path:
     """The archive extracted once per test session (train/unsup skipped)."""
     from fp8demo import data
 
-    root, _ = data.extract_archive(
-        imdb_archive, tmp_path_factory.mktemp("imdb"), progress=lambda *_: None
-    )
-    return root
+    def extract(folder):
+        (folder / "root.txt").write_text(
+            str(data.extract_archive(imdb_archive, folder, progress=lambda *_: None)[0])
+        )
+
+    return Path((built_once(tmp_path_factory, "imdb", extract) / "root.txt").read_text())
 
 
 @pytest.fixture
@@ -196,9 +246,39 @@ def copy_home(source: Path, destination: Path) -> Path:
     return destination
 
 
+def trained_once(tmp_path_factory, imdb_folder, name: str, config, texts) -> dict:
+    """train_comparison of `config` once per test session (shared by the xdist workers, as
+    built_once), returned as train_comparison returns it."""
+    import json
+
+    import numpy as np
+
+    def train(folder):
+        done = train_comparison(folder / "home", imdb_folder, config, texts)
+        kept = {
+            "comparison_id": done["comparison_id"],
+            "run_ids": done["run_ids"],
+            "predictions": {k: v.tolist() for k, v in done["predictions_before_save"].items()},
+        }
+        (folder / "trained.json").write_text(json.dumps(kept))
+
+    folder = built_once(tmp_path_factory, name, train)
+    kept = json.loads((folder / "trained.json").read_text())
+    return {
+        "home": folder / "home",
+        "comparison_id": kept["comparison_id"],
+        "run_ids": kept["run_ids"],
+        "texts": texts,
+        "predictions_before_save": {
+            int(k): np.asarray(v, dtype="float32") for k, v in kept["predictions"].items()
+        },
+        "config": config,
+    }
+
+
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, imdb_folder):
     """A finished bf16 + fp8 comparison on a small subset (see train_comparison)."""
     config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
     texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
-    return train_comparison(tmp_path_factory.mktemp("trained-home"), imdb_folder, config, texts)
+    return trained_once(tmp_path_factory, imdb_folder, "trained", config, texts)

@@ -23,7 +23,10 @@ from fp8demo.config import ConfigError, TrainConfig
 from fp8demo.predict import MAX_REVIEW_CHARS, MAX_REVIEWS, PredictError, check_texts, load_run
 from fp8demo.store import SCHEMA_VERSION, Store, StoreError
 
-CHOOSE_PRECISION = "choose from bf16, fp8, fp8-current, fp8-rowwise, fp8-block128, mxfp8, float32."
+CHOOSE_PRECISION = (
+    "choose from bf16, fp8, fp8-current, fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8, "
+    "float32."
+)
 LAYOUT = "expected the aclImdb layout (train/pos, train/neg, test/pos, test/neg)."
 VOCAB_WHY = (
     ": the vocabulary holds the reserved tokens [PAD] and [UNK] plus the single "
@@ -781,7 +784,7 @@ CLI = [
     # argparse's own answer: its usage lines (which list every flag), then one error line.
     (
         ["predict", "1"],
-        "python -m fp8demo predict: error: the following arguments are required: texts",
+        "python -m fp8demo predict: error: the following arguments are required: INPUT",
     ),
     (["predict", "1", "  "], "error: There is no run 1 in {home}/runs.sqlite."),
     (["train", "--dropout", "2", "--no-wait"], "error: dropout must be in [0, 1), got 2.0."),

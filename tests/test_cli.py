@@ -175,6 +175,8 @@ def test_every_setting_is_a_flag_and_a_url_parameter():
         "--dropout",
         "--dropout-masks",
         "--quantize-head",
+        "--bf16-layers",
+        "--fallback",
         "--ptq",
         "--restore-best",
         "--early-stopping",
@@ -200,11 +202,13 @@ def test_every_setting_is_a_flag_and_a_url_parameter():
         dropout=0.25,
         dropout_masks="fast",
         quantize_head=False,
+        bf16_layers=("decoder/self_attention/key", "last:2"),
+        fallback="underflow>5%",
         ptq=False,
         restore_best=True,
         early_stopping=2,
         amax_history_length=16,
-        probe_every=0,
+        probe_every=16,
         data_parallel=True,
         side_by_side="on",
         precisions=("fp8", "float32"),
@@ -332,19 +336,22 @@ def test_health_recipes_json_has_every_tensor_and_recipe(trained):
     assert shown.returncode == 0, shown.stderr
     assert "Infinity" not in shown.stdout and "NaN" not in shown.stdout  # strict JSON
     rows = json.loads(shown.stdout)
-    keys = ["layer", "role", "recipe", "step", "underflow_pct", "saturation_pct", "snr_db"]
+    keys = ["layer", "role", "gemm", "recipe", "step", "underflow_pct", "saturation_pct", "snr_db"]
     assert all(list(r) == keys for r in rows)
-    assert [(r["layer"], r["role"], r["recipe"]) for r in rows] == [
-        (layer, role, recipe)
+    # Each tensor under both GEMMs that use it, for every recipe (the store keeps both).
+    assert [(r["layer"], r["role"], r["gemm"], r["recipe"]) for r in rows] == [
+        (layer, role, gemm, recipe)
         for layer in layers
-        for role in ("inputs", "kernel", "outputs_grad")
+        for role, gemms in recipes.ROLE_GEMMS.items()
+        for gemm in gemms
         for recipe in recipes.RECIPES
     ]
     assert {r["step"] for r in rows} == {int(steps[-1])}
     assert all(0 <= r["underflow_pct"] <= 100 and 0 <= r["saturation_pct"] <= 100 for r in rows)
     # snr_db is null exactly where the store holds +inf (exact quantization).
     exact = [not math.isfinite(v) for v in stats[-1, :, :, :, 2].ravel()]
-    assert [r["snr_db"] is None for r in rows] == exact
+    first = [r for r in rows if r["gemm"] == recipes.ROLE_GEMMS[r["role"]][0]]
+    assert [r["snr_db"] is None for r in first] == exact
     every = json.loads(cli("health", run_id, "--recipes", "--all-probes", "--json", env=env).stdout)
     assert len(every) == len(steps) * len(rows)
     assert sorted({r["step"] for r in every}) == [int(s) for s in steps]

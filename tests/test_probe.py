@@ -28,6 +28,23 @@ def test_saturation_counts_values_beyond_fmax_times_scale():
     assert float(probe_lib.tensor_stats(values, scale, "outputs_grad")[0]) == 0.0
 
 
+def test_saturation_and_overflows_count_beyond_half_the_top_step():
+    """The half-step rule: E4M3 clips beyond (448 + 16) x scale, E5M2 beyond (57344 + 4096) x
+    scale, in the probe's saturation and in FP8 health's overflow counts alike."""
+    values = np.array([470.0, 460.0, 100.0, -466.0])
+    np.testing.assert_allclose(probe_lib.tensor_stats(values, 1.0, "inputs")[0], 0.5)
+    gradients = np.array([62000.0, 61000.0, 5.0, 1.0])
+    np.testing.assert_allclose(probe_lib.tensor_stats(gradients, 1.0, "outputs_grad")[0], 0.25)
+    # Health: amax 448 / 448 / 57344 for four steps (scale 1 from step 2 on), then one step
+    # with amaxes just beyond half the top step, and one just within it.
+    amax = np.tile(np.array([448.0, 448.0, 57344.0], np.float32), (6, 1, 1))
+    amax[4, 0] = [470.0, 465.0, 62000.0]
+    amax[5, 0] = [463.0, 460.0, 61000.0]
+    overflow = fp8.health(amax)["overflow"]
+    assert overflow[4, 0].tolist() == [True, True, True]
+    assert not overflow[5].any() and not overflow[:4].any()
+
+
 def test_underflow_counts_nonzero_values_that_quantize_to_zero():
     # E4M3's smallest subnormal is 2^-9: values below half of it × scale round to zero.
     scale = 4.0
@@ -264,6 +281,35 @@ def test_probe_measures_the_recipes_in_the_same_call():
             np.testing.assert_allclose(
                 by_recipe[i, 1, k], expected, rtol=1e-5, err_msg=f"{layer.path} {recipe}"
             )
+    # The other GEMM of each tensor (inputs and output gradients in wgrad, along the tokens;
+    # the kernel in dgrad, along N): the kernels match what_if with N where blocks run.
+    second = probe.second_gemm
+    assert second.shape == by_recipe.shape
+    for i, layer in enumerate(layers):
+        equation = getattr(layer, "equation", None)
+        rank = len(equation.split(",")[0]) if equation else 2
+        letters, along, _ = probe_lib.second_gemm_layout(layer, rank)["kernel"]
+        order = [letters.index(c) for c in along]
+        order += [a for a in range(len(letters)) if a not in order]
+        kernel = np.asarray(jax.numpy.asarray(layer._kernel.value, layer.compute_dtype), np.float32)
+        for k, recipe in enumerate(recipes.RECIPES):
+            expected = recipes.what_if(
+                kernel.transpose(order), recipe, "kernel", 0.05 / 448, len(along)
+            )
+            np.testing.assert_allclose(
+                second[i, 1, k],
+                [float(expected[name]) for name in recipes.STATISTICS],
+                rtol=1e-5,
+                err_msg=f"{layer.path} {recipe} dgrad",
+            )
+    # Per-tensor recipes quantize a tensor the same in both its GEMMs; blocks do not.
+    for recipe in recipes.PER_TENSOR:
+        k = recipes.RECIPES.index(recipe)
+        np.testing.assert_allclose(second[:, :, k], by_recipe[:, :, k], rtol=1e-4, err_msg=recipe)
+    # (Power-of-two scales round each value the same wherever its block runs unless it
+    # underflows; NVFP4's E4M3 block scales do not.)
+    nvfp4 = recipes.RECIPES.index("nvfp4")
+    assert (second[:, 0, nvfp4, 2] != by_recipe[:, 0, nvfp4, 2]).all()  # inputs along M
     assert probe_lib.Probe(model, x, y, recipes=()).measure()[1].shape == (len(layers), 3, 0, 3)
     with pytest.raises(ValueError, match="unknown recipe 'fp16'"):
         probe_lib.Probe(model, x, y, recipes=("fp16",))
@@ -294,10 +340,42 @@ def test_training_records_recipe_statistics_at_every_probe(trained):
 
     latest = probe_lib.recipe_records(steps, names, stats, layers)
     every = probe_lib.recipe_records(steps, names, stats, layers, all_probes=True)
-    assert len(latest) == len(layers) * 3 * len(names) and len(every) == len(steps) * len(latest)
+    # Each tensor under its first GEMM, and under its second for the per-tensor recipes.
+    per_tensor = len(set(names) & set(recipes.PER_TENSOR))
+    assert len(latest) == len(layers) * 3 * (len(names) + per_tensor)
+    assert len(every) == len(steps) * len(latest)
     assert {r["step"] for r in latest} == {int(steps[-1])}
     summary = probe_lib.recipe_summary(names, stats[-1], layers)
     assert summary[-1].startswith(f"Median SNR over the {len(layers) * 3} tensors")
+
+
+def test_recipe_records_list_each_tensor_under_both_gemms_that_use_it():
+    steps, names, layers = [0, 10], ("delayed", "mxfp8"), ["dense"]
+    first = np.arange(2 * 1 * 3 * 2 * 3, dtype=np.float32).reshape(2, 1, 3, 2, 3)
+    second = first + 1000
+    rows = probe_lib.recipe_records(steps, names, first, layers, second=second)
+    assert [(r["role"], r["gemm"], r["recipe"]) for r in rows] == [
+        (role, gemm, recipe)
+        for role, gemms in recipes.ROLE_GEMMS.items()
+        for gemm in gemms
+        for recipe in names
+    ]
+    assert list(rows[0]) == [
+        "layer", "role", "gemm", "recipe", "step", "underflow_pct", "saturation_pct", "snr_db"
+    ]  # fmt: skip
+    wgrad_inputs = [r for r in rows if r["role"] == "inputs" and r["gemm"] == "wgrad"]
+    assert [r["underflow_pct"] for r in wgrad_inputs] == [
+        second[1, 0, 0, 0, 0],
+        second[1, 0, 0, 1, 0],
+    ]
+    assert {r["step"] for r in rows} == {10}
+    # A run recorded without the second GEMM: per-tensor recipes repeat the first GEMM's
+    # values there (the same quantization), block recipes have no row for it.
+    rows = probe_lib.recipe_records(steps, names, first, layers, all_probes=True)
+    assert len(rows) == 2 * 3 * (2 + 1)
+    dgrad_kernel = [r for r in rows if r["role"] == "kernel" and r["gemm"] == "dgrad"]
+    assert [(r["recipe"], r["step"]) for r in dgrad_kernel] == [("delayed", 0), ("delayed", 10)]
+    assert dgrad_kernel[1]["snr_db"] == first[1, 0, 1, 0, 2]
 
 
 def test_recipe_summary_names_the_worst_tensor_in_plain_words():

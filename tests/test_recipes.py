@@ -19,6 +19,12 @@ from fp8demo.recipes import E2M1, E4M3, E5M2
 GRID = {"E4M3": (3, -6), "E5M2": (2, -14), "E2M1": (1, 0)}
 
 
+def saturation_limit(fmt):
+    """fmax plus half the top step, the spacing of the format's two largest values."""
+    top_step = 2.0 ** (math.floor(math.log2(fmt.max)) - GRID[fmt.name][0])
+    return fmt.max + top_step / 2
+
+
 def round_to_format(values, fmt):
     """Nearest value on the format's grid (ties to even) after clipping to ±fmax."""
     mantissa_bits, min_exponent = GRID[fmt.name]
@@ -39,7 +45,7 @@ def ref_qdq(x, scale, fmt):
     dequantized = (round_to_format(scaled, fmt) * np.where(usable, scale, 1)).astype(np.float32)
     dequantized = np.where(usable, dequantized, 0).astype(np.float32)
     dequantized[np.isnan(x)] = np.nan
-    saturated = usable & (np.abs(scaled) > fmt.max * (1 + fmt.tolerance))
+    saturated = usable & (np.abs(scaled) > saturation_limit(fmt))
     return dequantized, saturated
 
 
@@ -98,8 +104,9 @@ def ref_quantize(x, recipe, role, delayed_scale=None):
         result = ref_qdq(matrix, delayed_scale, hybrid)
     elif recipe == "current":
         result = ref_qdq(matrix, ref_scales(matrix, *full, current_rule(hybrid)), hybrid)
-    elif recipe == "rowwise":
-        result = ref_qdq(matrix, ref_scales(matrix, 1, full[1], current_rule(hybrid)), hybrid)
+    elif recipe == "rowwise":  # torchao: E4M3 for gradients too, power-of-two scales
+        rule = power_of_two_rule(E4M3, "up")
+        result = ref_qdq(matrix, ref_scales(matrix, 1, full[1], rule), E4M3)
     elif recipe == "block128":
         rows = 128 if role == "kernel" else 1
         rule = power_of_two_rule(E4M3, "up")
@@ -183,6 +190,28 @@ def test_format_grid_rounding_matches_reference(fmt):
     np.testing.assert_array_equal(got, round_to_format(values, fmt))
 
 
+def test_saturation_counts_values_beyond_half_the_top_step():
+    """Clipped by more than half a step: E4M3 beyond 448 + 16, E5M2 beyond 57344 + 4096,
+    E2M1 beyond 6 + 1 (the old 17/16 and 9/8 tolerances let 470 and 62000 pass)."""
+    assert [saturation_limit(f) for f in (E4M3, E5M2, E2M1)] == [464, 61440, 7]
+    assert [f.saturation_limit for f in (E4M3, E5M2, E2M1)] == [464, 61440, 7]
+    inputs = np.array([470, 460, 464, 100, -465, 1, 2, 3], np.float32)
+    stats = recipes.what_if(inputs, "delayed", "inputs", 1.0)
+    assert float(stats["saturation_pct"]) == pytest.approx(100 * 2 / 8)
+    gradients = np.array([62000, 61000, -61441, 5], np.float32)
+    stats = recipes.what_if(gradients, "delayed", "outputs_grad", 1.0)
+    assert float(stats["saturation_pct"]) == pytest.approx(100 * 2 / 4)
+    # The same values at scale 2: nothing beyond 464 x 2.
+    assert float(recipes.what_if(inputs, "delayed", "inputs", 2.0)["saturation_pct"]) == 0
+    e2m1 = np.array([7.5, 6.9, -7.01, 1.0], np.float32)
+    assert np.asarray(recipes._qdq(e2m1, np.float32(1), E2M1)[1]).tolist() == [
+        True,
+        False,
+        True,
+        False,
+    ]
+
+
 def test_known_values_on_each_grid():
     e2m1 = np.array([0.25, 0.75, 1.25, 1.75, 2.5, 3.5, 5.0, 7.0, -0.3], np.float32)
     np.testing.assert_array_equal(
@@ -206,7 +235,7 @@ def test_recipes_match_reference(role):
     for recipe, (got, stats) in results.items():
         expected, saturated = ref_quantize(x, recipe, role, delayed_scale)
         assert got.shape == x.shape and got.dtype == np.float32
-        if recipe in ("block128", "mxfp8", "mxfp8-floor"):  # power-of-two scales: exact
+        if recipe in ("rowwise", "block128", "mxfp8", "mxfp8-floor"):  # power-of-two: exact
             np.testing.assert_array_equal(got, expected, err_msg=recipe)
         else:  # XLA divides by a broadcast scalar through its reciprocal: an ulp apart
             np.testing.assert_allclose(got, expected, rtol=2.0**-20, atol=0, err_msg=recipe)
@@ -356,6 +385,6 @@ def test_bad_arguments_say_what_is_wrong():
         recipes.what_if(x, "delayed", "kernel")
     with pytest.raises(ValueError, match="block_dims"):
         recipes.quantize(x, "mxfp8", "inputs", block_dims=3)
-    assert set(recipes.RECIPE_HELP) == set(recipes.RECIPES)
+    assert set(recipes.RECIPE_HELP) == set(recipes.RECIPES + recipes.TRAINING_ONLY)
     assert recipes.recipe_format("current", "outputs_grad") is E5M2
     assert recipes.recipe_format("mxfp8", "outputs_grad") is E4M3

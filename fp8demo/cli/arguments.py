@@ -90,7 +90,12 @@ def add_run_commands(commands):
 
     predict = commands.add_parser("predict", help="predict with a finished run's model")
     predict.add_argument("run")
-    predict.add_argument("texts", nargs="+")
+    predict.add_argument(
+        "texts",
+        nargs="+",
+        metavar="INPUT",
+        help="reviews; for an FP8Monitor run's saved model: texts, or one JSON array",
+    )
     predict.add_argument(
         "--post-training",
         choices=["int8", "int4"],
@@ -117,6 +122,21 @@ def add_health_command(commands):
     )
     health.add_argument(
         "--all-probes", action="store_true", help="with --recipes: every probe, not the latest"
+    )
+    health.add_argument(
+        "--suggest",
+        action="store_true",
+        help="instead: the layers to keep in bf16, each with its reasons (a tensor dead, or "
+        "in the severe underflow band at each of its last 3 probes), and queue the "
+        "comparison bf16 / the run's precision / that precision with them in bf16 over the "
+        "run's settings, under one label (nothing is queued when none is suggested)",
+    )
+    health.add_argument(
+        "--bands",
+        default="0.5,2,4",
+        metavar="A,B,C",
+        help="with --suggest: the underflow band edges in %%, excellent below A, severe "
+        "above C (default: 0.5,2,4)",
     )
     health.add_argument("--json", action="store_true")
 

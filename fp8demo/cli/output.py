@@ -84,6 +84,11 @@ def print_run_record(detail: dict):
     if verdict := detail.get("paired_verdict"):
         name = f"{detail['precision']} − bf16"
         print(f"{'verdict':>16}: {verdicts.verdict_line(verdict, name)}")
+    if detail.get("fallback_summary"):
+        print(f"{'fallback':>16}: {detail['fallback_summary']}")
+        for e in detail["fallback_events"]:
+            why = f"{e['role']} {e['reason']}: {e['value']:.4g}"
+            print(f"{'':>16}  step {e['step']}: {e['layer']} ({why})")
     if health := detail["fp8_health"]:
         at_risk = ", ".join(f"{t['layer']} {t['role']}" for t in health["tensors_at_risk"])
         print(
@@ -92,6 +97,8 @@ def print_run_record(detail: dict):
         )
         for sentence in health["dead_summary"]:
             print(f"{'':>16}  {sentence}")
+        if health.get("bf16_layers"):
+            print(f"{'kept in bf16':>16}: {', '.join(health['bf16_layers'])}")
     if detail["float8_layers"]:
         print(f"{'float8 layers':>16}: {len(detail['float8_layers'])}")
         for layer in detail["float8_layers"]:
@@ -170,9 +177,9 @@ def print_health(health: records.Health):
         f"{'layer':<40}{'role':<13}{'format':<7}{'overflows':>10}{'min hr':>8}"
         f"{'median hr':>10}{'sat %':>8}{'under %':>9}  risk"
     )
-    for r in health.rows:
+    for r in records.table_rows(health):
         print(
-            f"{r['layer']:<40}{r['role']:<13}{r['format']:<7}{r['overflows']:>10}"
+            f"{r['layer']:<40}{r['role']:<13}{r['format']:<7}{number(r['overflows'], 'd'):>10}"
             f"{number(r['min headroom'], '.2f'):>8}{number(r['median headroom'], '.2f'):>10}"
             f"{number(r.get('saturation %'), '.3g'):>8}{number(r.get('underflow %'), '.3g'):>9}"
             f"  {'AT RISK' if r['at risk'] else ''}"

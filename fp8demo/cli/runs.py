@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from fp8demo import fp8, launcher, post_training, probe, records, report
+from fp8demo import fp8, launcher, post_training, prescription, probe, records, report
 from fp8demo.cli.arguments import CliError, config_from_args
 from fp8demo.cli.output import (
     print_health,
@@ -14,7 +14,7 @@ from fp8demo.cli.output import (
     progress_line,
     results_table,
 )
-from fp8demo.predict import load_run, sentiment
+from fp8demo.predict import SavedModel, describe_output, load_run, sentiment
 from fp8demo.records import run_json, run_record
 from fp8demo.store import ENDED, Store
 from fp8demo.tensorboard_export import export_run
@@ -118,12 +118,22 @@ def cmd_show(args, store: Store) -> int:
     run = store.run(args.run)
     if post_training.post_training_pending(run):  # queued on first request, then kept
         run = wait_for_post_training(store, run)
-    detail = run_record(store, run, tolerance=args.tolerance)
+    detail = {**run_record(store, run, tolerance=args.tolerance), **fallback_record(run)}
     if args.json:
         print(json.dumps(detail, indent=2))
         return 0
     print_run_record(detail)
     return 0
+
+
+def fallback_record(run: dict) -> dict:
+    """The layers a fallback moved to bf16 while training: its events ({step, layer, role,
+    reason, value}) and the summary line ("2 of 8 float8 layers ended in bf16 (fallback)")."""
+    summary = run["summary"]
+    return {
+        "fallback_events": summary.get("fallback_events", []),
+        "fallback_summary": summary.get("fallback_summary") or None,
+    }
 
 
 def wait_for_post_training(store: Store, run: dict) -> dict:
@@ -146,6 +156,8 @@ def wait_for_post_training(store: Store, run: dict) -> dict:
 
 def cmd_predict(args, store: Store) -> int:
     loaded = load_run(store, args.run, args.post_training)
+    if isinstance(loaded, SavedModel):  # a user's own model (FP8Monitor): raw inputs
+        return predict_raw(args, loaded)
     probabilities = loaded.predict(args.texts)
     rows = [
         {"text": t, "positive_probability": float(p)} for t, p in zip(args.texts, probabilities)
@@ -156,6 +168,19 @@ def cmd_predict(args, store: Store) -> int:
         for row in rows:
             label = sentiment(row["positive_probability"])
             print(f"{row['positive_probability']:.4f}  {label:<8}  {row['text'][:70]}")
+    return 0
+
+
+def predict_raw(args, loaded: SavedModel) -> int:
+    """A saved model's outputs: its inputs are the texts, one per argument, or one JSON array
+    (the arguments joined: a shell may split it)."""
+    raw = "\n".join(args.texts) if loaded.takes_text else " ".join(args.texts)
+    outputs = loaded.predict(loaded.parse(raw))
+    if args.json:
+        print(json.dumps([{"output": o.tolist()} for o in outputs], indent=2))
+    else:
+        for i, output in enumerate(outputs):
+            print(f"{i}: {describe_output(output)}")
     return 0
 
 
@@ -192,14 +217,18 @@ def cmd_health(args, store: Store) -> int:
     layers = records.float8_layer_names(run)
     if not layers:
         raise CliError(f"Run {run['id']} ({run['precision']}) has no float8 layers.")
+    if args.recipes and args.suggest:
+        raise CliError("--recipes and --suggest are separate views: ask for one at a time.")
     if args.recipes:
         return health_recipes(args, store, run, layers)
+    if args.suggest:
+        return health_suggest(args, store, run)
     if args.all_probes:
         raise CliError("--all-probes goes with --recipes.")
     health = records.health(store, run)
     replay = fp8.history_length_effect(health.amax) if args.replay else None
     if args.json:
-        rows = health.rows
+        rows = records.table_rows(health)
         print(json.dumps({"tensors": rows, "replay": replay} if args.replay else rows, indent=2))
         return 0
     print_health(health)
@@ -208,6 +237,48 @@ def cmd_health(args, store: Store) -> int:
     print()
     for name, text in fp8.HEALTH_HELP.items():
         print(f"{name}: {text}.")
+    return 0
+
+
+def health_suggest(args, store: Store, run: dict) -> int:
+    """The suggested policy (prescription.py): the layers to keep in bf16 with their reasons,
+    and, when there are some, the comparison that tests it queued; JSON or words."""
+    if args.replay:
+        raise CliError("--suggest and --replay are separate views: ask for one at a time.")
+    bands = prescription.parse_bands(args.bands)
+    health = records.health(store, run)
+    suggestions = prescription.suggest(
+        health.layers, health.probe_steps, health.probe_stats, health.rows, bands
+    )
+    worst = prescription.worst_tensors(
+        health.layers, health.probe_steps, health.probe_stats, health.rows
+    )
+    layers = [s["layer"] for s in suggestions]
+    queued = prescription.launch_suggested(store, run, layers) if layers else []
+    if args.json:
+        record = {
+            "run": run["id"],
+            "bands": {"edges_pct": list(bands), "names": list(prescription.BAND_NAMES)},
+            "probes": len(health.probe_steps),
+            "worst_tensors": [{"layer": layer, "role": role} for layer, role in worst],
+            "suggested": suggestions,
+            "comparisons": queued,
+            "label": prescription.launch_label(run) if queued else None,
+        }
+        print(json.dumps(record, indent=2))
+        return 0
+    print(f"Underflow bands: {prescription.band_words(bands)}.")
+    if not len(health.probe_steps):
+        print(f"Run {run['id']} has no probe yet: only dead tensors count.")
+    print("Worst tensors: " + (", ".join(f"{name} {role}" for name, role in worst) or "none") + ".")
+    for sentence in prescription.suggestion_words(suggestions, bands):
+        print(sentence.replace("`", ""))
+    if queued:
+        print(
+            f"Queued comparisons {queued[0]} (bf16, {run['precision']}) and {queued[1]} "
+            f"({run['precision']} with {len(layers)} layers in bf16) as "
+            f"“{prescription.launch_label(run)}”; follow them with: python -m fp8demo runs"
+        )
     return 0
 
 
@@ -226,7 +297,10 @@ def health_recipes(args, store: Store, run: dict, layers: list) -> int:
                 else " yet: they are recorded at each probe."
             )
         )
-    rows = probe.recipe_records(steps, names, stats, layers, all_probes=args.all_probes)
+    second = store.fp8_recipes_second(run["id"], steps, names)  # None: recorded before it
+    rows = probe.recipe_records(
+        steps, names, stats, layers, all_probes=args.all_probes, second=second
+    )
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0

@@ -108,12 +108,13 @@ class Metrics:
         """(steps, stats[probes, layers, roles, (saturation, underflow)]) in time order."""
         return self._fp8_series("fp8_probe", "stats", run_id, since_step, extra=(2,))
 
-    def add_fp8_recipes(self, run_id: int, recipes, rows):
+    def add_fp8_recipes(self, run_id: int, recipes, rows, second: bool = False):
         """rows: (step, stats[layers, 3 roles, recipes, 3]) of probe.Probe.measure, the
-        recipes in the order of `recipes`."""
+        recipes in the order of `recipes`; second: the rows are Probe.second_gemm (each
+        tensor in the other GEMM that uses it), kept in their own table."""
         self._conn().executemany(
             upsert(
-                "fp8_recipes",
+                _recipe_table(second),
                 ("run_id", "step", "recipe", "stats"),
                 key=("run_id", "step", "recipe"),
             ),
@@ -124,25 +125,35 @@ class Metrics:
             ],
         )
 
-    def fp8_recipes(self, run_id: int, since_step: int = -1):
+    def fp8_recipes(self, run_id: int, since_step: int = -1, second: bool = False):
         """(steps, recipes, stats[probes, layers, roles, recipes, (underflow_pct,
         saturation_pct, snr_db)]) in time order; recipes in recipes.RECIPES' order, a recipe
-        missing at a probe NaN."""
+        missing at a probe NaN. second: each tensor in its other GEMM (add_fp8_recipes)."""
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
         rows = self._execute(
-            "SELECT step, recipe, stats FROM fp8_recipes WHERE run_id=? AND step>? ORDER BY step",
+            f"SELECT step, recipe, stats FROM {_recipe_table(second)} "
+            "WHERE run_id=? AND step>? ORDER BY step",
             (int(run_id), since_step),
         ).fetchall()
         steps = sorted({r[0] for r in rows})
         known = {name: k for k, name in enumerate(RECIPES)}  # others (older names) last
         names = sorted({r[1] for r in rows}, key=lambda n: (known.get(n, len(known)), n))
-        stats = np.full((len(steps), n_layers, len(ROLES), len(names), 3), np.nan, np.float32)
-        at_step = {step: i for i, step in enumerate(steps)}
-        at_recipe = {name: k for k, name in enumerate(names)}
-        for step, recipe, blob in rows:
-            values = np.frombuffer(blob, np.float32).reshape(n_layers, len(ROLES), 3)
-            stats[at_step[step], :, :, at_recipe[recipe]] = values
-        return np.array(steps, np.int64), tuple(names), stats
+        return np.array(steps, np.int64), tuple(names), _recipe_array(rows, steps, names, n_layers)
+
+    def fp8_recipes_second(self, run_id: int, steps, names):
+        """fp8_recipes(second=True)'s stats at the given probe `steps` and `recipes` (those
+        fp8_recipes returned), NaN where one is missing; None for a run without any (recorded
+        before the store kept the second GEMM: schema 7 and older)."""
+        n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
+        rows = self._execute(
+            "SELECT step, recipe, stats FROM fp8_recipes_second WHERE run_id=? AND step>=?",
+            (int(run_id), int(min(steps, default=0))),
+        ).fetchall()
+        wanted_steps, wanted_names = set(int(s) for s in steps), set(names)
+        rows = [r for r in rows if r[0] in wanted_steps and r[1] in wanted_names]
+        if not rows:
+            return None
+        return _recipe_array(rows, [int(s) for s in steps], list(names), n_layers)
 
     def _fp8_series(self, table, column, run_id, since_step, extra=()):
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))
@@ -163,6 +174,23 @@ class Metrics:
 
     def fp8_scales(self, run_id: int, since_step: int = -1):
         return self._fp8_series("fp8_scales", "scales", run_id, since_step)
+
+
+def _recipe_table(second: bool) -> str:
+    """The table of each tensor's what-if in its first GEMM, or in its second."""
+    return "fp8_recipes_second" if second else "fp8_recipes"
+
+
+def _recipe_array(rows, steps, names, n_layers: int) -> np.ndarray:
+    """rows (step, recipe, blob[layers, roles, 3]) as [probes, layers, roles, recipes, 3] in
+    the order of `steps` and `names`; NaN where a row is missing."""
+    stats = np.full((len(steps), n_layers, len(ROLES), len(names), 3), np.nan, np.float32)
+    at_step = {step: i for i, step in enumerate(steps)}
+    at_recipe = {name: k for k, name in enumerate(names)}
+    for step, recipe, blob in rows:
+        values = np.frombuffer(blob, np.float32).reshape(n_layers, len(ROLES), 3)
+        stats[at_step[step], :, :, at_recipe[recipe]] = values
+    return stats
 
 
 def _num(value):

@@ -1,6 +1,7 @@
 """Comparisons and their runs: queueing, run state, cancelling, reaping and deleting."""
 
 import json
+import os
 import shutil
 import time
 
@@ -18,6 +19,7 @@ RUN_TABLES = (
     "fp8_scales",
     "fp8_probe",
     "fp8_recipes",
+    "fp8_recipes_second",
     "artifacts",
     "evaluations",
 )
@@ -73,6 +75,47 @@ class Runs:
                 for precision in config.precisions
             ]
         return cid, run_ids
+
+    def start_own_run(
+        self, label: str, precision: str, config: TrainConfig, summary: dict, new_label=""
+    ) -> tuple[int, int]:
+        """(comparison id, run id) of a run a user's own script trains (FP8Monitor), created
+        'running' for this process and host: in the latest comparison labelled `label` that
+        has no `precision` run yet, or else in a new one (labelled `label`, or `new_label`
+        when there is none to join by). Not queued as create_comparison queues: a worker
+        must never claim it."""
+        now = time.time()
+        with self._transaction() as conn:
+            conn.serialize("monitor")  # two scripts starting at once join one comparison
+            cid, precisions = None, None
+            if label:
+                row = conn.execute(
+                    "SELECT c.id, c.config FROM comparisons c WHERE c.label=? "
+                    "AND c.sweep_id IS NULL AND NOT EXISTS (SELECT 1 FROM runs r "
+                    "WHERE r.comparison_id=c.id AND r.precision=?) ORDER BY c.id DESC LIMIT 1",
+                    (label, precision),
+                ).fetchone()
+                if row:
+                    cid, precisions = row[0], json.loads(row[1]).get("precisions", [])
+            if cid is None:
+                cid = conn.execute(
+                    "INSERT INTO comparisons (created_at, config, label) VALUES (?, ?, ?) "
+                    "RETURNING id",
+                    (now, config.to_json(), label or new_label),
+                ).fetchone()[0]
+            else:  # the comparison lists every precision it holds, baseline (bf16) first
+                joined = sorted({*precisions, precision}, key=lambda p: (p != "bf16", p))
+                listed = TrainConfig.from_dict({**config.to_dict(), "precisions": joined})
+                conn.execute("UPDATE comparisons SET config=? WHERE id=?", (listed.to_json(), cid))
+            run_id = conn.execute(
+                "INSERT INTO runs (comparison_id, precision, config, status, phase, created_at, "
+                "updated_at, started_at, heartbeat_at, worker_pid, host, slot, summary) "
+                "VALUES (?, ?, ?, 'running', 'compiling', ?, ?, ?, ?, ?, ?, 'monitor', ?) "
+                "RETURNING id",
+                (cid, precision, config.to_json(), now, now, now, now, os.getpid())
+                + (host_name(), json.dumps(summary)),
+            ).fetchone()[0]
+        return cid, run_id
 
     # -- run state ----------------------------------------------------------------------
 

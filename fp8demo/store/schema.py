@@ -6,7 +6,7 @@ same time (database.Database.schema_transaction); a newer one is refused, writte
 from fp8demo import database
 from fp8demo.database import StoreError, upsert
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # Statements that bring a store from schema N to N + 1.
 MIGRATIONS = {
     1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
@@ -21,6 +21,7 @@ MIGRATIONS = {
     ],
     5: [],  # workers is a new table, created with the others
     6: [],  # so is evaluations (post-training quantization as queued work)
+    7: [],  # so is fp8_recipes_second (each tensor's what-if in its other GEMM)
 }
 
 SCHEMA = """
@@ -111,6 +112,12 @@ CREATE TABLE IF NOT EXISTS fp8_probe (
 -- One row per probe and scaling recipe (recipes.py): the probe's tensors quantized under that
 -- recipe, float32, shape (layers, 3 roles, 3: underflow %, saturation %, SNR dB (inf: exact)).
 CREATE TABLE IF NOT EXISTS fp8_recipes (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, recipe TEXT NOT NULL, stats BLOB NOT NULL,
+    PRIMARY KEY (run_id, step, recipe)
+) WITHOUT ROWID;
+-- The same for each tensor in the other GEMM that uses it (recipes.ROLE_GEMMS): the inputs
+-- and output gradients in wgrad, the kernel in dgrad, blocked along that GEMM's contraction.
+CREATE TABLE IF NOT EXISTS fp8_recipes_second (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, recipe TEXT NOT NULL, stats BLOB NOT NULL,
     PRIMARY KEY (run_id, step, recipe)
 ) WITHOUT ROWID;

@@ -1,0 +1,58 @@
+"""In a real browser: FP8 health's what-if heatmap shows one chosen GEMM's two operands, each
+as that GEMM quantizes it, with the hover's three numbers (issue 22, part 3)."""
+
+import pytest
+from conftest import copy_home
+from test_browser import (  # noqa: F401  (the browser fixture)
+    RECIPE_HEATMAP,
+    browser,
+    idle,
+    start_server,
+    wait_for_recipe_heatmap,
+)
+
+pytestmark = pytest.mark.e2e  # a real server, browser and a trained run
+
+# The recipe heatmap's title and row labels, once it names `gemm` (recipe_heatmap's title).
+HEATMAP_ROWS = """(gemm) => {
+    const el = Array.from(document.querySelectorAll('.js-plotly-plot')).find(el =>
+        ((el.layout || {}).title || {}).text?.includes(`in the ${gemm} GEMM`)
+        && el.querySelector('.heatmaplayer image'));
+    return el ? Array.from(el.data[0].y) : null; }"""
+
+
+def test_health_shows_the_recipe_heatmap_of_a_chosen_gemm(
+    trained,
+    tmp_path,
+    imdb_folder,
+    browser,  # noqa: F811
+):
+    home = tmp_path / "home"
+    copy_home(trained["home"], home)
+    process, url = start_server(home, imdb_folder)
+    try:
+        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        errors = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(url + "/health")
+        idle(page)
+        wait_for_recipe_heatmap(page)
+        page.locator(".st-key-recipe_gemm").get_by_text("wgrad", exact=True).click()
+        rows = page.wait_for_function(HEATMAP_ROWS, arg="wgrad", timeout=30_000).json_value()
+        # wgrad multiplies each layer's inputs and output gradients; the kernel is not in it.
+        assert rows and len(rows) == 16, rows
+        assert {row.split(" · ")[1] for row in rows} == {"inputs", "output gradient"}
+        chart = page.locator(".js-plotly-plot").filter(has=page.locator(f"text={RECIPE_HEATMAP}"))
+        chart.scroll_into_view_if_needed()
+        box = chart.locator(".nsewdrag").first.bounding_box()
+        page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.3)
+        hover = chart.locator(".hoverlayer .hovertext")
+        hover.wait_for(timeout=10_000)
+        text = hover.text_content()
+        assert "in wgrad" in text and "underflow" in text and "saturation" in text, text
+        assert "SNR" in text and not page.locator('[data-testid="stException"]').count()
+        assert not errors, errors
+        page.context.close()
+    finally:
+        process.terminate()
+        process.wait(20)
