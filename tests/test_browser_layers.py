@@ -35,9 +35,11 @@ def test_a_layer_picked_on_train_trains_in_bf16_and_health_says_so(tmp_path, imd
         idle(page)
         expect(page.locator(".st-key-subset input")).to_have_value("64", timeout=30_000)
         page.get_by_text("Advanced", exact=True).click()
+        idle(page)  # the expander's rerun: a picker clicked before it ends loses its list
         picker = page.locator(".st-key-bf16_layers input")
         picker.click()
-        picker.fill(LAYER)  # the layers whose names hold it
+        page.locator('[role="listbox"]').wait_for(timeout=30_000)  # its list is open
+        page.keyboard.type(LAYER)  # the layers whose names hold it
         page.get_by_role("option", name=LAYER, exact=True).click()
         page.keyboard.press("Escape")
         idle(page)
