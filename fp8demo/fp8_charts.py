@@ -231,16 +231,8 @@ def recipe_heatmap(
     )
     when = "" if step is None else f" (probe at step {int(step):,})"
     where = "" if gemm is None else f" in the {gemm} GEMM"
-    layout(
-        fig,
-        f"What-if: SNR of each float8 tensor under each scaling recipe{where}{when}",
-        "scaling recipe",
-        None,
-        uirevision="recipe-heatmap",
-        height=height or max(320, 90 + 22 * len(rows)),
-    )
-    fig.update_yaxes(autorange="reversed", automargin=True)
-    return fig
+    title = f"What-if: SNR of each float8 tensor under each scaling recipe{where}{when}"
+    return _tensor_rows_layout(fig, title, "scaling recipe", "recipe-heatmap", len(rows), height)
 
 
 def recipe_probe_figure(steps, stats_tensor, recipes, tensor, *, height=360) -> go.Figure:
@@ -345,13 +337,19 @@ def underflow_bands_heatmap(
         fig.add_annotation(
             xref="x domain", x=1, y=labels[k], text=f"#{rank}", showarrow=False, xanchor="left"
         )
+    title = f"Underflow bands of every float8 tensor, the {len(worst)} worst boxed"
+    return _tensor_rows_layout(fig, title, "probe step", "underflow-bands", len(rows), height)
+
+
+def _tensor_rows_layout(fig, title, x_title, uirevision, n_rows, height=None):
+    """A heatmap with a row per tensor, first row on top, tall enough to read every row."""
     layout(
         fig,
-        f"Underflow bands of every float8 tensor, the {len(worst)} worst boxed",
-        "probe step",
+        title,
+        x_title,
         None,
-        uirevision="underflow-bands",
-        height=height or max(320, 90 + 22 * len(rows)),
+        uirevision=uirevision,
+        height=height or max(320, 90 + 22 * n_rows),
     )
     fig.update_yaxes(autorange="reversed", automargin=True)
     return fig
