@@ -28,19 +28,21 @@ def test_a_layer_picked_on_train_trains_in_bf16_and_health_says_so(tmp_path, imd
     process, url = start_server(home, imdb_folder)
     store = Store(home)
     try:
-        page = browser.new_context(viewport={"width": 1500, "height": 1100}).new_page()
+        # Tall enough that the picker's list opens inside the view: a click on an option
+        # below it scrolls the page, and the scroll closes the list before the click lands.
+        page = browser.new_context(viewport={"width": 1500, "height": 2000}).new_page()
         errors = []
         page.on("pageerror", lambda e: errors.append(str(e)))
         page.goto(f"{url}/?{TINY_QUERY}")
         idle(page)
         expect(page.locator(".st-key-subset input")).to_have_value("64", timeout=30_000)
         page.get_by_text("Advanced", exact=True).click()
-        idle(page)  # the expander's rerun: a picker clicked before it ends loses its list
         picker = page.locator(".st-key-bf16_layers input")
+        # A click focuses the picker but does not always open its list; typing does, and
+        # leaves the layers whose names hold the text.
         picker.click()
-        page.locator('[role="listbox"]').wait_for(timeout=30_000)  # its list is open
-        page.keyboard.type(LAYER)  # the layers whose names hold it
-        page.get_by_role("option", name=LAYER, exact=True).click()
+        page.keyboard.type(LAYER)
+        page.get_by_role("option", name=LAYER, exact=True).click(timeout=30_000)
         page.keyboard.press("Escape")
         idle(page)
         page.wait_for_url(f"**bf16_layers={LAYER}**", timeout=15_000)  # the URL keeps it

@@ -17,6 +17,7 @@ from test_browser import (  # noqa: F401  (browser: the fixture)
     heatmap_columns,
     idle,
     shot,
+    shows,
     start_server,
     wait_for_heatmap,
 )
@@ -115,13 +116,9 @@ def test_a_users_own_script_shows_live_then_paired(tmp_path, browser):  # noqa: 
         assert {p: r["status"] for p, r in runs.items()} == {"bf16": "finished", "fp8": "finished"}
 
         page.goto(f"{url}/results?comparison={cid}")
-        idle(page, timeout=120_000)
-        page.wait_for_selector('[data-testid="stMetric"]', timeout=30_000)
-        body = page.locator('[data-testid="stMain"]').inner_text()
-        for precision, run in runs.items():
-            assert f"{precision} test accuracy" in body
-            assert f"{run['test_accuracy'] * 100:.2f}%" in body
-        assert "pp vs bf16" in body  # paired: fp8's difference to its bf16 twin
+        shows(page, [f"{p} test accuracy" for p in runs], timeout=120_000)
+        shows(page, [f"{run['test_accuracy'] * 100:.2f}%" for run in runs.values()])
+        shows(page, ["pp vs bf16"])  # paired: fp8's difference to its bf16 twin
         shot(page, "monitor-3-results")
     finally:
         page.context.close()
