@@ -102,33 +102,33 @@ def blocked_matrix(x, letters: str, blocked: str, leading: bool):
 def recipe_table(matrices, scales, role: str, recipes):
     """[tensors, recipes, (underflow_pct, saturation_pct, snr_db)] of one role's matrices.
 
-    The matrices are padded with NaN to one shape and stacked, so each recipe compiles once
-    per role (vmapped over the tensors), not once per layer. NaN padding at the end of an
-    axis changes no statistic: recipes pick scales from finite values only, padded blocks
-    are the partial blocks recipes.py describes, and each statistic counts non-NaN values
-    only. "delayed" uses `scales`, the scale the run itself applies to each tensor.
+    Matrices of one shape are stacked and vmapped, so each recipe compiles once per shape,
+    not once per layer. Padding every matrix to the largest shape would cost memory in
+    proportion to (tensors x largest matrix): a language model's vocabulary-wide head made
+    that tens of GB. "delayed" uses `scales`, the scale the run itself applies to each tensor.
     """
     import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
 
-    rows = max(m.shape[0] for m in matrices)
-    cols = max(m.shape[1] for m in matrices)
-    stacked = jnp.stack(
-        [
-            jnp.pad(m, ((0, rows - m.shape[0]), (0, cols - m.shape[1])), constant_values=jnp.nan)
-            for m in matrices
-        ]
-    )
-    scales = jnp.stack([jnp.asarray(s, jnp.float32) for s in scales])
-
-    def statistics(recipe):
+    def statistics(recipe, stacked, stacked_scales):
         def one_tensor(x, scale):
             out = recipes_lib.what_if(x, recipe, role, scale, 1)
             return jnp.stack([out[name] for name in RECIPE_STATISTICS])
 
-        return jax.vmap(one_tensor)(stacked, scales)
+        return jax.vmap(one_tensor)(stacked, stacked_scales)
 
-    return jnp.stack([statistics(recipe) for recipe in recipes], axis=1)
+    by_shape: dict[tuple, list[int]] = {}
+    for i, m in enumerate(matrices):
+        by_shape.setdefault(tuple(m.shape), []).append(i)
+    rows = [None] * len(matrices)
+    for indices in by_shape.values():
+        stacked = jnp.stack([jnp.asarray(matrices[i], jnp.float32) for i in indices])
+        stacked_scales = jnp.stack([jnp.asarray(scales[i], jnp.float32) for i in indices])
+        table = jnp.stack([statistics(r, stacked, stacked_scales) for r in recipes], axis=1)
+        for k, i in enumerate(indices):
+            rows[i] = table[k]
+    return jnp.stack(rows)
+
 
 
 # -- the probe --------------------------------------------------------------------------------

@@ -226,20 +226,22 @@ def test_blocks_run_along_the_contracted_axes_of_each_layer():
 
 
 @pytest.mark.parametrize("role", ROLES)
-def test_recipe_table_pads_without_changing_any_statistic(role):
+def test_recipe_table_gives_each_tensors_own_statistics_in_order(role):
     rng = np.random.default_rng(1)
-    # Different shapes (partial blocks of every size), tiny and huge values, one inf.
+    # Different shapes (partial blocks of every size), tiny and huge values, one inf; two
+    # tensors of one shape (stacked together) around one of another.
     big = rng.normal(size=(70, 200)).astype(np.float32) * 10.0 ** rng.integers(-9, 3, (70, 1))
     small = rng.normal(size=(9, 45)).astype(np.float32) * 1e-4
     small[3, 7] = np.inf
-    scales = [np.float32(0.002), np.float32(1e-6)]
+    twin = rng.normal(size=(70, 200)).astype(np.float32) * 3e-3
+    scales = [np.float32(0.002), np.float32(1e-6), np.float32(0.5)]
     table = np.asarray(
-        jax.jit(lambda a, b: probe_lib.recipe_table([a, b], scales, role, recipes.RECIPES))(
-            big, small
+        jax.jit(lambda a, b, c: probe_lib.recipe_table([a, b, c], scales, role, recipes.RECIPES))(
+            big, small, twin
         )
     )
-    assert table.shape == (2, len(recipes.RECIPES), 3)
-    for t, (x, scale) in enumerate(zip((big, small), scales)):
+    assert table.shape == (3, len(recipes.RECIPES), 3)
+    for t, (x, scale) in enumerate(zip((big, small, twin), scales)):
         for k, recipe in enumerate(recipes.RECIPES):
             expected = recipes.what_if(x, recipe, role, scale)
             np.testing.assert_allclose(
@@ -397,3 +399,19 @@ def test_recipe_summary_names_the_worst_tensor_in_plain_words():
         "Median SNR over the 6 tensors, best first: `delayed` 30.0 dB, `current` 30.0 dB, "
         "`mxfp8` 30.0 dB."
     )
+
+
+def test_the_recipe_tables_memory_follows_its_tensors_not_layers_times_the_widest():
+    """One wide tensor (a language model's vocabulary-wide head) among many narrow ones:
+    the compiled table's scratch memory stays near that of the wide tensor alone, not the
+    number of tensors times the widest (padding every tensor to it had taken tens of GB)."""
+
+    def scratch_bytes(narrow: int) -> int:
+        wide = jax.ShapeDtypeStruct((2048, 4096), np.float32)
+        shapes = [jax.ShapeDtypeStruct((2048, 64), np.float32)] * narrow + [wide]
+        scales = [np.float32(1.0)] * len(shapes)
+        table = jax.jit(lambda *m: probe_lib.recipe_table(m, scales, "inputs", ("mxfp8",)))
+        return table.lower(*shapes).compile().memory_analysis().temp_size_in_bytes
+
+    one, many = scratch_bytes(1), scratch_bytes(12)
+    assert many < 1.5 * one, (one, many)
