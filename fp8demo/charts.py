@@ -23,6 +23,7 @@ COLORS = {
     "fp8-rowwise-gw-hp": "#bcbd22",
     "fp8-block128": "#8c564b",
     "mxfp8": "#e377c2",
+    "nvfp4": "#17becf",
     "float32": "#7f7f7f",
 }
 FALLBACK_COLOR = "#2ca02c"

@@ -38,6 +38,7 @@ EMULATED_RECIPES = {
     "rowwise-gw-hp": "one scale per row",
     "block128": "one power-of-two scale per 128-value tile",
     "mxfp8": "one power-of-two scale per 32 values",
+    "nvfp4": "two-level scales per 16 values (E4M3 × FP32, E2M1 values)",
 }
 
 

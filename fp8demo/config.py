@@ -20,6 +20,7 @@ RECIPE_PRECISIONS = {
     "fp8-rowwise-gw-hp": "rowwise-gw-hp",
     "fp8-block128": "block128",
     "mxfp8": "mxfp8",
+    "nvfp4": "nvfp4",
 }
 FLOAT8_PRECISIONS = ("fp8", *RECIPE_PRECISIONS)
 PRECISIONS = ("bf16", *FLOAT8_PRECISIONS, "float32")
@@ -41,6 +42,8 @@ MODEL_LAYERS = (
     "classifier",
 )
 HEAD = "classifier"  # the sigmoid head: quantize_head=False keeps it in bf16
+# The switchable parts of the nvfp4 precision (TrainConfig fields, on by default).
+NVFP4_PARTS = ("nvfp4_2d_weights", "nvfp4_rht", "nvfp4_stochastic_rounding")
 
 
 class ConfigError(ValueError):
@@ -119,6 +122,18 @@ class TrainConfig:
         "move a float8 layer to bf16 for the rest of the run when a probe of one of its "
         "tensors crosses a threshold, e.g. underflow>5%,mse>1e-4 (any of underflow, "
         "saturation, mse, snr<); empty = never",
+    )
+    # NVIDIA's NVFP4 recipe (arXiv 2509.25149), part by part: all on, as the paper trains.
+    nvfp4_2d_weights: bool = setting(
+        True, "nvfp4: kernels in 16x16 blocks, so W and its transpose quantize alike"
+    )
+    nvfp4_rht: bool = setting(
+        True,
+        "nvfp4: a 16x16 random Hadamard transform (signs from the seed) on both operands of "
+        "the weight-gradient matmul",
+    )
+    nvfp4_stochastic_rounding: bool = setting(
+        True, "nvfp4: round the output gradients stochastically (random from the seed and step)"
     )
     ptq: bool = setting(
         True,
@@ -308,7 +323,8 @@ class TrainConfig:
 
     def type_errors(self) -> list[str]:
         problems = [] if isinstance(self.data, str) else ["data must be a path (text)."]
-        for name in ("quantize_head", "ptq", "restore_best", "data_parallel"):
+        booleans = ("quantize_head", "ptq", "restore_best", "data_parallel", *NVFP4_PARTS)
+        for name in booleans:
             if not isinstance(getattr(self, name), bool):
                 problems.append(f"{name} must be true or false.")
         return problems

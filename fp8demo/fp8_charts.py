@@ -357,3 +357,35 @@ def _tensor_rows_layout(fig, title, x_title, uirevision, n_rows, height=None):
 
 def _underflow_text(value) -> str:
     return ALL_ZERO if np.isnan(value) else f"{value:.3g} %"
+
+
+# -- block scales (block recipes, block_scales.py) -------------------------------------------
+
+
+def block_scale_histogram(histogram, recipe: str, tensor: str, step=None, *, height=320):
+    """Bars: how many blocks of one tensor have their scale in each integer log2 bin.
+
+    histogram: {"first": lowest bin, "counts": [...]} (block_scales.compact_histogram); the bar
+    at e counts the scales in [2^e, 2^(e+1)).
+    """
+    first, counts = histogram["first"], list(histogram["counts"])
+    bins = list(range(first, first + len(counts))) if counts else []
+    fig = go.Figure(
+        go.Bar(
+            x=bins,
+            y=counts,
+            marker_color=RECIPE_COLORS.get(recipe, FALLBACK_COLOR),
+            hovertemplate="scale in [2^%{x}, 2^(%{x}+1)): %{y} blocks<extra></extra>",
+        )
+    )
+    when = "" if step is None else f" (probe at step {int(step):,})"
+    layout(
+        fig,
+        f"Block scales of {tensor} under {recipe}{when}",
+        "log2 of the block scale",
+        "blocks",
+        uirevision=f"block-scales-{tensor}-{recipe}",
+        height=height,
+    )
+    fig.update_xaxes(dtick=1 if len(bins) <= 24 else None)
+    return fig

@@ -11,9 +11,10 @@ Precisions:
   fp8     the same model, then model.quantize("float8"): every Dense/EinsumDense gets
           E4M3 forward / E5M2 gradient quantize-dequantize with delayed scaling
   float32 a full-precision reference
-  fp8-current, fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8
+  fp8-current, fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8, nvfp4
           the fp8 model, whose float8 layers quantize each GEMM's operands with another
-          scaling recipe (recipes.py) instead of delayed scaling: see use_recipe
+          scaling recipe (recipes.py) instead of delayed scaling: see use_recipe; nvfp4
+          with the parts of NVIDIA's recipe the config switches on (nvfp4_parts)
 By default every Dense and EinsumDense is quantized, the sigmoid head too, as the example's
 quantize() does; the layers of TrainConfig.bf16_layer_names() (bf16_layers, and the head when
 quantize_head is off) stay in bf16: no float8 state, under every float8 precision.
@@ -72,7 +73,7 @@ def build(config: TrainConfig, precision: str):
     if precision in FLOAT8_PRECISIONS:
         quantize_fp8(model, config)
     if precision in RECIPE_PRECISIONS:
-        use_recipe(model, RECIPE_PRECISIONS[precision])
+        use_recipe(model, RECIPE_PRECISIONS[precision], config)
     return model
 
 
@@ -129,14 +130,56 @@ def float8_capable_layers(model) -> list[str]:
 RECIPES = tuple(RECIPE_PRECISIONS.values())  # the recipes a precision trains with
 
 
-def use_recipe(model, recipe: str):
+def use_recipe(model, recipe: str, config: TrainConfig | None = None):
     """Make every float8 layer of `model` quantize with `recipe` (one of RECIPES); each
-    layer remembers it as `scaling_recipe`."""
+    layer remembers it as `scaling_recipe`. "nvfp4" takes its parts from `config`
+    (nvfp4_parts; without a config, none: the what-if's plain NVFP4)."""
     if recipe not in RECIPES:
         raise ValueError(f"no training recipe {recipe!r}; choose one of {', '.join(RECIPES)}")
-    for layer in fp8.float8_layers(model):
+    parts = nvfp4_parts(config) if recipe == "nvfp4" and config else recipes_lib.NVFP4Parts()
+    for index, layer in enumerate(fp8.float8_layers(model)):
         layer._float8_call = functools.partial(recipe_float8_call, layer, recipe)
         layer.scaling_recipe = recipe
+        layer.nvfp4_parts = parts if recipe == "nvfp4" else None
+        if layer.nvfp4_parts and parts.stochastic_rounding and not hasattr(layer, "rounding_seeds"):
+            _add_rounding_seeds(layer, config.seed, index)
+
+
+def nvfp4_parts(config: TrainConfig):
+    """The NVFP4Parts a config switches on; the Hadamard signs come from its seed."""
+    return recipes_lib.NVFP4Parts(
+        two_d_weights=config.nvfp4_2d_weights,
+        rht_signs=recipes_lib.hadamard_signs(config.seed) if config.nvfp4_rht else None,
+        stochastic_rounding=config.nvfp4_stochastic_rounding,
+    )
+
+
+def recipe_parts(model) -> dict | None:
+    """{part: on} of an nvfp4 model (config.NVFP4_PARTS's names), None for other models:
+    what the run's summary records."""
+    layers = fp8.float8_layers(model)
+    parts = getattr(layers[0], "nvfp4_parts", None) if layers else None
+    if parts is None:
+        return None
+    return {
+        "nvfp4_2d_weights": parts.two_d_weights,
+        "nvfp4_rht": parts.rht_signs is not None,
+        "nvfp4_stochastic_rounding": parts.stochastic_rounding,
+    }
+
+
+def _add_rounding_seeds(layer, seed: int, index: int):
+    """Give `layer` the random stream its stochastic rounding draws from: a Keras
+    SeedGenerator whose state [seed, step] advances each training step (as Dropout's), so
+    reruns with one seed round alike. Its state is a layer variable but no weight: saved
+    weights and their layout stay those of the fp8 model."""
+    import keras  # lazy: keras loads in ~3 s
+
+    layer._tracker.unlock()  # the built layer's state is locked; quantize() unlocks it too
+    name = layer.path.replace("/", "_") + "_nvfp4_rounding"  # variable paths stay unique
+    layer.rounding_seeds = keras.random.SeedGenerator(seed, name=name)
+    layer._tracker.lock()
+    layer.rounding_stream = index  # folded into the key: each layer draws its own numbers
 
 
 def scaling_recipe(model) -> str | None:
@@ -146,9 +189,11 @@ def scaling_recipe(model) -> str | None:
     return getattr(layers[0], "scaling_recipe", "delayed") if layers else None
 
 
-def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype, gemm: str = "fprop"):
+def recipe_qdq(
+    x, recipe: str, role: str, axes: tuple, dtype, gemm: str = "fprop", nvfp4=None, key=None
+):
     """`x` quantize-dequantized under `recipe` as `role` of `gemm`, blocked along `axes`'
-    letters, in `dtype`.
+    letters, in `dtype`; `nvfp4` and `key` as recipes.quantize takes them.
 
     recipes.quantize blocks the trailing axes of inputs and output gradients and the leading
     axes of kernels, so the blocked axes are moved there and back. "current" uses Keras' own
@@ -172,7 +217,9 @@ def recipe_qdq(x, recipe: str, role: str, axes: tuple, dtype, gemm: str = "fprop
     others = [a for a in range(x.ndim) if a not in block_axes]
     order = block_axes + others if role == "kernel" else others + block_axes
     moved = jnp.transpose(x, order)
-    quantized = recipes_lib.quantize(moved, recipe, role, block_dims=len(block_axes), gemm=gemm)
+    quantized = recipes_lib.quantize(
+        moved, recipe, role, block_dims=len(block_axes), gemm=gemm, nvfp4=nvfp4, key=key
+    )
     return jnp.transpose(quantized, np.argsort(order)).astype(dtype)
 
 
@@ -265,6 +312,7 @@ def _per_gemm_gemm(layer, recipe, training):
     from keras import ops  # lazy: keras loads in ~3 s
 
     dtype = layer.compute_dtype
+    parts, key = getattr(layer, "nvfp4_parts", None), _rounding_key(layer, training)
 
     @ops.custom_gradient
     def matmul(x, kernel, x_scale, x_history, k_scale, k_history, g_scale, g_history):
@@ -272,7 +320,7 @@ def _per_gemm_gemm(layer, recipe, training):
 
         def qdq(value, gemm, role):
             axes, to = layout[gemm][1][role], value.dtype if role == "outputs_grad" else dtype
-            return recipe_qdq(value, recipe, role, axes, to, gemm)
+            return recipe_qdq(value, recipe, role, axes, to, gemm, parts, key)
 
         updates = [None] * 4
         if training:
@@ -285,8 +333,9 @@ def _per_gemm_gemm(layer, recipe, training):
 
         def grad(*args, upstream=None, variables=None):
             dy = _upstream(args, upstream)
-            # 128x128 kernel tiles survive the transpose: dgrad reuses fprop's values.
-            kernel_t = kernel_q if recipe == "block128" else qdq(kernel, "dgrad", "kernel")
+            # 128x128 and 16x16 kernel tiles survive the transpose: dgrad reuses fprop's.
+            tiled = recipe == "block128" or (recipe == "nvfp4" and parts.two_d_weights)
+            kernel_t = kernel_q if tiled else qdq(kernel, "dgrad", "kernel")
             dx = ops.einsum(layout["dgrad"][0], qdq(dy, "dgrad", "outputs_grad"), kernel_t)
             x_w, dy_w = qdq(x, "wgrad", "inputs"), qdq(dy, "wgrad", "outputs_grad")
             dk = ops.einsum(layout["wgrad"][0], x_w, dy_w)
@@ -296,6 +345,20 @@ def _per_gemm_gemm(layer, recipe, training):
         return y, grad
 
     return matmul
+
+
+def _rounding_key(layer, training):
+    """The random key of this call's stochastic rounding, None without it: in training the
+    layer's [seed, step] (advancing its SeedGenerator), else (a gradient outside training,
+    the probe's) the current step's without advancing; the layer's index folded in."""
+    import jax  # lazy: jax loads in ~3 s
+    from keras.src.backend.jax import random as jax_random
+
+    parts, seeds = getattr(layer, "nvfp4_parts", None), getattr(layer, "rounding_seeds", None)
+    if not (parts and parts.stochastic_rounding):
+        return None
+    key = jax_random.jax_draw_seed(seeds) if training else seeds.state.value
+    return jax.random.fold_in(key, layer.rounding_stream)
 
 
 # -- dropout masks ---------------------------------------------------------------------------

@@ -21,6 +21,8 @@ The same function also asks what-if: the same tensors quantized under every scal
 of recipes.py (Transformer Engine's `mxfp8_underflows%` and friends), giving underflow %,
 saturation % and SNR (dB) per tensor and recipe. Block recipes group values along the axes
 the layer's matmul contracts, read from its einsum equation (see `contraction_layout`).
+For the block recipes it also gives each tensor's block scales in both its GEMMs: their
+spread, the share at the format's limit, the worst blocks (block_scales.py).
 """
 
 import contextlib
@@ -28,7 +30,7 @@ import math
 
 import numpy as np
 
-from fp8demo import fp8
+from fp8demo import block_scales, fp8
 from fp8demo import recipes as recipes_lib
 from fp8demo.fp8 import ROLES
 
@@ -130,6 +132,32 @@ def recipe_table(matrices, scales, role: str, recipes):
     return jnp.stack(rows)
 
 
+BLOCK_PARTS = ("stats", "worst", "histogram")  # block_scales.block_statistics' outputs kept
+
+
+def block_table(matrices, role: str, recipes):
+    """(stats [tensors, recipes, 5], worst [tensors, recipes, 5, 3], histogram [tensors,
+    recipes, bins]) of one role's matrices under each block recipe (block_scales.py).
+
+    Grouped by shape and vmapped as in `recipe_table`: one compilation per shape and recipe.
+    """
+    import jax  # lazy: jax loads in ~3 s
+    import jax.numpy as jnp
+
+    by_shape: dict[tuple, list[int]] = {}
+    for i, m in enumerate(matrices):
+        by_shape.setdefault(tuple(m.shape), []).append(i)
+    per_tensor = [None] * len(matrices)
+    for indices in by_shape.values():
+        stacked = jnp.stack([jnp.asarray(matrices[i], jnp.float32) for i in indices])
+        parts = [
+            jax.vmap(lambda x, r=recipe: block_scales.block_statistics(x, r, role))(stacked)
+            for recipe in recipes
+        ]
+        for k, i in enumerate(indices):
+            per_tensor[i] = [jnp.stack([part[name][k] for part in parts]) for name in BLOCK_PARTS]
+    return tuple(jnp.stack([t[n] for t in per_tensor]) for n in range(len(BLOCK_PARTS)))
+
 
 # -- the probe --------------------------------------------------------------------------------
 
@@ -178,6 +206,7 @@ class Probe:
         # by_recipe: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)]
         #            each tensor blocked for its first GEMM (recipes.ROLE_GEMMS)
         probe.second_gemm  # by_recipe for the other GEMM of each tensor, same measure
+        probe.block_records(step)  # block scales of block recipes, both GEMMs: store rows
         stats = probe()  # stats alone
 
     Call it between training steps (in a callback, after `self.model` synced the state).
@@ -185,7 +214,7 @@ class Probe:
     None: binary cross-entropy, the engine's classifier (y as given is then a column).
     """
 
-    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES, loss=None):
+    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES, loss=None, blocks=True):
         self.model = model
         self.layers = fp8.float8_layers(model)
         self.x = np.asarray(x)
@@ -194,6 +223,11 @@ class Probe:
         self.recipes = tuple(recipes)
         for recipe in self.recipes:
             recipes_lib.recipe_format(recipe, ROLES[0])  # refuses an unknown recipe now
+        # The block recipes among them, whose block scales each measure computes (blocks=True).
+        self.block_recipes = tuple(
+            r for r in self.recipes if blocks and r in block_scales.BLOCK_RECIPES
+        )
+        self.blocks = ()  # of the latest measure: see block_records
         self._compiled = None
         self.mean_square = np.zeros((len(self.layers), len(ROLES)), np.float32)  # [layers, roles]
         # by_recipe of the latest measure with each tensor blocked for the other GEMM that uses
@@ -277,7 +311,7 @@ class Probe:
             )
             if not recipes:
                 empty = jnp.zeros((len(layers), len(ROLES), 0, len(RECIPE_STATISTICS)))
-                return stats, empty, mean_square, empty
+                return stats, empty, mean_square, empty, ()
 
             def table(layouts):  # [layers, roles, recipes, 3], each tensor blocked as laid out
                 by_role = []
@@ -294,9 +328,39 @@ class Probe:
                 second_gemm_layout(layer, tensors["inputs"][i].ndim)
                 for i, layer in enumerate(layers)
             ]
-            return stats, table(layouts), mean_square, table(second)
+            blocks = self._block_tables(tensors, (layouts, second))
+            return stats, table(layouts), mean_square, table(second), blocks
 
         return jax.jit(probe)
+
+    def _block_tables(self, tensors, layouts_per_gemm) -> tuple:
+        """Traced inside the probe: for each tensor's first GEMM and its second, (stats,
+        worst, histogram) shaped [layers, roles, block recipes, ...] (probe.block_table)."""
+        import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+        if not self.block_recipes:
+            return ()
+        gemms = []
+        for layouts in layouts_per_gemm:
+            by_role = [
+                block_table(
+                    [
+                        blocked_matrix(jnp.asarray(t, jnp.float32), *layouts[i][role])
+                        for i, t in enumerate(tensors[role])
+                    ],
+                    role,
+                    self.block_recipes,
+                )
+                for role in ROLES
+            ]
+            gemms.append(tuple(jnp.stack(parts, axis=1) for parts in zip(*by_role)))
+        return tuple(gemms)
+
+    def block_records(self, step: int) -> list[dict]:
+        """The latest measure's block scales as the store's rows (block_scales.block_records):
+        every float8 tensor in both GEMMs that use it, under each of `block_recipes`."""
+        names = [layer.path for layer in self.layers]
+        return block_scales.block_records(step, names, self.block_recipes, self.blocks)
 
     def measure(self) -> tuple[np.ndarray, np.ndarray]:
         """(stats, by_recipe) of the model's current weights and scales, in one dispatch."""
@@ -309,9 +373,10 @@ class Probe:
             self._compiled = self._build()
         trainable = [v.value for v in self.model.trainable_variables]
         non_trainable = [v.value for v in self.model.non_trainable_variables]
-        stats, by_recipe, mean_square, second = self._compiled(
+        stats, by_recipe, mean_square, second, blocks = self._compiled(
             trainable, non_trainable, self.x, self.y
         )
+        self.blocks = tuple(tuple(np.asarray(part) for part in gemm) for gemm in blocks)
         self.mean_square = np.asarray(mean_square, np.float32)
         self.second_gemm = np.asarray(second, np.float32)
         return np.asarray(stats, np.float32), np.asarray(by_recipe, np.float32)

@@ -17,7 +17,9 @@ arrays and can be called inside another jitted function (the probe's).
 
 Training also knows "rowwise-gw-hp" (torchao `rowwise_with_gw_hp`, see `quantize`'s `gemm`):
 E4M3 with plain amax / fmax scales, the kernel per tensor in the input-gradient GEMM and the
-weight-gradient GEMM unquantized.
+weight-gradient GEMM unquantized. Trained "nvfp4" adds NVIDIA's switchable parts (NVFP4Parts):
+16x16 kernel blocks, a random Hadamard transform on the wgrad operands, stochastic rounding of
+output gradients.
 
 Scales follow Keras' convention: a divisor, `quantized = cast(clip(x / scale, ±fmax)) * scale`
 (Transformer Engine stores the reciprocal as "scale" and this one as "scale_inv").
@@ -45,6 +47,8 @@ binade short of E8M0's 2^-127; that only touches blocks whose amax is below abou
 import functools
 import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from fp8demo import fp8
 from fp8demo.fp8 import ROLES
@@ -138,11 +142,13 @@ def _check(recipe, role):
 # -- the quantize-dequantize step every recipe shares ----------------------------------------
 
 
-def _qdq(x, scale, fmt: Format):
+def _qdq(x, scale, fmt: Format, noise=None):
     """(dequantized, saturated) of float32 `x` with per-element divisor `scale`.
 
-    Rounding is the dtype cast: round to nearest, ties to even, subnormals included. A zero
-    scale (an NVFP4 block scale below E4M3's smallest subnormal) flushes its values to zero.
+    Rounding is the dtype cast: round to nearest, ties to even, subnormals included; with
+    `noise` (uniform [0, 1) values in x's shape, E2M1 only) stochastic rounding instead. A
+    zero scale (an NVFP4 block scale below E4M3's smallest subnormal) flushes its values to
+    zero.
     """
     import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
@@ -150,6 +156,8 @@ def _qdq(x, scale, fmt: Format):
     safe_scale = jnp.where(usable, scale, 1.0)
     scaled = x / safe_scale
     clipped = jnp.clip(scaled, -fmt.max, fmt.max)
+    if noise is not None:
+        clipped = _round_e2m1_stochastically(clipped, noise)
     dequantized = clipped.astype(getattr(jnp, fmt.dtype)).astype(jnp.float32) * safe_scale
     # E2M1 has no NaN (the cast would give 0): keep NaN visible in every format.
     dequantized = jnp.where(jnp.isnan(x), jnp.nan, jnp.where(usable, dequantized, 0.0))
@@ -183,7 +191,7 @@ def _fitting_scale(amax, fmt: Format):
     return jnp.where(amax > 0, amax / fmt.max, 1.0)
 
 
-def _power_of_two_scale(amax, fmt: Format, rounding: str):
+def power_of_two_scale(amax, fmt: Format, rounding: str):
     """A power-of-two scale 2^e for each amax, e clamped to [-126, 127] (1 where amax is 0).
 
     rounding "up":    e = ceil(log2(amax / fmax)), the smallest that does not clip amax;
@@ -227,7 +235,7 @@ def _current(m, fmt):
 
 def _rowwise(m, fmt):
     # torchao: multiplier fmax / amax rounded down to a power of two (a divisor rounded up).
-    return _tiled(m, 1, None, fmt, lambda amax: _power_of_two_scale(amax, fmt, "up"))
+    return _tiled(m, 1, None, fmt, lambda amax: power_of_two_scale(amax, fmt, "up"))
 
 
 def _rowwise_gw_hp(m, fmt, role, gemm):
@@ -243,24 +251,111 @@ def _rowwise_gw_hp(m, fmt, role, gemm):
 
 
 def _block(m, tile, fmt):
-    return _tiled(m, tile[0], tile[1], fmt, lambda amax: _power_of_two_scale(amax, fmt, "up"))
+    return _tiled(m, tile[0], tile[1], fmt, lambda amax: power_of_two_scale(amax, fmt, "up"))
 
 
 def _mxfp8(m, rounding, fmt):
-    return _tiled(m, 1, 32, fmt, lambda amax: _power_of_two_scale(amax, fmt, rounding))
+    return _tiled(m, 1, 32, fmt, lambda amax: power_of_two_scale(amax, fmt, rounding))
 
 
-def _nvfp4(m):
+def nvfp4_scales(block_amax):
+    """(E4M3 block scales, FP32 tensor scale) of NVFP4 for the blocks' amaxes (any shape; the
+    tensor's amax is their max). A value's divisor is block scale x tensor scale."""
     import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
-    block_amax = _tile_amax(m, 1, 16)
     tensor_amax = jnp.max(block_amax, initial=0.0)
     # Per-tensor FP32 scale: maps the largest block scale onto E4M3's max.
     global_scale = jnp.where(tensor_amax > 0, tensor_amax / (E4M3.max * E2M1.max), 1.0)
     # Per-block E4M3 scale, in units of the global one; it may round to 0 for tiny blocks.
     block_scale = jnp.clip(block_amax / E2M1.max / global_scale, 0.0, E4M3.max)
-    block_scale = block_scale.astype(jnp.float8_e4m3fn).astype(jnp.float32)
-    return _qdq(m, block_scale * global_scale, E2M1)
+    return block_scale.astype(jnp.float8_e4m3fn).astype(jnp.float32), global_scale
+
+
+def _nvfp4(m, tile=(1, 16), noise=None):
+    """NVFP4 on rows x cols tiles (1x16; 16x16 for 2D weight blocks), rounded to nearest
+    even, or stochastically with `noise`."""
+    block_scale, global_scale = nvfp4_scales(_tile_amax(m, *tile))
+    return _qdq(m, block_scale * global_scale, E2M1, noise)
+
+
+# -- NVFP4 as NVIDIA trains with it (arXiv 2509.25149) ---------------------------------------
+
+
+@dataclass(frozen=True)
+class NVFP4Parts:
+    """The parts of NVIDIA's NVFP4 training recipe beyond the 1x16 quantizer, each switchable
+    (all off: the what-if's plain NVFP4).
+
+    two_d_weights:       kernels in 16x16 blocks, so W (fprop) and Wᵀ (dgrad) quantize alike;
+    rht_signs:           the 16 random signs of the Hadamard transform applied to both wgrad
+                         operands along the tokens M (None: no transform);
+    stochastic_rounding: output gradients (dgrad and wgrad) rounded stochastically.
+    """
+
+    two_d_weights: bool = False
+    rht_signs: tuple | None = None
+    stochastic_rounding: bool = False
+
+
+HADAMARD_SIZE = 16
+
+
+def hadamard_signs(seed: int) -> tuple:
+    """The Hadamard transform's 16 random signs (±1), fixed by the run's seed."""
+    return tuple(int(s) for s in np.random.default_rng(seed).choice((-1, 1), HADAMARD_SIZE))
+
+
+def hadamard_matrix(signs: tuple):
+    """H·diag(signs)/4 with H the 16x16 Sylvester Hadamard matrix: orthogonal, R Rᵀ = I."""
+    h = np.ones((1, 1))
+    while h.shape[0] < HADAMARD_SIZE:
+        h = np.block([[h, h], [h, -h]])
+    return (h * np.asarray(signs, float)[None, :] / math.sqrt(HADAMARD_SIZE)).astype(np.float32)
+
+
+def random_hadamard(m, signs: tuple):
+    """Matrix `m` with each full run of 16 values along its last axis multiplied by the
+    random Hadamard matrix; a partial last run stays as it is. Orthogonal and block-diagonal
+    along the axis a GEMM contracts, so transforming both operands leaves the product
+    unchanged while it spreads a block's outliers over its 16 values."""
+    import jax  # lazy: jax loads in ~3 s
+    import jax.numpy as jnp
+
+    rows, length = m.shape
+    full = length // HADAMARD_SIZE * HADAMARD_SIZE
+    runs = m[:, :full].reshape(rows, -1, HADAMARD_SIZE)
+    rotated = jnp.einsum(
+        "rbi,ji->rbj", runs, hadamard_matrix(signs), precision=jax.lax.Precision.HIGHEST
+    )
+    return jnp.concatenate([rotated.reshape(rows, full), m[:, full:]], axis=1)
+
+
+def _round_e2m1_stochastically(v, noise):
+    """`v` (within ±6) rounded to one of its two neighbours on the E2M1 grid, the upper one
+    with probability equal to the distance from the lower in units of the step: unbiased."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    magnitude = jnp.abs(v)
+    step = jnp.where(magnitude < 2, 0.5, jnp.where(magnitude < 4, 1.0, 2.0))
+    low = jnp.floor(magnitude / step) * step
+    up = noise < (magnitude - low) / step
+    return jnp.sign(v) * (low + step * up)
+
+
+def _nvfp4_operand(m, role, gemm, parts: NVFP4Parts, key):
+    """NVFP4 of one GEMM operand (blocked along its last axis) with the recipe's parts."""
+    import jax  # lazy: jax loads in ~3 s
+
+    if parts.two_d_weights and role == "kernel":
+        return _nvfp4(m, (HADAMARD_SIZE, HADAMARD_SIZE))
+    if parts.rht_signs is not None and gemm == "wgrad":
+        m = random_hadamard(m, parts.rht_signs)
+    if parts.stochastic_rounding and role == "outputs_grad":
+        if key is None:
+            raise ValueError("NVFP4 stochastic rounding needs a random key")
+        noise = jax.random.uniform(jax.random.fold_in(key, GEMMS.index(gemm)), m.shape)
+        return _nvfp4(m, noise=noise)
+    return _nvfp4(m)
 
 
 def _on_last_axis(recipe, x, *args):
@@ -339,7 +434,7 @@ def qdq_nvfp4(x):
     s_global = amax(x) / (448 * 6) in FP32; s_block = E4M3(amax(block) / 6 / s_global);
     x ~ E2M1(x / (s_block * s_global)) * s_block * s_global. Round to nearest even; TE's
     stochastic rounding of gradients, Hadamard transforms and 16x16 weight blocks are not
-    modelled.
+    modelled here (training has them: `quantize`'s `nvfp4`).
     """
     return _on_last_axis(_nvfp4, x)
 
@@ -370,8 +465,9 @@ def _to_blocked(x, role: str, block_dims: int):
     return matrix, lambda m: m.reshape(shape)
 
 
-def _apply(x, recipe, role, delayed_scale, block_dims, gemm="fprop"):
-    """(dequantized, saturated) of `x` under `recipe` as the given tensor role in `gemm`."""
+def _apply(x, recipe, role, delayed_scale, block_dims, gemm="fprop", nvfp4=None, key=None):
+    """(dequantized, saturated) of `x` under `recipe` as the given tensor role in `gemm`;
+    `nvfp4` (NVFP4Parts) and `key` (a jax random key) only for "nvfp4"."""
     _check(recipe, role)
     if gemm not in GEMMS:
         raise ValueError(f"unknown GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
@@ -392,19 +488,31 @@ def _apply(x, recipe, role, delayed_scale, block_dims, gemm="fprop"):
     elif recipe in ("mxfp8", "mxfp8-floor"):
         result = _mxfp8(matrix, "floor" if recipe == "mxfp8-floor" else "up", fmt)
     else:
-        result = _nvfp4(matrix)
+        result = _nvfp4_operand(matrix, role, gemm, nvfp4 or NVFP4Parts(), key)
     dequantized, saturated = result
     return restore(dequantized), restore(saturated)
 
 
-@_compiled("recipe", "role", "block_dims", "gemm")
-def quantize(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1, gemm="fprop"):
+@_compiled("recipe", "role", "block_dims", "gemm", "nvfp4")
+def quantize(
+    x,
+    recipe: str,
+    role: str,
+    delayed_scale=None,
+    block_dims: int = 1,
+    gemm="fprop",
+    nvfp4: NVFP4Parts | None = None,
+    key=None,
+):
     """`x` quantized under `recipe` as an "inputs", "kernel" or "outputs_grad" tensor, and
     dequantized back (float32, x's shape). `delayed_scale` is needed by "delayed" only;
     `block_dims`: how many axes form the blocked dimension (see the module docstring);
-    `gemm`: the GEMM the operand feeds, which only "rowwise-gw-hp" tells apart (the blocked
-    axes say the rest: a kernel blocked along N for dgrad, inputs along M for wgrad)."""
-    return _apply(x, recipe, role, delayed_scale, block_dims, gemm)[0]
+    `gemm`: the GEMM the operand feeds, which "rowwise-gw-hp" and "nvfp4" tell apart (the
+    blocked axes say the rest: a kernel blocked along N for dgrad, inputs along M for wgrad).
+    `nvfp4`: the NVFP4Parts of a trained "nvfp4" (default: none); `key`: the jax random key
+    its stochastic rounding draws from. With the Hadamard transform a wgrad operand comes
+    back transformed along M: only the product of the two wgrad operands means anything."""
+    return _apply(x, recipe, role, delayed_scale, block_dims, gemm, nvfp4, key)[0]
 
 
 @_compiled("recipe", "role", "block_dims")

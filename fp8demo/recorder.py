@@ -137,6 +137,7 @@ class Recorder(keras.callbacks.Callback):
         self.probe_rows = []  # (step, stats) not yet in the store
         self.recipe_rows = []  # (step, what-if stats per scaling recipe) not yet in the store
         self.second_rows = []  # the same with each tensor in its other GEMM (Probe.second_gemm)
+        self.block_rows = []  # block recipes' block scales (Probe.block_records) not yet stored
         self.recipes = self.probe.recipes if self.probe is not None else ()
         self.fp8_step = 0  # last step whose amax is in the store
         self.last_flush = 0.0
@@ -303,6 +304,9 @@ class Recorder(keras.callbacks.Callback):
             self.store.add_fp8_recipes(self.run_id, self.recipes, self.recipe_rows)
             self.store.add_fp8_recipes(self.run_id, self.recipes, self.second_rows, second=True)
             self.recipe_rows, self.second_rows = [], []
+        if self.block_rows:
+            self.store.add_fp8_blocks(self.run_id, self.block_rows)
+            self.block_rows = []
 
     def report_progress(self, now: float):
         fields = {"epoch": self.epoch + 1, "step": self.step, "elapsed": now - self.started}
@@ -337,6 +341,7 @@ class Recorder(keras.callbacks.Callback):
             if self.recipes:
                 self.recipe_rows.append((self.step, by_recipe))
                 self.second_rows.append((self.step, self.probe.second_gemm))
+                self.block_rows.extend(self.probe.block_records(self.step))
         except Exception as e:  # monitoring must never end a training run
             self.probe = None
             self.store.merge_summary(self.run_id, probe_error=f"{type(e).__name__}: {e}"[:500])

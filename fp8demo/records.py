@@ -61,6 +61,8 @@ class Health:
     result: dict | None  # fp8.health(amax): headroom, overflows …; None without float8 layers
     rows: list[dict]  # fp8.health_summary: one per float8 layer and role
     bf16_layers: list[str] = dataclasses.field(default_factory=list)  # kept in bf16 by config
+    # {layer: step} of the layers a fallback moved to bf16 while training (fallback.py)
+    fallback_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def bf16_layer_names(run) -> list[str]:
@@ -80,24 +82,34 @@ def kept_in_bf16_words(config) -> str | None:
     return f"Kept in bf16 in the float8 runs: {', '.join(names)}."
 
 
+def fallback_steps(run) -> dict[str, int]:
+    """{layer: step} of the layers a fallback moved to bf16 while training, from the run's
+    summary (fallback_events: a layer moves once; the first event counts)."""
+    steps = {}
+    for event in run["summary"].get("fallback_events") or []:
+        steps.setdefault(event["layer"], int(event["step"]))
+    return steps
+
+
 def health(store: Store, run: dict) -> Health:
     """Read a run's amax and probe series and summarise them under its amax history length."""
     layers = float8_layer_names(run)
     amax_steps, amax = store.fp8_amax(run["id"])
     probe_steps, probe_stats = store.fp8_probe(run["id"])
-    kept = bf16_layer_names(run)
+    kept, moved = bf16_layer_names(run), fallback_steps(run)
     if not layers:
-        return Health(layers, amax_steps, amax, probe_steps, probe_stats, None, [], kept)
+        return Health(layers, amax_steps, amax, probe_steps, probe_stats, None, [], kept, moved)
     history_length = run["config"].amax_history_length
     result = fp8.health(amax, history_length=history_length)
     rows = fp8.health_summary(
         amax, layers, history_length, probe_steps, probe_stats, result, amax_steps=amax_steps
     )
-    return Health(layers, amax_steps, amax, probe_steps, probe_stats, result, rows, kept)
+    return Health(layers, amax_steps, amax, probe_steps, probe_stats, result, rows, kept, moved)
 
 
 def bf16_row(layer: str) -> dict:
-    """A health table row for a layer kept in bf16: no float8 tensor, nothing to flag."""
+    """A health table row for a layer kept in bf16: no float8 tensor, nothing to flag (its
+    number cells are None: JSON null, an empty cell on the page)."""
     return {
         "layer": layer,
         "role": "all",
@@ -110,12 +122,31 @@ def bf16_row(layer: str) -> dict:
     }
 
 
+def fallback_format(step: int) -> str:
+    """The format cell of a tensor whose layer a fallback moved to bf16: "bf16 (from step 12)"."""
+    return f"bf16 (from step {step})"
+
+
 def table_rows(summary: Health) -> list[dict]:
     """The health rows with a "bf16" row for each layer kept in bf16, in model order (the
-    float8 rows of a model other than the example's keep theirs, the bf16 rows after them)."""
-    rows = summary.rows + [bf16_row(layer) for layer in summary.bf16_layers]
+    float8 rows of a model other than the example's keep theirs, the bf16 rows after them).
+    The rows of a layer a fallback moved keep their float8 numbers (measured before the move
+    and, by the probe, after it) and say in their format where the layer ended."""
+    moved = summary.fallback_steps
+    rows = [
+        {**r, "format": fallback_format(moved[r["layer"]])} if r["layer"] in moved else r
+        for r in summary.rows
+    ]
+    rows += [bf16_row(layer) for layer in summary.bf16_layers]
     order = {name: k for k, name in enumerate(MODEL_LAYERS)}
     return sorted(rows, key=lambda r: order.get(r["layer"], len(order)))
+
+
+def table_json(summary: Health) -> list[dict]:
+    """table_rows for `health RUN --json`: each row also says since which step its layer
+    computes in bf16 after a fallback (fallback_step; None for the others)."""
+    moved = summary.fallback_steps
+    return [{**r, "fallback_step": moved.get(r["layer"])} for r in table_rows(summary)]
 
 
 def health_summary(store: Store, run: dict) -> list[dict]:
@@ -137,6 +168,7 @@ def health_record(store: Store, run: dict) -> dict:
             "underflow_pct": r.get("underflow %"),
             "at_risk": r["at risk"],
             "dead_since": r["dead since"],
+            "fallback_step": summary.fallback_steps.get(r["layer"]),
         }
         for r in summary.rows
     ]
@@ -179,6 +211,7 @@ def run_record(store: Store, run: dict, tolerance: float = verdicts.TOLERANCE_PO
         "post_training": post_training_records(summary),
         "fp8_health": health_record(store, run) if layers else None,
         "paired_verdict": paired_verdict(store, run, tolerance),
+        "without_fallback": without_fallback_record(store, run),
         "float8_layers": [
             {
                 **layer,
@@ -200,6 +233,97 @@ def paired_verdict(
         return None
     comparison = store.comparison(run["comparison_id"])
     return report.comparison_verdict(store.comparisons(), comparison, run["precision"], tolerance)
+
+
+# -- with and without fallback ----------------------------------------------------------------
+
+
+def fallback_twin(comparisons, comparison) -> dict | None:
+    """The comparison that trained `comparison`'s settings and seed without fallback (one
+    whose runs all finished first, else the earliest), None when there is none or
+    `comparison` has no fallback. Everything else equal: report.settings_key and the seed."""
+    config = comparison["config"]
+    if not config.fallback:
+        return None
+    key = report.settings_key(dataclasses.replace(config, fallback=""))
+    twins = [
+        c
+        for c in comparisons
+        if not c["config"].fallback
+        and c["config"].seed == config.seed
+        and report.settings_key(c["config"]) == key
+    ]
+    finished = [c for c in twins if all(r["status"] == "finished" for r in c["runs"])]
+    return min(finished or twins, key=lambda c: c["id"], default=None)
+
+
+def without_fallback(comparisons, comparison, precision: str) -> dict | None:
+    """What fallback bought `precision` in `comparison`: {comparison_id (the twin trained
+    without fallback), test_accuracy (its `precision` run's, None until it finished),
+    difference (with − without, points of test accuracy; None until both finished)}; None
+    without a twin or for a precision that is no float8 one."""
+    twin = fallback_twin(comparisons, comparison)
+    if twin is None or precision not in FLOAT8_PRECISIONS:
+        return None
+    accuracy_with = finished_accuracy(comparison, precision)
+    accuracy_without = finished_accuracy(twin, precision)
+    both = accuracy_with is not None and accuracy_without is not None
+    return {
+        "comparison_id": twin["id"],
+        "test_accuracy": accuracy_without,
+        "difference": (accuracy_with - accuracy_without) * 100 if both else None,
+    }
+
+
+def finished_accuracy(comparison, precision: str) -> float | None:
+    """The test accuracy of the comparison's `precision` run once it finished, else None."""
+    run = next((r for r in comparison["runs"] if r["precision"] == precision), None)
+    return run["test_accuracy"] if run and run["status"] == "finished" else None
+
+
+def without_fallback_record(store: Store, run: dict) -> dict | None:
+    """without_fallback of a float8 run trained with fallback (`show --json`), else None."""
+    if not run["config"].fallback or run["precision"] not in FLOAT8_PRECISIONS:
+        return None
+    comparisons = store.comparisons()
+    comparison = next(c for c in comparisons if c["id"] == run["comparison_id"])
+    return without_fallback(comparisons, comparison, run["precision"])
+
+
+def twin_config(config):
+    """The settings of a fallback comparison's twin: the same, seed included, without it."""
+    return dataclasses.replace(config, fallback="")
+
+
+# -- sweeps and runs a user's script recorded -------------------------------------------------
+
+
+def trial_verdicts(
+    store: Store, trials, tolerance: float = verdicts.TOLERANCE_POINTS
+) -> dict[int, dict | None]:
+    """{trial number: the fp8 − bf16 paired verdict of its comparison's settings} for sweep
+    trials ({"number", "comparison_id"}, as sweep.trial_rows gives them): over every seed
+    those settings were trained with, so one trial alone is "inconclusive"; None for a trial
+    without a finished pair."""
+    comparisons = store.comparisons()
+    by_id = {c["id"]: c for c in comparisons}
+    return {
+        t["number"]: (
+            report.comparison_verdict(comparisons, by_id[t["comparison_id"]], "fp8", tolerance)
+            if t["comparison_id"] in by_id
+            else None
+        )
+        for t in trials
+    }
+
+
+MONITOR_SOURCE = "monitor"  # monitor.SOURCE, spelled here: importing monitor loads Keras
+
+
+def recorded_by_monitor(comparison) -> bool:
+    """Whether a user's own script recorded the comparison's runs (FP8Monitor): the engine
+    cannot train its model again, so it has no repeats, twins or other engine-only actions."""
+    return any(r["summary"].get("source") == MONITOR_SOURCE for r in comparison["runs"])
 
 
 def best_epoch_record(summary: dict) -> dict | None:

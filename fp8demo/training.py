@@ -281,6 +281,8 @@ def build_model(store: Store, run_id: int, config, precision: str):
         fp8_layers=fp8.describe_layers(model),
         fp8_before=fp8.variables_summary(layers),
     )
+    if parts := model_lib.recipe_parts(model):  # an nvfp4 run: which of its parts were on
+        store.merge_summary(run_id, nvfp4_parts=parts)
     return model, layers, params
 
 

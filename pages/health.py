@@ -18,7 +18,17 @@ import dataclasses
 import pandas as pd
 import streamlit as st
 
-from fp8demo import charts, fp8, fp8_charts, launcher, prescription, probe, recipes, records
+from fp8demo import (
+    block_scales,
+    charts,
+    fp8,
+    fp8_charts,
+    launcher,
+    prescription,
+    probe,
+    recipes,
+    records,
+)
 from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, ConfigError
 from fp8demo.fp8 import ROLES
 from fp8demo.store import StoreError
@@ -38,6 +48,7 @@ def health_view(store, run, refreshing):
     summary_table(run, health)
     tensor_figures(health)
     recipe_section(store, run, health.layers)
+    block_section(store, run, health.layers)
     bands_section(store, run, health)
 
 
@@ -57,6 +68,7 @@ def summary_table(run, health: records.Health):
         pd.DataFrame(records.table_rows(health)),
         hide_index=True,
         width="stretch",
+        placeholder="",  # a bf16 row has no float8 numbers: empty cells, not "None"
         column_config={
             "min headroom": st.column_config.NumberColumn(format="%.2f"),
             "median headroom": st.column_config.NumberColumn(format="%.2f"),
@@ -273,6 +285,93 @@ def recipe_section(store, run, layers):
             st.markdown(f"- **{name}**: {recipes.RECIPE_HELP.get(name, '')}.")
         for name, text in recipes.STATISTICS_HELP.items():
             st.markdown(f"- **{name}**: {text}.")
+
+
+def block_section(store, run, layers):
+    """The block recipes' block scales at the latest probe: the histogram of one tensor's
+    scales in one GEMM under one recipe, its worst blocks, and the worst block of every tensor."""
+    st.subheader("Block scales")
+    rows = store.fp8_blocks(run["id"])
+    if not rows:
+        st.caption(
+            "No block scales for this run: they are measured at each probe"
+            + (" (the probe is off)." if run["config"].probe_every == 0 else ".")
+        )
+        return
+    st.caption(
+        "Block recipes give every block of values its own scale along the axis the GEMM "
+        "contracts. The spread of those scales and the blocks that lose most (lowest SNR) "
+        "show where a block recipe struggles."
+    )
+    c = st.columns(3)
+    layer, role = c[0].selectbox(
+        "Tensor",
+        [(name, role) for name in layers for role in ROLES],
+        format_func=lambda t: f"{t[0]} · {charts.ROLE_TITLES[t[1]]}",
+        key="block_tensor",
+    )
+    gemms = recipes.ROLE_GEMMS[role]
+    chosen = st.session_state.get("recipe_gemm")  # the what-if's GEMM, when this tensor feeds it
+    gemm = c[1].radio(
+        "GEMM",
+        gemms,
+        index=gemms.index(chosen) if chosen in gemms else 0,
+        horizontal=True,
+        key=f"block_gemm_{role}",
+        help="The two GEMMs this tensor feeds; each blocks it along its own contraction axis.",
+    )
+    names = [n for n in block_scales.BLOCK_RECIPES if any(r["recipe"] == n for r in rows)]
+    own = RECIPE_PRECISIONS.get(run["precision"])  # the run's own recipe first, if it has blocks
+    recipe = c[2].selectbox(
+        "Recipe", names, index=names.index(own) if own in names else 0, key="block_recipe"
+    )
+    st.caption(f"At the limit, for {recipe}: {block_scales.LIMIT_HELP[recipe]}.")
+    tensor = f"{layer} · {charts.ROLE_TITLES[role]}"
+    row = next(
+        (
+            r
+            for r in rows
+            if (r["layer"], r["role"], r["gemm"], r["recipe"]) == (layer, role, gemm, recipe)
+        ),
+        None,
+    )
+    if row is None:
+        st.caption(f"No block scales of {tensor} in {gemm} under {recipe} at this probe.")
+    else:
+        common.plot(
+            fp8_charts.block_scale_histogram(
+                row["details"]["histogram"], recipe, tensor, row["step"]
+            ),
+            key="block-scales",
+        )
+        if row["details"]["worst"]:
+            st.markdown(f"**Worst blocks of {tensor} in {gemm}**")
+            st.table(pd.DataFrame(worst_block_rows([row])))
+        else:
+            st.caption(f"Every block of {tensor} in {gemm} quantizes exactly under {recipe}.")
+    with st.expander(f"The worst block of every tensor under {recipe}", expanded=False):
+        same = [r for r in rows if r["recipe"] == recipe and r["details"]["worst"]]
+        same.sort(key=lambda r: r["details"]["worst"][0][2])
+        st.table(pd.DataFrame(worst_block_rows(same, first_only=True)))
+
+
+def worst_block_rows(rows, first_only: bool = False) -> list[dict]:
+    """Table rows naming the worst blocks of stored block rows: tensor, GEMM, block, SNR."""
+    table = []
+    for r in rows:
+        for block_row, block_column, snr in r["details"]["worst"][: 1 if first_only else None]:
+            table.append(
+                {
+                    "tensor": f"{r['layer']} · {charts.ROLE_TITLES[r['role']]}",
+                    "GEMM": r["gemm"],
+                    "block": block_scales.block_words(
+                        r["recipe"], r["role"], (block_row, block_column)
+                    ),
+                    "SNR dB": round(snr, 1),
+                    "limit %": None if r["limit_share"] is None else 100 * r["limit_share"],
+                }
+            )
+    return table
 
 
 def same_but_history(a, b) -> bool:

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from fp8demo import charts, compiled, device, launcher, records, report, verdicts
-from fp8demo.config import RECIPE_PRECISIONS, ConfigError, TrainConfig
+from fp8demo.config import FLOAT8_PRECISIONS, RECIPE_PRECISIONS, ConfigError, TrainConfig
 from fp8demo.store import StoreError
 from fp8demo.tensorboard_export import export_zip
 from pages import common
@@ -143,6 +143,14 @@ VERDICT_ICONS = {
 }
 
 
+# The engine cannot train a user's own model again: its repeats are the user's to run.
+MONITOR_REPEATS = (
+    "Recorded by your own script (FP8Monitor): the dashboard cannot train your model "
+    "again, so it offers no repeats over seeds; this verdict is over the runs your script "
+    "recorded."
+)
+
+
 def comparison_verdicts(comparisons, comparison, tolerance: float) -> dict:
     """{float8 precision: its verdict against bf16} over the seeds of the comparison's
     settings (report.comparison_verdict), for the precisions with a seed finished."""
@@ -185,6 +193,9 @@ def verdict_panel(store, comparison, comparisons, found: dict):
             "Over every finished comparison with these settings and another seed (a paired "
             "Student-t interval of the per-seed differences); one seed has no interval."
         )
+    if records.recorded_by_monitor(comparison):
+        st.caption(MONITOR_REPEATS)
+        return
     more = [v["more_seeds"] for v in found.values() if v.get("more_seeds")]
     repeat_button(store, comparison, comparisons, max(more) if more else 2)
 
@@ -214,6 +225,84 @@ def repeat_button(store, comparison, comparisons, suggested: int):
         st.error(str(e))
         return
     st.toast(f"Queued comparisons #{ids[0]}–#{ids[-1]} (seeds {first}…{first + len(ids) - 1}).")
+
+
+# -- with and without fallback: what moving layers to bf16 bought -----------------------------
+
+
+def fallback_section(store, comparison, comparisons):
+    """For a comparison trained with --fallback: each float8 run's test accuracy with and
+    without it (the twin: same settings and seed, no fallback), the layers it moved, and a
+    button training the twin when there is none."""
+    float8 = [r for r in comparison["runs"] if r["precision"] in FLOAT8_PRECISIONS]
+    if not comparison["config"].fallback or not float8:
+        return
+    st.markdown(f"**What fallback bought** (`{comparison['config'].fallback}`)")
+    twin = records.fallback_twin(comparisons, comparison)
+    if twin is None:
+        st.caption(
+            "No comparison of the same settings and seed without fallback yet: train one to "
+            "see what moving layers to bf16 changed."
+        )
+        twin_button(store, comparison)
+    for run in float8:
+        if twin is not None:
+            st.markdown(
+                fallback_words(
+                    run, records.without_fallback(comparisons, comparison, run["precision"])
+                )
+            )
+        moved_layers_table(run)
+
+
+def fallback_words(run, found: dict) -> str:
+    """One line: "fp8: 81.20 % with fallback, 80.70 % without (comparison #7, same seed):
+    +0.50 points." (or what is still training)."""
+    p, twin = run["precision"], f"comparison #{found['comparison_id']}, same seed"
+    if found["difference"] is None:
+        return f"{p}: compared with {twin} once both {p} runs have finished."
+    return (
+        f"{p}: {common.fmt_pct(run['test_accuracy'])} with fallback, "
+        f"{common.fmt_pct(found['test_accuracy'])} without ({twin}): "
+        f"{found['difference']:+.2f} points (one seed: a hint, not a verdict)."
+    )
+
+
+def moved_layers_table(run):
+    """The layers the run's fallback moved to bf16: step, layer, tensor, threshold, value."""
+    events = run["summary"].get("fallback_events") or []
+    if not events:
+        done = run["status"] == "finished"
+        st.caption(f"{run['precision']}: no layer {'was' if done else 'has been'} moved to bf16.")
+        return
+    st.caption(f"{run['precision']}: {run['summary'].get('fallback_summary') or ''}")
+    st.dataframe(
+        pd.DataFrame(events).rename(columns={"role": "tensor", "reason": "threshold crossed"}),
+        hide_index=True,
+        width="stretch",
+        column_config={"value": st.column_config.NumberColumn(format="%.4g")},
+    )
+
+
+def twin_button(store, comparison):
+    """Queue the comparison's settings and seed without fallback (protected like launching)."""
+    allowed = common.can_control()
+    if not st.button(
+        "Train the same without fallback",
+        key=f"fallback_twin_{comparison['id']}",
+        disabled=not allowed,
+        help=common.LOCKED_HELP
+        if not allowed
+        else f"Queues these settings with seed {comparison['config'].seed} and no fallback.",
+    ):
+        return
+    label = f"#{comparison['id']} without fallback"
+    try:
+        (cid,) = launcher.launch_repeats(records.twin_config(comparison["config"]), 1, store, label)
+    except (ConfigError, StoreError) as e:
+        st.error(str(e))
+        return
+    st.toast(f"Queued comparison #{cid}: the same settings and seed without fallback.")
 
 
 def weights_reader(path):
@@ -454,14 +543,12 @@ def detail(store, comparison, comparisons):
     st.caption(f"Settings: {common.fmt_settings(comparison['config'])}")
     if kept := records.kept_in_bf16_words(comparison["config"]):
         st.caption(kept)
-    for run in runs:
-        if moved := (run.get("summary") or {}).get("fallback_summary"):
-            st.caption(f"{run['precision']}: {moved}")
     if comparison.get("group_id"):
         repeats_summary(store, comparison)
     found = comparison_verdicts(comparisons, comparison, verdict_tolerance())
     accuracy_metrics(runs, found)
     verdict_panel(store, comparison, comparisons, found)
+    fallback_section(store, comparison, comparisons)
     st.dataframe(
         run_rows(runs),
         hide_index=True,

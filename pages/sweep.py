@@ -11,7 +11,7 @@ import dataclasses
 
 import streamlit as st
 
-from fp8demo import sweep, sweep_charts
+from fp8demo import records, sweep, sweep_charts, verdicts
 from fp8demo.charts import PLOTLY_CONFIG
 from fp8demo.config import (
     EXAMPLE,
@@ -52,6 +52,12 @@ TRIAL_PAGES = [
     ("pages/health.py", "FP8 health", ":material/health_and_safety:"),
     ("pages/predict.py", "Predict", ":material/chat:"),
 ]
+VERDICT_ICONS = {  # neutral icons: a verdict is never drawn red or green here
+    "equivalent": ":material/check_circle:",
+    "better": ":material/arrow_upward:",
+    "worse": ":material/arrow_downward:",
+    "inconclusive": ":material/help:",
+}
 STATE_ICONS = {
     "running": ":material/play_circle:",
     "complete": ":material/check_circle:",
@@ -334,7 +340,14 @@ def pick_sweep(listed: list[dict]) -> int:
     return sweep_id
 
 
-def trials_table(rows: list[dict], params: list[str]):
+def verdict_cell(verdict: dict | None) -> str:
+    """A trial's verdict in words, plain text (a one-seed trial is "inconclusive — run N more
+    seeds", never coloured); empty before its pair finished."""
+    return verdicts.verdict_words(verdict) if verdict else ""
+
+
+def trials_table(rows: list[dict], params: list[str], found: dict):
+    """One row per trial; `found`: {trial number: its verdict} (records.trial_verdicts)."""
     table = [
         {
             "trial": r["number"],
@@ -346,6 +359,7 @@ def trials_table(rows: list[dict], params: list[str]):
             "fp8 − bf16": r["fp8_minus_bf16"],
             "bf16 test": r["bf16_test_accuracy"],
             "fp8 test": r["fp8_test_accuracy"],
+            "verdict (test, over seeds)": verdict_cell(found.get(r["number"])),
             "comparison": r["comparison_id"],
             "why": r["reason"] or "",
         }
@@ -384,7 +398,7 @@ def trials_view(store, sweep_id: int, params: list[str], refreshing: bool):
         signature(rows) != st.session_state.get("sweep_signature") or state != "running"
     ):
         st.rerun()
-    trials_table(rows, params)
+    trials_table(rows, params, records.trial_verdicts(store, rows))
     for run in sweep.active_runs(store, sweep_id):
         what = common.progress_text(run) if run["status"] == "running" else "waiting"
         st.caption(
@@ -487,6 +501,23 @@ def trial_links(rows, best: int | None):
         col.page_link(path, label=title, icon=icon, query_params={"comparison": cid})
 
 
+def best_verdict(store, row: dict):
+    """The best trial's fp8 − bf16 verdict over the seeds its settings have, and what a
+    decision needs: one trial is one seed, so a sweep's best is a lead, not a finding."""
+    verdict = records.trial_verdicts(store, [row])[row["number"]]
+    if verdict is None:
+        return
+    line = verdicts.verdict_line(verdict)
+    st.markdown(f"{VERDICT_ICONS[verdict['verdict']]} Its verdict on the test split: {line}")
+    if verdict["verdict"] == "inconclusive":
+        more = verdict.get("more_seeds")
+        need = f"about {more} more seed{'s' if more != 1 else ''}" if more else "many more seeds"
+        st.caption(
+            f"A decision needs {need} of these settings (estimated from the spread seen): "
+            "pick the trial below, open Results and repeat it over more seeds."
+        )
+
+
 def cancel(store, sweep_id):
     try:
         sweep.cancel_sweep(store, sweep_id)
@@ -549,6 +580,7 @@ def sweep_view(store, listed: dict):
             f"{listed['best_value']:.4f} with {settings} (comparison #{row['comparison_id']}).",
             icon=":material/trophy:",
         )
+        best_verdict(store, row)
     refreshing = state == "running"
     st.session_state["sweep_signature"] = signature(rows)
     st.subheader("Trials")

@@ -202,7 +202,9 @@ def runs_and_data_settings():
         "scales as Keras does (delayed, from an amax history); fp8-current, fp8-rowwise, "
         "fp8-block128 and mxfp8 quantize each matmul's operands with the scaling recipe "
         "they name, as Transformer Engine and torchao do; fp8-rowwise-gw-hp is torchao's "
-        "rowwise with the weight-gradient matmul in bf16.",
+        "rowwise with the weight-gradient matmul in bf16; nvfp4 is NVIDIA's 4-bit recipe, "
+        "its parts switchable under Advanced. The NVFP4 paper keeps about 15 % of the linear "
+        "layers in bf16: 'Layers kept in bf16' (Advanced) does that.",
     )
     c[1].text_input(
         "Data source",
@@ -297,6 +299,39 @@ def advanced_settings():
             "histories. FP8 health's suggested policy names candidates. The head is also "
             "kept in bf16 when 'Quantize the sigmoid head too' is off.",
         )
+    if "nvfp4" in (st.session_state.get("precisions") or ()):
+        nvfp4_settings()
+
+
+def nvfp4_settings():
+    """The three switchable parts of NVIDIA's NVFP4 recipe (arXiv 2509.25149), on as in the
+    paper; switching one off ablates it."""
+    st.caption(
+        "nvfp4: the parts of NVIDIA's recipe (all on as in the paper; switch one off to see "
+        "what it does). The paper also keeps about 15 % of the linear layers in bf16: pick "
+        "them in 'Layers kept in bf16' above."
+    )
+    c = st.columns(3)
+    c[0].checkbox(
+        "16x16 weight blocks",
+        key="nvfp4_2d_weights",
+        help="Kernels quantized in 16x16 blocks instead of 1x16, so the weight and its "
+        "transpose (forward and input-gradient matmuls) quantize to the same values.",
+    )
+    c[1].checkbox(
+        "Random Hadamard transform",
+        key="nvfp4_rht",
+        help="A 16x16 random Hadamard transform (signs from the seed) on both operands of "
+        "the weight-gradient matmul, spreading outliers over their block; it cancels in "
+        "the product.",
+    )
+    c[2].checkbox(
+        "Stochastic rounding",
+        key="nvfp4_stochastic_rounding",
+        help="Output gradients rounded up or down at random, in proportion to the distance, "
+        "so rounding is unbiased on average; the numbers come from the seed and the step, "
+        "so a rerun is identical.",
+    )
 
 
 def show_tokenizer_preview(config: TrainConfig):
@@ -414,7 +449,7 @@ if not problems:
             "if XLA runs the float8 layers as FP8 GEMMs. After its fit, each float8 run says "
             "how many of its matmuls did (Live card, Results), and Results compares the training "
             "speed of fp8 with bf16 (and of every other precision). Row- and block-scaled "
-            "recipes (fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8) are emulated: "
+            "recipes (fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8, nvfp4) are emulated: "
             "numerics, not speed."
             + (
                 " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."

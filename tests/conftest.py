@@ -171,12 +171,30 @@ def pytest_generate_tests(metafunc):
 E2E_FIXTURES = {"home", "browser", "server", "hosts", "six"}
 
 
+# The test files that take longest, longest first (summed test time of a clean run). The
+# two processes take whole files (pytest.ini: --dist loadfile) in collection order: started
+# first, the long files overlap the many short ones instead of ending the run alone.
+LONGEST_FILES = [
+    "test_worker.py",
+    "test_browser.py",
+    "test_bad_inputs.py",
+    "test_recipe_training.py",
+    "test_sweep.py",
+    "test_cli.py",
+    "test_monitor.py",
+    "test_pages.py",
+    "test_pool.py",
+]
+
+
 def pytest_collection_modifyitems(items):
     """Mark e2e every test that takes an end-to-end fixture (a module or a test may also be
-    marked by hand): `pytest -m "not e2e"` is the fast loop."""
+    marked by hand): `pytest -m "not e2e"` is the fast loop. Then the longest files first."""
     for item in items:
         if E2E_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.e2e)
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep order
 
 
 def train_comparison(home, imdb_folder, config, texts) -> dict:

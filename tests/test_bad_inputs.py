@@ -25,7 +25,7 @@ from fp8demo.store import SCHEMA_VERSION, Store, StoreError
 
 CHOOSE_PRECISION = (
     "choose from bf16, fp8, fp8-current, fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8, "
-    "float32."
+    "nvfp4, float32."
 )
 LAYOUT = "expected the aclImdb layout (train/pos, train/neg, test/pos, test/neg)."
 VOCAB_WHY = (

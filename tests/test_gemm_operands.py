@@ -203,7 +203,7 @@ def differs(actual, expected) -> bool:
 
 
 @pytest.mark.parametrize("name", LAYERS)
-@pytest.mark.parametrize("recipe", model_lib.RECIPES)
+@pytest.mark.parametrize("recipe", [r for r in model_lib.RECIPES if r != "nvfp4"])  # test_nvfp4
 def test_each_gemm_quantizes_its_operands_as_the_reference(recipe, name):
     equation, input_shape, kernel_shape, grad_shape = LAYERS[name]
     rng = np.random.default_rng(len(name))

@@ -88,7 +88,7 @@ def test_a_schema_7_store_migrates_and_still_shows_its_rows(store, tmp_path):
 
     reopened = Store(tmp_path / "another home", url=store.url)
     assert "fp8_recipes_second" in raw.tables()
-    assert raw.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "8"
+    assert raw.execute("SELECT value FROM meta").fetchone()[0] == str(SCHEMA_VERSION) == "9"
     rows = _health_json(reopened, run_id, tmp_path)
     # Recorded before the second GEMM was kept: per-tensor recipes repeat their first GEMM's
     # numbers (they quantize a tensor the same in both), block recipes show the first only.

@@ -221,7 +221,7 @@ def test_cli_accepts_recipe_precisions_and_refuses_unknown_ones():
         cli.config_from_args(args)
     assert str(refused.value) == (
         "Unknown precision fp8-block64: choose from bf16, fp8, fp8-current, fp8-rowwise, "
-        "fp8-rowwise-gw-hp, fp8-block128, mxfp8, float32."
+        "fp8-rowwise-gw-hp, fp8-block128, mxfp8, nvfp4, float32."
     )
 
 

@@ -307,7 +307,7 @@ def test_e8m0_scale_rounds_up_or_down():
     up = [1, 2, 2, 2, 2.0**-9, 2.0**-8, 2.0**-8, 2.0**-126, 2.0**120, 1]
     floor = [1, 1, 1, 2, 2.0**-9, 2.0**-9, 2.0**-8, 2.0**-126, 2.0**119, 1]
     for rounding, expected in (("up", up), ("floor", floor)):
-        scale = np.asarray(recipes._power_of_two_scale(amax, E4M3, rounding))
+        scale = np.asarray(recipes.power_of_two_scale(amax, E4M3, rounding))
         np.testing.assert_array_equal(scale, np.array(expected, np.float32))
         reference = [power_of_two_rule(E4M3, rounding)(float(a)) for a in amax]
         np.testing.assert_array_equal(scale, np.array(reference, np.float32))

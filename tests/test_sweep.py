@@ -200,7 +200,8 @@ def test_a_sweep_over_lr_completes_some_trials_and_prunes_those_that_cannot_lear
         "complete",
     )
     trials = record["trials"]
-    assert all(list(t) == ["number", "state", "params", "value", "comparison_id"] for t in trials)
+    keys = ["number", "state", "params", "value", "comparison_id", "verdict"]
+    assert all(list(t) == keys for t in trials)
     assert [t["params"] for t in trials] == [{"lr": lr} for lr in (1e-3, 3e-3, 1e-9, 1e-8)]
     assert [t["state"] for t in trials] == ["complete", "complete", "pruned", "pruned"]
     learned = [t["value"] for t in trials[:2]]

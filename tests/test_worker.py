@@ -217,6 +217,7 @@ def test_cancel_while_compiling_or_evaluating_ends_the_run_promptly(home, phase)
         precisions=("fp8",),
         ptq=False,
         vocab_method="fast",
+        probe_every=0,  # the probe's compilation would only lengthen the phase waited out
     )
     run_id = store.runs(launcher.launch(config, store))[0]["id"]
     asked = cancel_on_phase(store, run_id, phase)

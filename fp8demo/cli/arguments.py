@@ -121,7 +121,18 @@ def add_health_command(commands):
         "null when quantization was exact (SNR +inf)",
     )
     health.add_argument(
-        "--all-probes", action="store_true", help="with --recipes: every probe, not the latest"
+        "--blocks",
+        action="store_true",
+        help="instead: the block scales of block128, mxfp8, mxfp8-floor and nvfp4 for every "
+        "float8 tensor in both GEMMs that use it, at the latest probe; with --json, rows of "
+        "layer, role, recipe, gemm, step, scale_log2_min, scale_log2_max, scale_log2_std, "
+        "worst_block_snr_db (null: every block exact), limit_share, worst_block ([block row, "
+        "block column] or null)",
+    )
+    health.add_argument(
+        "--all-probes",
+        action="store_true",
+        help="with --recipes or --blocks: every probe, not the latest",
     )
     health.add_argument(
         "--suggest",

@@ -2,7 +2,7 @@
 
 import json
 
-from fp8demo import fp8, post_training, probe, recipes, records, sweep, verdicts
+from fp8demo import block_scales, fp8, post_training, probe, recipes, records, sweep, verdicts
 from fp8demo.records import RUN_FIELDS
 from fp8demo.store import Store
 
@@ -162,6 +162,9 @@ def print_sweep(store: Store, sweep_id):
         f"\nbest: trial {best}, {record['objective']} {row['value']:.4f} with "
         f"{params_text(row['params'])} (comparison {row['comparison_id']})"
     )
+    verdict = records.trial_verdicts(store, [row])[best]
+    if verdict:
+        print(f"verdict: {verdicts.verdict_line(verdict)}")
 
 
 # -- fp8 health -------------------------------------------------------------------------------
@@ -173,13 +176,16 @@ def number(value, spec: str) -> str:
 
 def print_health(health: records.Health):
     """The health table (one row per float8 tensor), the dead tensors in words, the probe."""
+    rows = records.table_rows(health)
+    width = max([7] + [len(r["format"]) + 1 for r in rows])  # "bf16 (from step 12)" too
     print(
-        f"{'layer':<40}{'role':<13}{'format':<7}{'overflows':>10}{'min hr':>8}"
+        f"{'layer':<40}{'role':<13}{'format':<{width}}{'overflows':>10}{'min hr':>8}"
         f"{'median hr':>10}{'sat %':>8}{'under %':>9}  risk"
     )
-    for r in records.table_rows(health):
+    for r in rows:
         print(
-            f"{r['layer']:<40}{r['role']:<13}{r['format']:<7}{number(r['overflows'], 'd'):>10}"
+            f"{r['layer']:<40}{r['role']:<13}{r['format']:<{width}}"
+            f"{number(r['overflows'], 'd'):>10}"
             f"{number(r['min headroom'], '.2f'):>8}{number(r['median headroom'], '.2f'):>10}"
             f"{number(r.get('saturation %'), '.3g'):>8}{number(r.get('underflow %'), '.3g'):>9}"
             f"  {'AT RISK' if r['at risk'] else ''}"
@@ -224,3 +230,37 @@ def print_recipes(steps, names: list[str], stats, layers: list[str]):
         print(f"{name}: {recipes.RECIPE_HELP.get(name, '')}")
     for name, text in recipes.STATISTICS_HELP.items():
         print(f"{name}: {text}")
+
+
+def print_blocks(rows: list[dict]):
+    """Store.fp8_blocks' rows as a table (log2 block scales, limit share, worst block), then
+    what each recipe's limit and each statistic mean."""
+    print(f"Block scales on the probe batch (probe at step {rows[-1]['step']}; log2 of scales):")
+    print(
+        f"{'layer':<40}{'role':<13}{'gemm':<7}{'recipe':<12}{'min':>7}{'max':>7}{'std':>6}"
+        f"{'limit %':>9}{'worst SNR':>11}  worst block"
+    )
+    for r in rows:
+        worst = r["details"]["worst"]
+        where = block_scales.block_words(r["recipe"], r["role"], worst[0][:2]) if worst else "-"
+        limit = None if r["limit_share"] is None else 100 * r["limit_share"]
+        print(
+            f"{r['layer']:<40}{r['role']:<13}{r['gemm']:<7}{r['recipe']:<12}"
+            f"{number(r['scale_log2_min'], '.1f'):>7}{number(r['scale_log2_max'], '.1f'):>7}"
+            f"{number(r['scale_log2_std'], '.2f'):>6}{number(limit, '.3g'):>9}"
+            f"{probe.snr_words(_worst_snr(r)):>11}  {where}"
+        )
+    print()
+    for name, text in block_scales.STATISTICS_HELP.items():
+        print(f"{name}: {text}")
+    for name, text in block_scales.LIMIT_HELP.items():
+        print(f"limit of {name}: {text}")
+    print("Blocks are numbered on each tensor as its GEMM blocks it, the blocked axis last.")
+
+
+def _worst_snr(row: dict) -> float:
+    """A stored row's worst-block SNR; None there means every block was exact (+inf), or no
+    block held a nonzero value (NaN: no limit share either)."""
+    if row["worst_block_snr_db"] is not None:
+        return row["worst_block_snr_db"]
+    return float("nan") if row["limit_share"] is None else float("inf")

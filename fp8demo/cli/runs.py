@@ -4,9 +4,19 @@ import json
 import sys
 import time
 
-from fp8demo import fp8, launcher, post_training, prescription, probe, records, report
+from fp8demo import (
+    block_scales,
+    fp8,
+    launcher,
+    post_training,
+    prescription,
+    probe,
+    records,
+    report,
+)
 from fp8demo.cli.arguments import CliError, config_from_args
 from fp8demo.cli.output import (
+    print_blocks,
     print_health,
     print_recipes,
     print_replay,
@@ -219,16 +229,18 @@ def cmd_health(args, store: Store) -> int:
         raise CliError(f"Run {run['id']} ({run['precision']}) has no float8 layers.")
     if args.recipes and args.suggest:
         raise CliError("--recipes and --suggest are separate views: ask for one at a time.")
+    if args.blocks:
+        return health_blocks(args, store, run)
     if args.recipes:
         return health_recipes(args, store, run, layers)
     if args.suggest:
         return health_suggest(args, store, run)
     if args.all_probes:
-        raise CliError("--all-probes goes with --recipes.")
+        raise CliError("--all-probes goes with --recipes or --blocks.")
     health = records.health(store, run)
     replay = fp8.history_length_effect(health.amax) if args.replay else None
     if args.json:
-        rows = records.table_rows(health)
+        rows = records.table_json(health)
         print(json.dumps({"tensors": rows, "replay": replay} if args.replay else rows, indent=2))
         return 0
     print_health(health)
@@ -305,4 +317,26 @@ def health_recipes(args, store: Store, run: dict, layers: list) -> int:
         print(json.dumps(rows, indent=2))
         return 0
     print_recipes(steps, names, stats, layers)
+    return 0
+
+
+def health_blocks(args, store: Store, run: dict) -> int:
+    """The block recipes' block scales of every float8 tensor and GEMM: JSON rows or a table."""
+    if args.recipes or args.suggest or args.replay:
+        raise CliError("--blocks is a view of its own: ask for one view at a time.")
+    rows = store.fp8_blocks(run["id"], all_probes=args.all_probes)
+    if not rows:
+        raise CliError(
+            f"Run {run['id']} has no block-scale statistics"
+            + (
+                " (its probe was off: probe every 0 steps)."
+                if run["config"].probe_every == 0
+                else " yet: they are recorded at each probe (runs recorded before store "
+                "schema 9 have none)."
+            )
+        )
+    if args.json:
+        print(json.dumps([block_scales.json_row(r) for r in rows], indent=2))
+        return 0
+    print_blocks(rows)
     return 0

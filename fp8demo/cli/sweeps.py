@@ -4,7 +4,7 @@ import json
 import sys
 import time
 
-from fp8demo import launcher, sweep
+from fp8demo import launcher, records, sweep
 from fp8demo.cli.arguments import CliError, config_from_args
 from fp8demo.cli.output import print_sweep, progress_line, trial_line
 from fp8demo.store import Store
@@ -67,7 +67,7 @@ def cmd_sweep(args, store: Store) -> int:
         )
         return 130
     if args.json:
-        print(json.dumps(sweep.sweep_record(store, sweep_id), indent=2))
+        print(json.dumps(sweep_json(store, sweep_id), indent=2))
     else:
         print()
         print_sweep(store, sweep_id)
@@ -102,7 +102,18 @@ def cmd_sweeps(args, store: Store) -> int:
         sweep.resume_sweep(store, sweep_id)
         print(f"sweep {sweep_id}: running")
     if args.json:
-        print(json.dumps(sweep.sweep_record(store, sweep_id), indent=2))
+        print(json.dumps(sweep_json(store, sweep_id), indent=2))
     elif not (args.cancel or args.resume):
         print_sweep(store, sweep_id)
     return 0
+
+
+def sweep_json(store: Store, sweep_id) -> dict:
+    """sweep.sweep_record with each trial's fp8 − bf16 verdict over the seeds its settings
+    were trained with (records.trial_verdicts: one seed is "inconclusive"; null before the
+    trial's pair finished)."""
+    record = sweep.sweep_record(store, sweep_id)
+    found = records.trial_verdicts(store, record["trials"])
+    for trial in record["trials"]:
+        trial["verdict"] = found[trial["number"]]
+    return record

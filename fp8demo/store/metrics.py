@@ -1,13 +1,18 @@
 """A run's measurements: per-step and per-epoch metrics, and the fp8 snapshots (amax, scales,
 probes, recipes) stored as float32 arrays, one row per step."""
 
+import json
 import time
 
 import numpy as np
 
+from fp8demo.block_scales import BLOCK_RECIPES
+from fp8demo.block_scales import STATISTICS as BLOCK_STATISTICS
 from fp8demo.database import upsert
 from fp8demo.fp8 import ROLES
-from fp8demo.recipes import RECIPES
+from fp8demo.recipes import GEMMS, RECIPES
+
+BLOCK_KEY = ("layer", "role", "gemm", "recipe")
 
 
 class Metrics:
@@ -154,6 +159,47 @@ class Metrics:
         if not rows:
             return None
         return _recipe_array(rows, [int(s) for s in steps], list(names), n_layers)
+
+    def add_fp8_blocks(self, run_id: int, rows):
+        """rows: block_scales.block_records' dicts (layer, role, gemm, recipe, step, the
+        statistics, details as JSON text)."""
+        columns = ("run_id", "step", *BLOCK_KEY, *BLOCK_STATISTICS, "details")
+        self._conn().executemany(
+            upsert("fp8_blocks", columns, key=("run_id", "step", *BLOCK_KEY)),
+            [
+                (int(run_id), int(r["step"]), *(r[c] for c in BLOCK_KEY))
+                + tuple(_num(r[c]) for c in BLOCK_STATISTICS)
+                + (r["details"],)
+                for r in rows
+            ],
+        )
+
+    def fp8_blocks(self, run_id: int, all_probes: bool = False) -> list[dict]:
+        """The block scales' rows of a run's latest probe (every probe with `all_probes`), in
+        probe, layer (the run's order), role, GEMM and recipe order: layer, role, gemm,
+        recipe, step, the statistics (None: not finite) and details parsed ({"histogram",
+        "worst"}). [] for a run without any (no probe, or recorded before schema 9)."""
+        columns = ("step", *BLOCK_KEY, *BLOCK_STATISTICS, "details")
+        latest = " AND step=(SELECT MAX(step) FROM fp8_blocks WHERE run_id=?)"
+        latest, params = ("", (int(run_id),)) if all_probes else (latest, (int(run_id),) * 2)
+        rows = [
+            dict(zip(columns, r))
+            for r in self._execute(
+                f"SELECT {', '.join(columns)} FROM fp8_blocks WHERE run_id=?{latest}", params
+            ).fetchall()
+        ]
+        layers = [x["name"] for x in self.run(run_id)["summary"].get("fp8_layers", [])]
+        orders = (layers, ROLES, GEMMS, BLOCK_RECIPES)
+
+        def position(row):
+            return (row["step"],) + tuple(
+                order.index(row[c]) if row[c] in order else len(order)
+                for c, order in zip(BLOCK_KEY, orders)
+            )
+
+        for row in rows:
+            row["details"] = json.loads(row["details"])
+        return sorted(rows, key=position)
 
     def _fp8_series(self, table, column, run_id, since_step, extra=()):
         n_layers = len(self.run(run_id)["summary"].get("fp8_layers", []))

@@ -20,6 +20,7 @@ RUN_TABLES = (
     "fp8_probe",
     "fp8_recipes",
     "fp8_recipes_second",
+    "fp8_blocks",
     "artifacts",
     "evaluations",
 )

@@ -6,7 +6,7 @@ same time (database.Database.schema_transaction); a newer one is refused, writte
 from fp8demo import database
 from fp8demo.database import StoreError, upsert
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # Statements that bring a store from schema N to N + 1.
 MIGRATIONS = {
     1: ["ALTER TABLE comparisons ADD COLUMN group_id INTEGER"],  # repeats over seeds
@@ -22,6 +22,7 @@ MIGRATIONS = {
     5: [],  # workers is a new table, created with the others
     6: [],  # so is evaluations (post-training quantization as queued work)
     7: [],  # so is fp8_recipes_second (each tensor's what-if in its other GEMM)
+    8: [],  # so is fp8_blocks (block recipes' block scales per tensor and GEMM)
 }
 
 SCHEMA = """
@@ -120,6 +121,17 @@ CREATE TABLE IF NOT EXISTS fp8_recipes (
 CREATE TABLE IF NOT EXISTS fp8_recipes_second (
     run_id INTEGER NOT NULL, step INTEGER NOT NULL, recipe TEXT NOT NULL, stats BLOB NOT NULL,
     PRIMARY KEY (run_id, step, recipe)
+) WITHOUT ROWID;
+-- One row per probe, float8 tensor, GEMM that uses it and block recipe (block_scales.py): the
+-- statistics of the blocks' log2 scales, the share at the format's limit, the worst block's
+-- SNR (NULL: not finite), and details, JSON {"histogram": {"first", "counts"}, "worst": [[block
+-- row, block column, SNR dB], ...]}.
+CREATE TABLE IF NOT EXISTS fp8_blocks (
+    run_id INTEGER NOT NULL, step INTEGER NOT NULL, layer TEXT NOT NULL, role TEXT NOT NULL,
+    gemm TEXT NOT NULL, recipe TEXT NOT NULL,
+    scale_log2_min REAL, scale_log2_max REAL, scale_log2_std REAL, limit_share REAL,
+    worst_block_snr_db REAL, details TEXT NOT NULL,
+    PRIMARY KEY (run_id, step, layer, role, gemm, recipe)
 ) WITHOUT ROWID;
 -- The live workers of every host (worker.py): a sweep keeps one trial per worker active.
 CREATE TABLE IF NOT EXISTS workers (
