@@ -101,6 +101,14 @@ def blocked_matrix(x, letters: str, blocked: str, leading: bool):
     return x.reshape((k, -1) if leading else (-1, k))
 
 
+def same_shape_groups(matrices) -> list[list[int]]:
+    """Indices of the matrices grouped by shape, for stacking each group without padding."""
+    groups: dict[tuple, list[int]] = {}
+    for i, m in enumerate(matrices):
+        groups.setdefault(tuple(m.shape), []).append(i)
+    return list(groups.values())
+
+
 def recipe_table(matrices, scales, role: str, recipes):
     """[tensors, recipes, (underflow_pct, saturation_pct, snr_db)] of one role's matrices.
 
@@ -119,11 +127,8 @@ def recipe_table(matrices, scales, role: str, recipes):
 
         return jax.vmap(one_tensor)(stacked, stacked_scales)
 
-    by_shape: dict[tuple, list[int]] = {}
-    for i, m in enumerate(matrices):
-        by_shape.setdefault(tuple(m.shape), []).append(i)
     rows = [None] * len(matrices)
-    for indices in by_shape.values():
+    for indices in same_shape_groups(matrices):
         stacked = jnp.stack([jnp.asarray(matrices[i], jnp.float32) for i in indices])
         stacked_scales = jnp.stack([jnp.asarray(scales[i], jnp.float32) for i in indices])
         table = jnp.stack([statistics(r, stacked, stacked_scales) for r in recipes], axis=1)
@@ -144,11 +149,8 @@ def block_table(matrices, role: str, recipes):
     import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
 
-    by_shape: dict[tuple, list[int]] = {}
-    for i, m in enumerate(matrices):
-        by_shape.setdefault(tuple(m.shape), []).append(i)
     per_tensor = [None] * len(matrices)
-    for indices in by_shape.values():
+    for indices in same_shape_groups(matrices):
         stacked = jnp.stack([jnp.asarray(matrices[i], jnp.float32) for i in indices])
         parts = [
             jax.vmap(lambda x, r=recipe: block_scales.block_statistics(x, r, role))(stacked)
