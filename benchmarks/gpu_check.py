@@ -25,6 +25,7 @@ runs where only JAX, keras and keras-hub are installed (benchmarks/gpu_check.sh)
 import argparse
 import io
 import json
+import os
 import re
 import sys
 import tarfile
@@ -73,6 +74,7 @@ def device_info() -> dict:
         "keras": keras.__version__,
         "keras_hub": keras_hub.__version__,
         "python": sys.version.split()[0],
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
     }
     capability = getattr(device, "compute_capability", None)
     if capability:

@@ -5,7 +5,7 @@
 #      a scratch folder on PYTHONPATH. Nothing imports TensorFlow.
 #   2. benchmarks/gpu_check.py: FP8 GEMMs in the compiled training step and bf16 vs fp8 steps/s
 #      for the example, Large and XL models.
-#   3. pytest on the model, float8 state, compiled-step and probe tests.
+#   3. pytest on the model, float8 state, compiled-step, probe, recipe and block-scale tests.
 # Usage: benchmarks/gpu_check.sh OUT_DIR [gpu_check.py flags, e.g. --steps 200, --configs xl]
 #        benchmarks/gpu_check.sh /tmp/x --allow-cpu --tiny   # the whole script on a CPU
 # Environment: PYTHON (default .venv/bin/python, else python3), WHEELS (default .whl),
@@ -25,7 +25,7 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 WHEELS=${WHEELS:-$ROOT/.whl}
 CHECK_TIMEOUT=${CHECK_TIMEOUT:-300}
-TESTS_TIMEOUT=${TESTS_TIMEOUT:-150}
+TESTS_TIMEOUT=${TESTS_TIMEOUT:-240}
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
 cd "$ROOT"
@@ -68,10 +68,13 @@ main() {
     tests=0
     if [ "${SKIP_TESTS:-0}" != 1 ]; then
         echo "== pytest (at most ${TESTS_TIMEOUT} s), output in pytest.txt"
-        # test_training_records_probes_for_the_fp8_run trains on IMDB reviews through TensorFlow.
+        # The two deselected tests train on IMDB reviews through TensorFlow; no PostgreSQL there.
         timeout --kill-after=10 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -q -rA -p no:cacheprovider \
             tests/test_model.py tests/test_fp8.py tests/test_compiled.py tests/test_probe.py \
+            tests/test_recipes.py tests/test_block_scales.py \
             --deselect tests/test_probe.py::test_training_records_probes_for_the_fp8_run \
+            --deselect tests/test_probe.py::test_training_records_recipe_statistics_at_every_probe \
+            -k "not postgresql" \
             --junitxml="$OUT/junit.xml" > "$OUT/pytest.txt" 2>&1
         tests=$?
         grep -E "^(PASSED|FAILED|ERROR) |passed|failed" "$OUT/pytest.txt" | tail -n 30

@@ -17,6 +17,21 @@ def has_nvidia_gpu() -> bool:
     return os.path.exists("/dev/nvidia0") or shutil.which("nvidia-smi") is not None
 
 
+# On a GPU, XLA drops an f32 -> float8 -> f32 round trip as "excess precision", which erases the
+# FP8 rounding, and its Triton GEMM fusion takes the matmuls before the rewrite into FP8 cuBLASLt
+# GEMMs sees them (benchmarks/README.md, "GPU"). Both precisions compile under the same flags,
+# so bf16 runs cuBLAS GEMMs too.
+GPU_XLA_FLAGS = {"xla_allow_excess_precision": "false", "xla_gpu_enable_triton_gemm": "false"}
+
+
+def add_xla_flags(flags: dict) -> None:
+    """Append each flag to XLA_FLAGS unless the user already set it there."""
+    current = os.environ.get("XLA_FLAGS", "")
+    extra = [f"--{name}={value}" for name, value in flags.items() if name not in current]
+    if extra:
+        os.environ["XLA_FLAGS"] = " ".join([current, *extra]).strip()
+
+
 def configure(quiet: bool = False) -> None:
     """Settings for Keras, JAX and TensorFlow; `quiet` (the CLI without --verbose) also hides
     their start-up lines, which say nothing about the command's result."""
@@ -27,6 +42,8 @@ def configure(quiet: bool = False) -> None:
     # falling back to the CPU; say "cpu" up front instead.
     if "JAX_PLATFORMS" not in os.environ and not has_nvidia_gpu():
         os.environ["JAX_PLATFORMS"] = "cpu"
+    if has_nvidia_gpu():
+        add_xla_flags(GPU_XLA_FLAGS)
     # Dashboard and worker may share a GPU: do not grab 75 % of its memory.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     if quiet:

@@ -115,10 +115,10 @@ def test_block_scales_and_statistics_match_a_numpy_reference(recipe):
         assert got == dict(zip(bins.tolist(), counts.tolist()))
 
         snr = _reference_block_snr(blocked, expected, block, recipe)
-        worst = np.unravel_index(np.argmin(snr), snr.shape)
         np.testing.assert_allclose(out["worst_block_snr_db"], snr.min(), atol=1e-3)
         (row, column, value), *_ = out["worst_blocks"]
-        assert (row, column) == tuple(int(i) for i in worst)
+        # Blocks tied for the worst differ only by rounding, which differs between backends.
+        assert snr[row, column] <= snr.min() + 1e-3
         np.testing.assert_allclose(value, snr.min(), atol=1e-3)
         ranked = np.sort(snr[np.isfinite(snr)])[: block_scales.WORST_BLOCKS]
         np.testing.assert_allclose([b[2] for b in out["worst_blocks"]], ranked, atol=1e-3)

@@ -78,3 +78,28 @@ def test_quiet_start_up_hides_tensorflow_once_and_steps_aside(monkeypatch):
     hooks = [f for f in sys.meta_path if isinstance(f, env._QuietTensorFlow)]
     assert len(hooks) == 1
     assert hooks[0].find_spec("numpy") is None  # other imports are left alone
+
+
+def test_gpu_xla_flags_join_the_users_own_and_never_override_them(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", "--xla_dump_to=/tmp/d --xla_gpu_enable_triton_gemm=true")
+    env.add_xla_flags(env.GPU_XLA_FLAGS)
+    flags = os.environ["XLA_FLAGS"].split()
+    assert flags == [
+        "--xla_dump_to=/tmp/d",
+        "--xla_gpu_enable_triton_gemm=true",  # the user's choice stays
+        "--xla_allow_excess_precision=false",
+    ]
+    env.add_xla_flags(env.GPU_XLA_FLAGS)  # configure() again adds nothing twice
+    assert os.environ["XLA_FLAGS"].split() == flags
+    monkeypatch.delenv("XLA_FLAGS")
+    env.add_xla_flags(env.GPU_XLA_FLAGS)
+    assert os.environ["XLA_FLAGS"].split() == [
+        "--xla_allow_excess_precision=false",
+        "--xla_gpu_enable_triton_gemm=false",
+    ]
+
+
+def test_this_process_runs_under_the_gpu_flags_exactly_when_it_has_a_gpu():
+    flags = os.environ.get("XLA_FLAGS", "")
+    for name, value in env.GPU_XLA_FLAGS.items():
+        assert (f"--{name}={value}" in flags) == env.has_nvidia_gpu()

@@ -6,7 +6,7 @@ import jax
 import numpy as np
 import pytest
 
-from fp8demo import cli, fp8, recipes
+from fp8demo import fp8, recipes, records
 from fp8demo import model as model_lib
 from fp8demo import probe as probe_lib
 from fp8demo.config import TrainConfig
@@ -182,7 +182,7 @@ def test_gradients_that_die_are_flagged_from_the_first_all_zero_probe(tmp_path):
         "The inputs of `classifier` (1 of 8 float8 layers) are all zero since step 50: "
         "that layer passes on its bias alone and its kernel no longer learns.",
     ]
-    record = cli.health_record(store, store.run(run_id))
+    record = records.health_record(store, store.run(run_id))
     assert {(t["layer"], t["role"]): t["since"] for t in record["dead_tensors"]} == expected
     assert record["dead_summary"] == fp8.dead_summary(rows)
     # A healthy run, a fresh run's all-zero probe at step 0 (scale 1.0) alone or followed
