@@ -27,6 +27,9 @@ PRECISIONS = ("bf16", *FLOAT8_PRECISIONS, "float32")
 VOCAB_METHODS = ("keras", "fast")
 DROPOUT_MASKS = ("keras", "fast")
 SIDE_BY_SIDE = ("auto", "on", "off")
+BLOCK_SCALES = ("auto", "on", "off")
+# The recipes with a scale per block of values (block_scales.BLOCK_RECIPES trains these).
+BLOCK_SCALE_PRECISIONS = ("fp8-block128", "mxfp8", "nvfp4")
 RESERVED_TOKENS = ("[PAD]", "[UNK]")
 # The model's float8-capable layers (every Dense and EinsumDense of model.py), in model order,
 # named by their paths as FP8 health lists them. The architecture is fixed, so they are known
@@ -157,6 +160,14 @@ class TrainConfig:
         "every this many steps (0 = never), measure saturation and underflow of every "
         "float8 tensor on a fixed validation batch (see probe.py)",
     )
+    block_scales: str = setting(
+        "auto",
+        "at each probe also measure every float8 tensor's block scales under the block "
+        "recipes (FP8 health's Block scales view; about twice the probe's compile time): "
+        "auto = in runs of a block recipe (fp8-block128, mxfp8, nvfp4); on = every float8 "
+        "run; off = never",
+        choices=BLOCK_SCALES,
+    )
     data_parallel: bool = setting(
         False, "train data-parallel over every device JAX sees (keras.distribution.DataParallel)"
     )
@@ -182,6 +193,12 @@ class TrainConfig:
     subset: int = setting(
         0, "reviews per split (train, validation, test), half positive and half negative; 0 = all"
     )
+
+    def probes_block_scales(self, precision: str) -> bool:
+        """Whether the probe of this config's `precision` run measures block scales."""
+        if self.block_scales == "auto":
+            return precision in BLOCK_SCALE_PRECISIONS
+        return self.block_scales == "on"
 
     def errors(self) -> list[str]:
         """Every problem with this configuration, as sentences a user can act on, in field
@@ -295,6 +312,7 @@ class TrainConfig:
             "vocab_method": VOCAB_METHODS,
             "dropout_masks": DROPOUT_MASKS,
             "side_by_side": SIDE_BY_SIDE,
+            "block_scales": BLOCK_SCALES,
         }
         return [
             f"{name} must be one of {', '.join(allowed)}, got {getattr(self, name)!r}."

@@ -145,6 +145,8 @@ class FP8Monitor(keras.callbacks.Callback):
         takes a JSON array for it); a Keras model saves that one instead, e.g. the trained
         model behind its tokenizer, `keras.Sequential([keras.Input((), dtype="string"),
         tokenizer, model])`, so that Predict takes text.
+    block_scales: True also measures, at each probe, every float8 tensor's block scales under
+        the block recipes (FP8 health's Block scales view); it doubles the probe's compile time.
 
     After each fit: `run_id`, `comparison_id` (of the latest run), `run_ids` (all).
     """
@@ -158,6 +160,7 @@ class FP8Monitor(keras.callbacks.Callback):
         store=None,
         precision=None,
         save_model=False,
+        block_scales=False,
     ):
         super().__init__()
         self.name, self.label = name, comparison or ""
@@ -167,6 +170,7 @@ class FP8Monitor(keras.callbacks.Callback):
         self.pacer = None
         self.store = open_store(store)
         self.precision, self.save_model = precision, save_model
+        self.block_scales = bool(block_scales)
         self.recorder = None  # the Recorder of the fit in progress
         self.heartbeat = None
         self.run_id = self.comparison_id = None
@@ -237,7 +241,7 @@ class FP8Monitor(keras.callbacks.Callback):
         probe = None
         if self.probe_data is not None and config.probe_every:
             x, y = probe_batch(self.probe_data)
-            probe = probe_lib.Probe(model, x, y, loss=model_loss(model))
+            probe = probe_lib.Probe(model, x, y, loss=model_loss(model), blocks=self.block_scales)
         recorder = Recorder(
             self.store,
             self.run_id,

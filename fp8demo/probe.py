@@ -208,7 +208,7 @@ class Probe:
         # by_recipe: [layers, roles, recipes, (underflow_pct, saturation_pct, snr_db)]
         #            each tensor blocked for its first GEMM (recipes.ROLE_GEMMS)
         probe.second_gemm  # by_recipe for the other GEMM of each tensor, same measure
-        probe.block_records(step)  # block scales of block recipes, both GEMMs: store rows
+        probe.block_records(step)  # blocks=True: block recipes' block scales, both GEMMs
         stats = probe()  # stats alone
 
     Call it between training steps (in a callback, after `self.model` synced the state).
@@ -216,7 +216,7 @@ class Probe:
     None: binary cross-entropy, the engine's classifier (y as given is then a column).
     """
 
-    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES, loss=None, blocks=True):
+    def __init__(self, model, x, y, recipes=recipes_lib.RECIPES, loss=None, blocks=False):
         self.model = model
         self.layers = fp8.float8_layers(model)
         self.x = np.asarray(x)
@@ -225,7 +225,8 @@ class Probe:
         self.recipes = tuple(recipes)
         for recipe in self.recipes:
             recipes_lib.recipe_format(recipe, ROLES[0])  # refuses an unknown recipe now
-        # The block recipes among them, whose block scales each measure computes (blocks=True).
+        # The block recipes among them, whose block scales each measure computes when asked
+        # (blocks=True): it doubles the probe's compilation.
         self.block_recipes = tuple(
             r for r in self.recipes if blocks and r in block_scales.BLOCK_RECIPES
         )

@@ -138,7 +138,9 @@ def _train_run(
     model, layers, params = build_model(store, run_id, config, precision)
 
     # 3. Fit. The first step compiles; the recorder switches the phase to "training".
-    recorder = start_recording(store, run_id, config, model, prepared, params, record, on_epoch_end)
+    recorder = start_recording(
+        store, run_id, config, precision, model, prepared, params, record, on_epoch_end
+    )
     timer.start("fit (compiling, training, validating)")
     with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
         fit_seconds = fit(model, config, prepared, validation, eval_batch, [recorder, *callbacks])
@@ -290,7 +292,15 @@ def build_model(store: Store, run_id: int, config, precision: str):
 
 
 def start_recording(
-    store: Store, run_id: int, config, model, prepared, params: int, record: bool, on_epoch_end
+    store: Store,
+    run_id: int,
+    config,
+    precision: str,
+    model,
+    prepared,
+    params: int,
+    record: bool,
+    on_epoch_end,
 ):
     """The run's Recorder (its probe watches the first validation batch, on_epoch_end is its
     hook after each epoch); the run's phase becomes "compiling", as the first step compiles."""
@@ -306,7 +316,10 @@ def start_recording(
         total_steps=steps_per_epoch * config.epochs,
     )
     probe = probe_lib.Probe(
-        model, prepared.x_val[: config.batch_size], prepared.y_val[: config.batch_size]
+        model,
+        prepared.x_val[: config.batch_size],
+        prepared.y_val[: config.batch_size],
+        blocks=config.probes_block_scales(precision),
     )
     return Recorder(
         store,

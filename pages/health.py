@@ -295,7 +295,12 @@ def block_section(store, run, layers):
     if not rows:
         st.caption(
             "No block scales for this run: they are measured at each probe"
-            + (" (the probe is off)." if run["config"].probe_every == 0 else ".")
+            + (
+                " (the probe is off)."
+                if run["config"].probe_every == 0
+                else " of runs with block scales on (Train › Advanced; auto, the default, "
+                "measures them in fp8-block128, mxfp8 and nvfp4 runs)."
+            )
         )
         return
     st.caption(

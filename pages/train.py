@@ -10,6 +10,7 @@ import streamlit as st
 
 from fp8demo import launcher, model, tokenizer
 from fp8demo.config import (
+    BLOCK_SCALES,
     DROPOUT_MASKS,
     EXAMPLE,
     FLOAT8_PRECISIONS,
@@ -287,6 +288,15 @@ def advanced_settings():
         help="keras: 32 random bits per mask value, as the example; fast: 8 bits "
         "(the rate rounds to a multiple of 1/256), a faster training step on a "
         "CPU, where drawing the random numbers is a large part of the step.",
+    )
+    c[2].selectbox(
+        "Block scales at each probe",
+        BLOCK_SCALES,
+        key="block_scales",
+        help="Also measure every float8 tensor's block scales under the block recipes "
+        "(FP8 health's Block scales view); the probe then takes about twice as long to "
+        "compile. auto: in fp8-block128, mxfp8 and nvfp4 runs; on: every float8 run; off: "
+        "never.",
     )
     if float8_chosen():
         st.multiselect(

@@ -297,6 +297,6 @@ def trained_once(tmp_path_factory, imdb_folder, name: str, config, texts) -> dic
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, imdb_folder):
     """A finished bf16 + fp8 comparison on a small subset (see train_comparison)."""
-    config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4)
+    config = TrainConfig(**TINY, precisions=("bf16", "fp8"), probe_every=4, block_scales="on")
     texts = ["a wonderful, moving film with great acting", "boring and awful, a waste of time"]
     return trained_once(tmp_path_factory, imdb_folder, "trained", config, texts)

@@ -187,7 +187,7 @@ def test_the_probe_computes_block_scales_of_each_tensor_in_both_its_gemms():
     rng = np.random.default_rng(0)
     x = rng.integers(2, SMALL.vocab_size, size=(16, SMALL.seq_len), dtype=np.int32)
     y = rng.integers(0, 2, size=16).astype(np.float32)
-    probe = probe_lib.Probe(model, x, y, recipes=("delayed", "mxfp8", "nvfp4"))
+    probe = probe_lib.Probe(model, x, y, recipes=("delayed", "mxfp8", "nvfp4"), blocks=True)
     assert probe.block_recipes == ("mxfp8", "nvfp4")
     probe.measure()
     layers = fp8.float8_layers(model)

@@ -13,7 +13,7 @@ from conftest import ROOT, copy_home
 from streamlit.testing.v1 import AppTest
 
 from fp8demo import block_scales
-from fp8demo.config import TrainConfig
+from fp8demo.config import BLOCK_SCALE_PRECISIONS, PRECISIONS, RECIPE_PRECISIONS, TrainConfig
 from fp8demo.fp8 import ROLES
 from fp8demo.store import Store
 
@@ -117,8 +117,27 @@ def test_a_run_without_block_scales_says_so_in_one_line(tmp_path, monkeypatch):
     shown = _health(run_id, "--blocks", "--json")
     assert shown.returncode == 2
     assert shown.stderr.strip().splitlines() == [
-        f"error: Run {run_id} has no block-scale statistics yet: they are recorded at each "
-        "probe (runs recorded before store schema 9 have none)."
+        f"error: Run {run_id} has no block-scale statistics: they are measured at each probe "
+        "of runs with block scales on (--block-scales on; auto, the default, measures them in "
+        "fp8-block128, mxfp8 and nvfp4 runs)."
+    ]
+
+
+def test_block_scales_are_measured_in_block_recipe_runs_unless_asked_otherwise():
+    auto = TrainConfig()
+    assert [p for p in PRECISIONS if auto.probes_block_scales(p)] == [
+        "fp8-block128",
+        "mxfp8",
+        "nvfp4",
+    ]
+    on = TrainConfig.from_strings({"block_scales": "on"})
+    assert [p for p in PRECISIONS if on.probes_block_scales(p)] == list(PRECISIONS)
+    off = TrainConfig(block_scales="off")
+    assert not any(off.probes_block_scales(p) for p in PRECISIONS)
+    # Each of them trains a recipe the block-scale statistics know.
+    assert {RECIPE_PRECISIONS[p] for p in BLOCK_SCALE_PRECISIONS} <= set(block_scales.BLOCK_RECIPES)
+    assert TrainConfig(block_scales="sometimes").errors() == [
+        "block_scales must be one of auto, on, off, got 'sometimes'."
     ]
 
 

@@ -331,8 +331,9 @@ def health_blocks(args, store: Store, run: dict) -> int:
             + (
                 " (its probe was off: probe every 0 steps)."
                 if run["config"].probe_every == 0
-                else " yet: they are recorded at each probe (runs recorded before store "
-                "schema 9 have none)."
+                else ": they are measured at each probe of runs with block scales on "
+                "(--block-scales on; auto, the default, measures them in fp8-block128, "
+                "mxfp8 and nvfp4 runs)."
             )
         )
     if args.json:
