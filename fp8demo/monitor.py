@@ -56,7 +56,7 @@ from fp8demo.recorder import Recorder
 from fp8demo.store import Store
 from fp8demo.store.heartbeat import HEARTBEAT_SECONDS, Heartbeat
 
-SOURCE = "monitor"  # summary["source"] of a run this callback records
+SOURCE = "monitor"  # summary["source"] of a run this callback records (report.MONITOR_SOURCE)
 MODEL_FILE = "model.keras"  # in the run's folder, with save_model=True
 PROBE_EVERY = 25  # steps between probes by default (ProbePacer may space them further)
 PROBE_BUDGET = 0.02  # the share of training time the default cadence lets probes take
@@ -145,6 +145,9 @@ class FP8Monitor(keras.callbacks.Callback):
         takes a JSON array for it); a Keras model saves that one instead, e.g. the trained
         model behind its tokenizer, `keras.Sequential([keras.Input((), dtype="string"),
         tokenizer, model])`, so that Predict takes text.
+    seed: the seed the script trained with (keras.utils.set_random_seed), recorded so that
+        Results pools comparisons of one label over their seeds; None: each comparison counts
+        as a seed of its own.
     block_scales: True also measures, at each probe, every float8 tensor's block scales under
         the block recipes (FP8 health's Block scales view); it doubles the probe's compile time.
 
@@ -161,6 +164,7 @@ class FP8Monitor(keras.callbacks.Callback):
         precision=None,
         save_model=False,
         block_scales=False,
+        seed=None,
     ):
         super().__init__()
         self.name, self.label = name, comparison or ""
@@ -171,6 +175,7 @@ class FP8Monitor(keras.callbacks.Callback):
         self.store = open_store(store)
         self.precision, self.save_model = precision, save_model
         self.block_scales = bool(block_scales)
+        self.seed = None if seed is None else int(seed)
         self.recorder = None  # the Recorder of the fit in progress
         self.heartbeat = None
         self.run_id = self.comparison_id = None
@@ -189,6 +194,7 @@ class FP8Monitor(keras.callbacks.Callback):
         precision = self.precision or infer_precision(model)
         epochs, steps = int(params.get("epochs") or 1), params.get("steps")
         config = TrainConfig(
+            **({} if self.seed is None else {"seed": self.seed}),
             epochs=epochs,
             precisions=(precision,),
             probe_every=self.probe_every if self.probe_data is not None else 0,
@@ -197,6 +203,7 @@ class FP8Monitor(keras.callbacks.Callback):
         )
         summary = {
             "source": SOURCE,
+            "seed_unknown": self.seed is None,
             "name": self.name or f"{script_name()} {precision}",
             "model_name": model.name,
             "script": script_name(),

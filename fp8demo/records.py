@@ -317,13 +317,10 @@ def trial_verdicts(
     }
 
 
-MONITOR_SOURCE = "monitor"  # monitor.SOURCE, spelled here: importing monitor loads Keras
-
-
 def recorded_by_monitor(comparison) -> bool:
     """Whether a user's own script recorded the comparison's runs (FP8Monitor): the engine
     cannot train its model again, so it has no repeats, twins or other engine-only actions."""
-    return any(r["summary"].get("source") == MONITOR_SOURCE for r in comparison["runs"])
+    return report.by_monitor(comparison)
 
 
 def best_epoch_record(summary: dict) -> dict | None:

@@ -79,6 +79,28 @@ def settings_key(config) -> str:
     return repr(sorted(values.items()))
 
 
+MONITOR_SOURCE = "monitor"  # monitor.SOURCE, spelled here: importing monitor loads Keras
+
+
+def by_monitor(comparison) -> bool:
+    return any(r["summary"].get("source") == MONITOR_SOURCE for r in comparison["runs"])
+
+
+def experiment_key(comparison) -> str:
+    """What repeats of one experiment share: the settings but the seed; for a user's own model
+    (FP8Monitor), which the settings do not describe, also the comparison's label."""
+    key = settings_key(comparison["config"])
+    return f"{key} label={comparison.get('label') or ''!r}" if by_monitor(comparison) else key
+
+
+def seed_of(comparison):
+    """The comparison's seed; one a user's script did not say (FP8Monitor without seed=)
+    counts as a seed of its own."""
+    if any(r["summary"].get("seed_unknown") for r in comparison["runs"]):
+        return f"comparison {comparison['id']}"
+    return comparison["config"].seed
+
+
 def seed_differences(comparisons, precision: str, baseline: str = BASELINE) -> dict:
     """{seed: `precision` − baseline test accuracy in points} over these comparisons: the
     first comparison with both runs finished counts for each seed (a repeat of one seed is
@@ -88,15 +110,15 @@ def seed_differences(comparisons, precision: str, baseline: str = BASELINE) -> d
         finished = [r for r in c["runs"] if r["status"] == "finished"]
         difference = paired_differences(finished, baseline=baseline).get(precision)
         if difference is not None:
-            differences.setdefault(c["config"].seed, difference * 100)
+            differences.setdefault(seed_of(c), difference * 100)
     return differences
 
 
 def repeats_of(comparisons, comparison) -> list:
-    """The comparisons with `comparison`'s settings, any seed (itself included): its repeats
+    """The comparisons of `comparison`'s experiment, any seed (itself included): its repeats
     group and every other launch or sweep trial that happened to use the same settings."""
-    key = settings_key(comparison["config"])
-    return [c for c in comparisons if settings_key(c["config"]) == key]
+    key = experiment_key(comparison)
+    return [c for c in comparisons if experiment_key(c) == key]
 
 
 def comparison_verdict(

@@ -138,9 +138,7 @@ def _train_run(
     model, layers, params = build_model(store, run_id, config, precision)
 
     # 3. Fit. The first step compiles; the recorder switches the phase to "training".
-    recorder = start_recording(
-        store, run_id, config, precision, model, prepared, params, record, on_epoch_end
-    )
+    recorder = start_recording(store, run, model, prepared, params, record, on_epoch_end)
     timer.start("fit (compiling, training, validating)")
     with model_lib.dropout_masks(config.dropout_masks):  # the training step is traced here
         fit_seconds = fit(model, config, prepared, validation, eval_batch, [recorder, *callbacks])
@@ -292,20 +290,13 @@ def build_model(store: Store, run_id: int, config, precision: str):
 
 
 def start_recording(
-    store: Store,
-    run_id: int,
-    config,
-    precision: str,
-    model,
-    prepared,
-    params: int,
-    record: bool,
-    on_epoch_end,
+    store: Store, run: dict, model, prepared, params: int, record: bool, on_epoch_end
 ):
     """The run's Recorder (its probe watches the first validation batch, on_epoch_end is its
     hook after each epoch); the run's phase becomes "compiling", as the first step compiles."""
     from fp8demo.recorder import Recorder  # lazy: it imports keras (seconds)
 
+    run_id, config = run["id"], run["config"]
     n_train = len(prepared.y_train)
     steps_per_epoch = math.ceil(n_train / config.batch_size)
     store.update_run(
@@ -319,7 +310,7 @@ def start_recording(
         model,
         prepared.x_val[: config.batch_size],
         prepared.y_val[: config.batch_size],
-        blocks=config.probes_block_scales(precision),
+        blocks=config.probes_block_scales(run["precision"]),
     )
     return Recorder(
         store,

@@ -146,8 +146,9 @@ VERDICT_ICONS = {
 # The engine cannot train a user's own model again: its repeats are the user's to run.
 MONITOR_REPEATS = (
     "Recorded by your own script (FP8Monitor): the dashboard cannot train your model "
-    "again, so it offers no repeats over seeds; this verdict is over the runs your script "
-    "recorded."
+    "again, so it offers no repeats over seeds. This verdict pools your script's comparisons "
+    "with this label, one seed each: pass FP8Monitor(seed=...) so that a seed run twice "
+    "counts once."
 )
 
 

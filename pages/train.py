@@ -272,6 +272,24 @@ def advanced_settings():
         help="After the bf16 run, evaluate its post-training int8 (and int4 "
         "weight-only) quantization: the calibration FP8 training avoids.",
     )
+    probe_settings()
+    if float8_chosen():
+        st.multiselect(
+            "Layers kept in bf16 in the float8 runs",
+            MODEL_LAYERS,
+            key="bf16_layers",
+            placeholder="none: every layer computes in float8",
+            help="These float8-capable layers (the model's Dense and EinsumDense, in model "
+            "order) stay in bf16 under every float8 precision: no float8 scales or amax "
+            "histories. FP8 health's suggested policy names candidates. The head is also "
+            "kept in bf16 when 'Quantize the sigmoid head too' is off.",
+        )
+    if "nvfp4" in (st.session_state.get("precisions") or ()):
+        nvfp4_settings()
+
+
+def probe_settings():
+    """The probe's cadence and what it measures, and the dropout masks' random bits."""
     c = st.columns(4)
     c[0].number_input(
         "Probe every N steps (0 = off)",
@@ -298,19 +316,6 @@ def advanced_settings():
         "compile. auto: in fp8-block128, mxfp8 and nvfp4 runs; on: every float8 run; off: "
         "never.",
     )
-    if float8_chosen():
-        st.multiselect(
-            "Layers kept in bf16 in the float8 runs",
-            MODEL_LAYERS,
-            key="bf16_layers",
-            placeholder="none: every layer computes in float8",
-            help="These float8-capable layers (the model's Dense and EinsumDense, in model "
-            "order) stay in bf16 under every float8 precision: no float8 scales or amax "
-            "histories. FP8 health's suggested policy names candidates. The head is also "
-            "kept in bf16 when 'Quantize the sigmoid head too' is off.",
-        )
-    if "nvfp4" in (st.session_state.get("precisions") or ()):
-        nvfp4_settings()
 
 
 def nvfp4_settings():

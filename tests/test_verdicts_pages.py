@@ -14,7 +14,7 @@ import streamlit as st
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
-from fp8demo import cli, launcher, records, sweep, verdicts
+from fp8demo import cli, launcher, records, report, sweep, verdicts
 from fp8demo.config import TrainConfig, preset
 from fp8demo.store import Store
 
@@ -134,12 +134,14 @@ def run_and_read(capsys, *args) -> dict:
 # -- a comparison a user's script recorded ------------------------------------------------------
 
 
-def monitor_comparison(store, accuracies: dict, label="my-experiment") -> int:
-    """bf16 and fp8 runs as FP8Monitor records them (Store.start_own_run, source "monitor"),
-    finished with these test accuracies."""
+def monitor_comparison(store, accuracies: dict, label="my-experiment", seed=None) -> int:
+    """bf16 and fp8 runs as FP8Monitor(seed=seed) records them (Store.start_own_run, source
+    "monitor"), finished with these test accuracies."""
     for precision, accuracy in accuracies.items():
-        config = TrainConfig(epochs=1, precisions=(precision,), probe_every=0, ptq=False)
+        seeded = {} if seed is None else {"seed": seed}
+        config = TrainConfig(**seeded, epochs=1, precisions=(precision,), probe_every=0, ptq=False)
         summary = {"source": "monitor", "name": f"train.py {precision}", "script": "train.py"}
+        summary["seed_unknown"] = seed is None
         cid, run_id = store.start_own_run(label, precision, config, summary)
         store.end_run(run_id, "finished", test_accuracy=accuracy, test_loss=0.5)
     return cid
@@ -185,6 +187,23 @@ def test_results_of_a_monitored_script_leave_repeats_to_the_user(page_home):
 def pages_results_caption() -> str:
     return (
         "Recorded by your own script (FP8Monitor): the dashboard cannot train your model "
-        "again, so it offers no repeats over seeds; this verdict is over the runs your script "
-        "recorded."
+        "again, so it offers no repeats over seeds. This verdict pools your script's "
+        "comparisons with this label, one seed each: pass FP8Monitor(seed=...) so that a seed "
+        "run twice counts once."
     )
+
+
+def test_a_scripts_comparisons_pool_by_label_and_by_the_seed_it_says(tmp_path):
+    store = Store(tmp_path / "home")
+    first = monitor_comparison(store, {"bf16": 0.80, "fp8": 0.79}, "a", seed=1)
+    monitor_comparison(store, {"bf16": 0.81, "fp8": 0.80}, "a", seed=2)
+    monitor_comparison(store, {"bf16": 0.80, "fp8": 0.70}, "a", seed=2)  # seed 2 again: no news
+    monitor_comparison(store, {"bf16": 0.80, "fp8": 0.81}, "a")  # no seed said: one of its own
+    monitor_comparison(store, {"bf16": 0.70, "fp8": 0.40}, "b", seed=1)  # another experiment
+    comparisons = store.comparisons()
+    verdict = report.comparison_verdict(comparisons, store.comparison(first), "fp8")
+    expected = verdicts.paired_verdict([-1.0, -1.0, 1.0])
+    assert verdict["seeds"] == 3
+    assert verdict["difference"] == pytest.approx(expected["difference"])
+    other = next(c for c in comparisons if c["label"] == "b")
+    assert report.comparison_verdict(comparisons, other, "fp8")["seeds"] == 1
