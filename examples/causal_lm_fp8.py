@@ -101,11 +101,11 @@ x_train, y_train, x_val, y_val = train[:, :-1], train[:, 1:], val[:, :-1], val[:
 print(f"{len(x_train)} training windows of {args.seq_len} tokens, vocabulary {len(vocab)}")
 
 monitor = FP8Monitor(
-    comparison=args.comparison, probe_data=(x_val[:batch_size], y_val[:batch_size])
+    comparison=args.comparison, probe_data=(x_val[:batch_size], y_val[:batch_size]), seed=42
 )
 for precision in ("bf16", "fp8"):
     keras.config.set_dtype_policy("mixed_bfloat16")
-    keras.utils.set_random_seed(42)
+    keras.utils.set_random_seed(monitor.seed)  # the seed the monitor records
     model = build_model(len(vocab), args.seq_len)
     if precision == "fp8":
         model.quantize("float8")

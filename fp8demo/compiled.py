@@ -193,6 +193,14 @@ def verdict(found: dict | None) -> str:
     total, fp8 = found["matmuls"], found["fp8_matmuls"]
     others = _describe_others(found["other_matmuls"])
     recipe = found.get("recipe")
+    if found.get("float8_values") == 0:
+        return (
+            f"The compiled training step holds no float8 value: XLA removed every float8 "
+            f"rounding as excess precision, so all {total} matmuls ({others}) and the values "
+            "around them stay in higher precision and this run's numbers are not fp8's. "
+            "fp8demo sets XLA_FLAGS=--xla_allow_excess_precision=false on an NVIDIA GPU "
+            "unless XLA_FLAGS already names that flag."
+        )
     if recipe in EMULATED_RECIPES:
         operands = (
             f"{fp8} of the {total} matmuls take float8 operands, but the scales are applied "
@@ -216,7 +224,9 @@ def verdict(found: dict | None) -> str:
     where = (
         "this CPU has no FP8 matmul"
         if found.get("backend") == "cpu"
-        else "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device"
+        else "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device "
+        "(its Triton GEMM fusion takes the matmuls first unless XLA_FLAGS has "
+        "--xla_gpu_enable_triton_gemm=false, which fp8demo sets on an NVIDIA GPU)"
     )
     return (
         f"None of the {total} matmuls in the compiled training step runs in FP8: {where}. "

@@ -62,7 +62,16 @@ def test_counts_fp8_gemms_in_a_gpu_style_module():
     assert (found["matmuls"], found["fp8_matmuls"]) == (4, 0)
     gpu_text = compiled.verdict({**found, "backend": "gpu"})
     assert "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs" in gpu_text
+    assert "--xla_gpu_enable_triton_gemm=false" in gpu_text
     assert "not the speed" in gpu_text
+    # XLA's excess-precision pass can remove every float8 rounding (jax 0.11 on an H200 did):
+    # then the run is not fp8 at all, and the verdict says so.
+    erased = re.sub(r"f8e4m3fn|f8e5m2", "bf16", plain)
+    found = compiled.count_matmuls(erased)
+    assert found["float8_values"] == 0
+    text = compiled.verdict({**found, "backend": "gpu", "recipe": "delayed"})
+    assert text.startswith("The compiled training step holds no float8 value")
+    assert "this run's numbers are not fp8's" in text
 
 
 def _fitted(precision):
