@@ -187,12 +187,14 @@ def test_the_probe_computes_block_scales_of_each_tensor_in_both_its_gemms():
     rng = np.random.default_rng(0)
     x = rng.integers(2, SMALL.vocab_size, size=(16, SMALL.seq_len), dtype=np.int32)
     y = rng.integers(0, 2, size=16).astype(np.float32)
-    probe = probe_lib.Probe(model, x, y, recipes=("delayed", "mxfp8", "nvfp4"), blocks=True)
-    assert probe.block_recipes == ("mxfp8", "nvfp4")
+    # One block recipe: the probe's wiring is the same for each (every recipe's block scales
+    # are checked against numpy above), and each adds most of a minute of compilation.
+    probe = probe_lib.Probe(model, x, y, recipes=("delayed", "mxfp8"), blocks=True)
+    assert probe.block_recipes == ("mxfp8",)
     probe.measure()
     layers = fp8.float8_layers(model)
     rows = probe.block_records(12)
-    assert len(rows) == len(layers) * len(ROLES) * 2 * 2
+    assert len(rows) == len(layers) * len(ROLES) * 2  # each tensor in both its GEMMs
     assert {r["step"] for r in rows} == {12}
     # A Dense layer's kernel (K, N), known without running the model: each GEMM's row holds
     # what block_scales computes on it directly.
@@ -201,7 +203,7 @@ def test_the_probe_computes_block_scales_of_each_tensor_in_both_its_gemms():
     compute = layers[dense].dtype_policy.compute_dtype
     kernel = np.asarray(layers[dense]._kernel).astype(compute).astype(np.float32)
     for gemm in ("fprop", "dgrad"):
-        for recipe in ("mxfp8", "nvfp4"):
+        for recipe in probe.block_recipes:
             expected = block_scales.block_scales(kernel, recipe, "kernel", gemm)
             (row,) = [
                 r

@@ -57,10 +57,10 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     config = TrainConfig(
         subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"), ptq=False
     )
-    ids = launcher.launch_repeats(config, 3, store, label="noise")
-    assert [store.comparison(i)["config"].seed for i in ids] == [42, 43, 44]
+    ids = launcher.launch_repeats(config, 2, store, label="noise")
+    assert [store.comparison(i)["config"].seed for i in ids] == [42, 43]
     assert [c["id"] for c in store.group(ids[0])] == ids
-    wait_for(lambda: all_runs_ended(store, ids), 300, "three seeds to train")
+    wait_for(lambda: all_runs_ended(store, ids), 300, "both seeds to train")
     comparisons = store.group(ids[0])
     assert all(r["status"] == "finished" for c in comparisons for r in c["runs"])
     stats = report.repeat_statistics(comparisons)
@@ -68,7 +68,7 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     fp8 = [r["test_accuracy"] for c in comparisons for r in c["runs"] if r["precision"] == "fp8"]
     import numpy as np
 
-    assert stats["bf16"]["n"] == 3 and np.isclose(stats["bf16"]["mean"], np.mean(bf16))
+    assert stats["bf16"]["n"] == 2 and np.isclose(stats["bf16"]["mean"], np.mean(bf16))
     assert np.isclose(stats["bf16"]["std"], np.std(bf16, ddof=1))
     assert np.isclose(stats["fp8 − bf16"]["mean"], np.mean(np.subtract(fp8, bf16)))
 
@@ -78,9 +78,8 @@ def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
     runs use its GPUs instead, whatever their number)."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     store = Store(home)
-    base = TrainConfig(
-        subset=256, vocab_size=800, seq_len=48, epochs=2, precisions=("bf16", "fp8"), ptq=False
-    )
+    # fp8 alone: its sharded float8 variables, probe and compiled step are what can break.
+    base = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=1, precisions=("fp8",))
     single = launcher.launch(base, store)
     parallel = launcher.launch(dataclasses.replace(base, data_parallel=True), store)
     wait_for(lambda: all_runs_ended(store, (single, parallel)), 400, "both comparisons")
