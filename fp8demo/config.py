@@ -28,7 +28,8 @@ VOCAB_METHODS = ("keras", "fast")
 DROPOUT_MASKS = ("keras", "fast")
 SIDE_BY_SIDE = ("auto", "on", "off")
 BLOCK_SCALES = ("auto", "on", "off")
-# The recipes with a scale per block of values (block_scales.BLOCK_RECIPES trains these).
+# The precisions whose recipe scales each block of values (block_scales.BLOCK_RECIPES; a test
+# keeps the two in step): by default only their runs measure block scales.
 BLOCK_SCALE_PRECISIONS = ("fp8-block128", "mxfp8", "nvfp4")
 RESERVED_TOKENS = ("[PAD]", "[UNK]")
 # The model's float8-capable layers (every Dense and EinsumDense of model.py), in model order,

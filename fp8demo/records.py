@@ -317,12 +317,6 @@ def trial_verdicts(
     }
 
 
-def recorded_by_monitor(comparison) -> bool:
-    """Whether a user's own script recorded the comparison's runs (FP8Monitor): the engine
-    cannot train its model again, so it has no repeats, twins or other engine-only actions."""
-    return report.by_monitor(comparison)
-
-
 def best_epoch_record(summary: dict) -> dict | None:
     """The best-validation epoch and the test accuracy of its weights (Results' "Best epoch")."""
     best = summary.get("best")

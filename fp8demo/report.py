@@ -82,7 +82,9 @@ def settings_key(config) -> str:
 MONITOR_SOURCE = "monitor"  # monitor.SOURCE, spelled here: importing monitor loads Keras
 
 
-def by_monitor(comparison) -> bool:
+def recorded_by_monitor(comparison) -> bool:
+    """Whether a user's own script recorded the comparison's runs (FP8Monitor): the engine
+    cannot train its model again, so it has no repeats, twins or other engine-only actions."""
     return any(r["summary"].get("source") == MONITOR_SOURCE for r in comparison["runs"])
 
 
@@ -90,7 +92,9 @@ def experiment_key(comparison) -> str:
     """What repeats of one experiment share: the settings but the seed; for a user's own model
     (FP8Monitor), which the settings do not describe, also the comparison's label."""
     key = settings_key(comparison["config"])
-    return f"{key} label={comparison.get('label') or ''!r}" if by_monitor(comparison) else key
+    if recorded_by_monitor(comparison):
+        return f"{key} label={comparison.get('label') or ''!r}"
+    return key
 
 
 def seed_of(comparison):

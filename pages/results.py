@@ -194,7 +194,7 @@ def verdict_panel(store, comparison, comparisons, found: dict):
             "Over every finished comparison with these settings and another seed (a paired "
             "Student-t interval of the per-seed differences); one seed has no interval."
         )
-    if records.recorded_by_monitor(comparison):
+    if report.recorded_by_monitor(comparison):
         st.caption(MONITOR_REPEATS)
         return
     more = [v["more_seeds"] for v in found.values() if v.get("more_seeds")]

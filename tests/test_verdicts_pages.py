@@ -14,7 +14,7 @@ import streamlit as st
 from conftest import ROOT
 from streamlit.testing.v1 import AppTest
 
-from fp8demo import cli, launcher, records, report, sweep, verdicts
+from fp8demo import cli, launcher, report, sweep, verdicts
 from fp8demo.config import TrainConfig, preset
 from fp8demo.store import Store
 
@@ -157,7 +157,7 @@ def results_page(cid) -> AppTest:
 def test_results_of_a_monitored_script_leave_repeats_to_the_user(page_home):
     store = page_home
     cid = monitor_comparison(store, {"bf16": 0.80, "fp8": 0.795})
-    assert records.recorded_by_monitor(store.comparison(cid))
+    assert report.recorded_by_monitor(store.comparison(cid))
     at = results_page(cid)
     metric = next(m for m in at.metric if m.label == "fp8 test accuracy")
     verdict = verdicts.paired_verdict([-0.5])
