@@ -9,15 +9,17 @@ own optimized HLO and counts.
 
 Scaling recipes (model.use_recipe) differ here. XLA's rewrite needs one scalar scale per
 operand: per-tensor current scaling ("current") emits Keras' pattern and may be matched, and
-the count decides; per-row and per-block scales ("rowwise", "block128", "mxfp8") multiply each
-value by its own scale before the matmul, so these recipes are emulated, and their verdict
-never suggests FP8 GEMMs, whatever float8 conversions the step holds.
+the count decides. So it does for "rowwise" (model.F8_GEMM_RECIPES), whose GEMMs multiply the
+float8 values themselves and scale the output after. Other per-row and per-block scales
+("rowwise-gw-hp", "block128", "mxfp8") multiply each value by its own scale before the matmul,
+so these recipes are emulated, and their verdict never suggests FP8 GEMMs, whatever float8
+conversions the step holds.
 """
 
 import re
 import time
 
-from fp8demo.model import scaling_recipe
+from fp8demo.model import F8_GEMM_RECIPES, scaling_recipe
 
 FP8_GEMM_TARGET = "__cublas$lt$matmul$f8"
 FLOAT8_TYPES = ("f8e4m3fn", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e4m3", "f8e4m3b11fnuz")
@@ -34,7 +36,6 @@ _CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
 # Recipes whose scales vary within an operand, by what one scale covers.
 EMULATED_RECIPES = {
-    "rowwise": "one scale per row",
     "rowwise-gw-hp": "one scale per row",
     "block128": "one power-of-two scale per 128-value tile",
     "mxfp8": "one power-of-two scale per 32 values",
@@ -48,6 +49,12 @@ def train_step_hlo(model, x_batch, y_batch) -> str:
     Called right after `fit` with a batch of the fit's shape, JAX's in-memory caches return
     the executable fit compiled (milliseconds); otherwise this compiles it once more.
     """
+    return lower_train_step(model, x_batch, y_batch).compile().as_text()
+
+
+def lower_train_step(model, x_batch, y_batch):
+    """`model`'s training step on one batch, traced and lowered as Keras' fit does (a jax
+    Lowered): its `as_text()` is StableHLO before XLA's optimizations, alike on every backend."""
     import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
 
@@ -57,10 +64,9 @@ def train_step_hlo(model, x_batch, y_batch) -> str:
         [v.value for v in model.optimizer.variables],
         [v.value for v in model.metrics_variables],
     )
-    lowered = jax.jit(model.train_step, donate_argnums=0).lower(
+    return jax.jit(model.train_step, donate_argnums=0).lower(
         state, (jnp.asarray(x_batch), jnp.asarray(y_batch))
     )
-    return lowered.compile().as_text()
 
 
 def _instructions(hlo: str):
@@ -221,16 +227,20 @@ def verdict(found: dict | None) -> str:
             "precision — Keras quantizes the Dense and EinsumDense layers, not the attention's "
             "score and value products."
         )
-    where = (
-        "this CPU has no FP8 matmul"
-        if found.get("backend") == "cpu"
-        else "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device "
-        "(its Triton GEMM fusion takes the matmuls first unless XLA_FLAGS has "
-        "--xla_gpu_enable_triton_gemm=false, which fp8demo sets on an NVIDIA GPU)"
-    )
+    if found.get("backend") == "cpu":
+        where = "this CPU has no FP8 matmul"
+    elif recipe in F8_GEMM_RECIPES:
+        where = "XLA multiplies the float8 values in higher precision on this device"
+    else:
+        where = (
+            "XLA did not turn the quantize–dequantize pattern into FP8 GEMMs on this device "
+            "(its Triton GEMM fusion takes the matmuls first unless XLA_FLAGS has "
+            "--xla_gpu_enable_triton_gemm=false, which fp8demo sets on an NVIDIA GPU)"
+        )
+    formats = "E4M3" if recipe in F8_GEMM_RECIPES else "E4M3/E5M2"
     return (
         f"None of the {total} matmuls in the compiled training step runs in FP8: {where}. "
-        f"The values are rounded to E4M3/E5M2 ({found['float8_values']} float8 conversions) "
+        f"The values are rounded to {formats} ({found['float8_values']} float8 conversions) "
         f"and multiplied in higher precision ({others}), so fp8 here changes the numerics, "
         "not the speed."
     )

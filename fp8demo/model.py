@@ -119,7 +119,9 @@ def float8_capable_layers(model) -> list[str]:
 # whose backward quantizes the output gradient). The others quantize each of the three GEMMs'
 # operands along that GEMM's contraction axes, as Transformer Engine and torchao do
 # (_per_gemm_gemm): the scales come from the tensor being quantized (per row, 128-value tile
-# or 32-value block), in the orientation the GEMM reads it.
+# or 32-value block), in the orientation the GEMM reads it. "rowwise" multiplies the float8
+# values themselves (an f8 x f8 GEMM, which XLA can run on FP8 tensor cores) and scales the
+# GEMM's output: its per-row scales are constant along what the GEMM sums.
 #
 # Keras' delayed-scaling bookkeeping keeps running unused by the recipe: each step still writes
 # every tensor's amax into its `<role>_amax_history` and the delayed scale into `<role>_scale`.
@@ -210,17 +212,23 @@ def recipe_qdq(
         amax = jnp.max(magnitude, initial=0.0)
         scale = jnp.where(amax > 0, amax / fmt.max, 1.0)
         return quantizers.quantize_and_dequantize(x, scale, fmt.dtype, dtype)
-    letters, blocked = axes
-    explicit = letters.replace("...", "")
-    offset = x.ndim - len(explicit)  # axes the ellipsis stands for
-    block_axes = [offset + explicit.index(c) for c in blocked] or [x.ndim - 1]
-    others = [a for a in range(x.ndim) if a not in block_axes]
-    order = block_axes + others if role == "kernel" else others + block_axes
+    order, block_dims = _blocked_order(x.ndim, role, axes)
     moved = jnp.transpose(x, order)
     quantized = recipes_lib.quantize(
-        moved, recipe, role, block_dims=len(block_axes), gemm=gemm, nvfp4=nvfp4, key=key
+        moved, recipe, role, block_dims=block_dims, gemm=gemm, nvfp4=nvfp4, key=key
     )
     return jnp.transpose(quantized, np.argsort(order)).astype(dtype)
+
+
+def _blocked_order(rank: int, role: str, axes: tuple) -> tuple[list, int]:
+    """(axis order, number of blocked axes) that moves `axes`' blocked letters where
+    recipes.quantize blocks: last for inputs and output gradients, first for kernels."""
+    letters, blocked = axes
+    explicit = letters.replace("...", "")
+    offset = rank - len(explicit)  # axes the ellipsis stands for
+    block_axes = [offset + explicit.index(c) for c in blocked] or [rank - 1]
+    others = [a for a in range(rank) if a not in block_axes]
+    return (block_axes + others if role == "kernel" else others + block_axes), len(block_axes)
 
 
 def recipe_float8_call(layer, recipe: str, inputs, training=None):
@@ -308,8 +316,10 @@ def _per_gemm_gemm(layer, recipe, training):
     """Y = X·W whose three GEMMs each quantize their operands along that GEMM's contraction
     axes, as Transformer Engine and torchao do: fprop X·W along K, dgrad dY·Wᵀ along N, wgrad
     Xᵀ·dY along M (recipes.gemm_layout). A per-row or per-block scale differs between the two
-    GEMMs a tensor feeds, so the backward quantizes X, W and dY afresh (a custom gradient)."""
-    from keras import ops  # lazy: keras loads in ~3 s
+    GEMMs a tensor feeds, so the backward quantizes X, W and dY afresh (a custom gradient).
+    The recipes of F8_GEMM_RECIPES multiply float8 values; the others dequantized ones."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+    from keras import ops
 
     dtype = layer.compute_dtype
     parts, key = getattr(layer, "nvfp4_parts", None), _rounding_key(layer, training)
@@ -318,9 +328,24 @@ def _per_gemm_gemm(layer, recipe, training):
     def matmul(x, kernel, x_scale, x_history, k_scale, k_history, g_scale, g_history):
         layout = recipes_lib.gemm_layout(getattr(layer, "equation", None), len(x.shape))
 
+        def to(value, role):  # the dtype an operand is quantize-dequantized to
+            return value.dtype if role == "outputs_grad" else dtype
+
         def qdq(value, gemm, role):
-            axes, to = layout[gemm][1][role], value.dtype if role == "outputs_grad" else dtype
-            return recipe_qdq(value, recipe, role, axes, to, gemm, parts, key)
+            axes = layout[gemm][1][role]
+            return recipe_qdq(value, recipe, role, axes, to(value, role), gemm, parts, key)
+
+        def product(gemm, a, b, b_quantized=None):
+            """`gemm` of its operands a and b, each quantized for it (b_quantized: b as
+            another GEMM quantized it, where that is the same)."""
+            equation, axes = layout[gemm]
+            (role_a, axes_a), (role_b, axes_b) = axes.items()
+            if recipe in F8_GEMM_RECIPES:
+                result = jnp.result_type(to(a, role_a), to(b, role_b))  # as the einsum below
+                operands = [(a, role_a, axes_a), (b, role_b, axes_b)]
+                return _rowwise_f8_gemm(equation, operands, result)
+            b_quantized = qdq(b, gemm, role_b) if b_quantized is None else b_quantized
+            return ops.einsum(equation, qdq(a, gemm, role_a), b_quantized)
 
         updates = [None] * 4
         if training:
@@ -328,23 +353,48 @@ def _per_gemm_gemm(layer, recipe, training):
                 *_delayed_bookkeeping(x, x_scale, x_history, "inputs"),
                 *_delayed_bookkeeping(kernel, k_scale, k_history, "kernel"),
             ]
-        kernel_q = qdq(kernel, "fprop", "kernel")
-        y = ops.einsum(layout["fprop"][0], qdq(x, "fprop", "inputs"), kernel_q)
+        # 128x128 and 16x16 kernel tiles survive the transpose: dgrad reuses fprop's.
+        tiled = recipe == "block128" or (recipe == "nvfp4" and parts.two_d_weights)
+        kernel_q = qdq(kernel, "fprop", "kernel") if tiled else None
+        y = product("fprop", x, kernel, kernel_q)
 
         def grad(*args, upstream=None, variables=None):
             dy = _upstream(args, upstream)
-            # 128x128 and 16x16 kernel tiles survive the transpose: dgrad reuses fprop's.
-            tiled = recipe == "block128" or (recipe == "nvfp4" and parts.two_d_weights)
-            kernel_t = kernel_q if tiled else qdq(kernel, "dgrad", "kernel")
-            dx = ops.einsum(layout["dgrad"][0], qdq(dy, "dgrad", "outputs_grad"), kernel_t)
-            x_w, dy_w = qdq(x, "wgrad", "inputs"), qdq(dy, "wgrad", "outputs_grad")
-            dk = ops.einsum(layout["wgrad"][0], x_w, dy_w)
+            dx, dk = product("dgrad", dy, kernel, kernel_q), product("wgrad", x, dy)
             bookkeeping = _delayed_bookkeeping(dy, g_scale, g_history, "outputs_grad")
             return ops.cast(dx, x.dtype), ops.cast(dk, kernel.dtype), *updates, *bookkeeping
 
         return y, grad
 
     return matmul
+
+
+# Recipes whose GEMMs multiply the float8 values themselves (_rowwise_f8_gemm).
+F8_GEMM_RECIPES = ("rowwise",)
+
+
+def _rowwise_f8_gemm(equation: str, operands: list, dtype):
+    """einsum `equation` of two (value, role, (letters, contracted letters)) operands under
+    torchao's rowwise recipe, as an f8 x f8 GEMM: their E4M3 values multiplied with float32
+    accumulation, then each output scaled by its two operands' row scales; in `dtype`.
+    The scales are powers of two, so every product of dequantized values is exact and this
+    is the quantize-dequantize GEMM's result up to the order of the float32 sum."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    output = equation.split("->")[1]
+    values, scale = [], 1.0
+    for value, role, (letters, contracted) in operands:
+        order, block_dims = _blocked_order(value.ndim, role, (letters, contracted))
+        moved = recipes_lib.rowwise_values(jnp.transpose(value, order), role, block_dims)
+        v, s = (jnp.transpose(m, np.argsort(order)) for m in moved)
+        values.append(v)
+        # The scales have size 1 along the contracted axes; they broadcast over the others.
+        kept = "".join(c for c in letters if c not in contracted)
+        s = jnp.squeeze(s, tuple(letters.index(c) for c in contracted))
+        s = jnp.transpose(s, [kept.index(c) for c in output if c in kept])
+        scale = scale * jnp.expand_dims(s, [i for i, c in enumerate(output) if c not in kept])
+    y = jnp.einsum(equation, *values, preferred_element_type=jnp.float32)
+    return (y * scale).astype(dtype)
 
 
 def _rounding_key(layer, training):

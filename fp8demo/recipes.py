@@ -4,7 +4,8 @@ Keras trains with one recipe, delayed per-tensor scaling. This module answers "w
 the same tensor have looked like under another recipe?": each function takes a float array
 and returns the array after quantizing to the recipe's format and back (float32, same shape).
 They are jax functions, compiled with jax.jit per input shape on first use: they take numpy
-arrays and can be called inside another jitted function (the probe's).
+arrays and can be called inside another jitted function (the probe's). `rowwise_values`
+stops before dequantizing: the float8 values and scales a real FP8 GEMM takes (model.py).
 
     recipe       format                 one scale per                     scale
     delayed      E4M3 fwd, E5M2 grads   tensor                            the run's (Keras)
@@ -154,15 +155,22 @@ def _qdq(x, scale, fmt: Format, noise=None):
 
     usable = scale > 0
     safe_scale = jnp.where(usable, scale, 1.0)
-    scaled = x / safe_scale
-    clipped = jnp.clip(scaled, -fmt.max, fmt.max)
-    if noise is not None:
-        clipped = _round_e2m1_stochastically(clipped, noise)
-    dequantized = clipped.astype(getattr(jnp, fmt.dtype)).astype(jnp.float32) * safe_scale
+    dequantized = _values(x, safe_scale, fmt, noise).astype(jnp.float32) * safe_scale
     # E2M1 has no NaN (the cast would give 0): keep NaN visible in every format.
     dequantized = jnp.where(jnp.isnan(x), jnp.nan, jnp.where(usable, dequantized, 0.0))
-    saturated = usable & (jnp.abs(scaled) > fmt.saturation_limit)
+    saturated = usable & (jnp.abs(x / safe_scale) > fmt.saturation_limit)
     return dequantized, saturated
+
+
+def _values(x, scale, fmt: Format, noise=None):
+    """x / scale clipped to ±fmax (±inf saturates) and rounded to fmt's dtype: the values a
+    low-precision GEMM multiplies. NaN stays NaN in the float8 formats."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    clipped = jnp.clip(x / scale, -fmt.max, fmt.max)
+    if noise is not None:
+        clipped = _round_e2m1_stochastically(clipped, noise)
+    return clipped.astype(getattr(jnp, fmt.dtype))
 
 
 def _tile_amax(m, rows: int | None, cols: int | None):
@@ -233,9 +241,13 @@ def _current(m, fmt):
     return _tiled(m, None, None, fmt, lambda amax: _fitting_scale(amax, fmt))
 
 
-def _rowwise(m, fmt):
+def _rowwise_scale(m, fmt):
     # torchao: multiplier fmax / amax rounded down to a power of two (a divisor rounded up).
-    return _tiled(m, 1, None, fmt, lambda amax: power_of_two_scale(amax, fmt, "up"))
+    return power_of_two_scale(_tile_amax(m, 1, None), fmt, "up")
+
+
+def _rowwise(m, fmt):
+    return _qdq(m, _rowwise_scale(m, fmt), fmt)
 
 
 def _rowwise_gw_hp(m, fmt, role, gemm):
@@ -513,6 +525,25 @@ def quantize(
     its stochastic rounding draws from. With the Hadamard transform a wgrad operand comes
     back transformed along M: only the product of the two wgrad operands means anything."""
     return _apply(x, recipe, role, delayed_scale, block_dims, gemm, nvfp4, key)[0]
+
+
+@_compiled("role", "block_dims")
+def rowwise_values(x, role: str, block_dims: int = 1):
+    """`quantize(x, "rowwise", role, block_dims=block_dims)` before dequantizing: (values,
+    scale), float8_e4m3fn values in x's shape and float32 power-of-two scales in x's shape
+    with size 1 along the blocked axes, whose product is that quantize's result. A GEMM
+    contracting the blocked axes can multiply the values in FP8 and scale its output
+    afterwards: the scales are constant along what it sums."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    fmt = recipe_format("rowwise", role)
+    matrix, restore = _to_blocked(x, role, block_dims)
+    scale = _rowwise_scale(matrix, fmt)
+    values = restore(_values(matrix, scale, fmt))
+    rank = jnp.ndim(x)
+    blocked = range(block_dims) if role == "kernel" else range(rank - block_dims, rank)
+    one_per_row = tuple(slice(0, 1) if axis in blocked else slice(None) for axis in range(rank))
+    return values, restore(scale)[one_per_row]
 
 
 @_compiled("recipe", "role", "block_dims")

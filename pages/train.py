@@ -463,9 +463,9 @@ if not problems:
             "Large matmuls are where fp8 can pay off, on a GPU with fp8 tensor cores and only "
             "if XLA runs the float8 layers as FP8 GEMMs. After its fit, each float8 run says "
             "how many of its matmuls did (Live card, Results), and Results compares the training "
-            "speed of fp8 with bf16 (and of every other precision). Row- and block-scaled "
-            "recipes (fp8-rowwise, fp8-rowwise-gw-hp, fp8-block128, mxfp8, nvfp4) are emulated: "
-            "numerics, not speed."
+            "speed of fp8 with bf16 (and of every other precision). fp8-current and fp8-rowwise "
+            "can run FP8 GEMMs; the other recipes (fp8-rowwise-gw-hp, fp8-block128, mxfp8, "
+            "nvfp4) are emulated: numerics, not speed."
             + (
                 " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
                 if platform != "gpu"
