@@ -155,19 +155,20 @@ def _qdq(x, scale, fmt: Format, noise=None):
 
     usable = scale > 0
     safe_scale = jnp.where(usable, scale, 1.0)
-    dequantized = _values(x, safe_scale, fmt, noise).astype(jnp.float32) * safe_scale
+    scaled = x / safe_scale
+    dequantized = _values(scaled, fmt, noise).astype(jnp.float32) * safe_scale
     # E2M1 has no NaN (the cast would give 0): keep NaN visible in every format.
     dequantized = jnp.where(jnp.isnan(x), jnp.nan, jnp.where(usable, dequantized, 0.0))
-    saturated = usable & (jnp.abs(x / safe_scale) > fmt.saturation_limit)
+    saturated = usable & (jnp.abs(scaled) > fmt.saturation_limit)
     return dequantized, saturated
 
 
-def _values(x, scale, fmt: Format, noise=None):
-    """x / scale clipped to ±fmax (±inf saturates) and rounded to fmt's dtype: the values a
-    low-precision GEMM multiplies. NaN stays NaN in the float8 formats."""
+def _values(scaled, fmt: Format, noise=None):
+    """Values already divided by their scale, clipped to ±fmax (±inf saturates) and rounded
+    to fmt's dtype: what a low-precision GEMM multiplies. NaN stays NaN in the float8 formats."""
     import jax.numpy as jnp  # lazy: jax loads in ~3 s
 
-    clipped = jnp.clip(x / scale, -fmt.max, fmt.max)
+    clipped = jnp.clip(scaled, -fmt.max, fmt.max)
     if noise is not None:
         clipped = _round_e2m1_stochastically(clipped, noise)
     return clipped.astype(getattr(jnp, fmt.dtype))
@@ -539,7 +540,7 @@ def rowwise_values(x, role: str, block_dims: int = 1):
     fmt = recipe_format("rowwise", role)
     matrix, restore = _to_blocked(x, role, block_dims)
     scale = _rowwise_scale(matrix, fmt)
-    values = restore(_values(matrix, scale, fmt))
+    values = restore(_values(matrix / scale, fmt))
     rank = jnp.ndim(x)
     blocked = range(block_dims) if role == "kernel" else range(rank - block_dims, rank)
     one_per_row = tuple(slice(0, 1) if axis in blocked else slice(None) for axis in range(rank))
