@@ -317,12 +317,15 @@ def block_section(store, run, layers):
     )
     gemms = recipes.ROLE_GEMMS[role]
     chosen = st.session_state.get("recipe_gemm")  # the what-if's GEMM, when this tensor feeds it
+    follow = chosen if chosen in gemms else "first"
     gemm = c[1].radio(
         "GEMM",
         gemms,
         index=gemms.index(chosen) if chosen in gemms else 0,
         horizontal=True,
-        key=f"block_gemm_{role}",
+        # Keyed by the what-if's GEMM too: a widget keeps its first index, and this one
+        # follows the what-if's choice whenever that changes.
+        key=f"block_gemm_{role}_{follow}",
         help="The two GEMMs this tensor feeds; each blocks it along its own contraction axis.",
     )
     names = [n for n in block_scales.BLOCK_RECIPES if any(r["recipe"] == n for r in rows)]

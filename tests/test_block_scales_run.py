@@ -162,7 +162,7 @@ def test_the_health_page_shows_a_tensors_block_scales_and_worst_blocks(trained, 
     assert set(worst["GEMM"]) == {"fprop"} and worst["block"][0].startswith("row ")
 
     at.selectbox(key="block_tensor").set_value(("decoder/feedforward_output_dense", "kernel")).run()
-    at.radio(key="block_gemm_kernel").set_value("dgrad").run()
+    at.radio(key="block_gemm_kernel_first").set_value("dgrad").run()
     at.selectbox(key="block_recipe").set_value("nvfp4").run()
     assert not at.exception
     assert "decoder/feedforward_output_dense · kernel under nvfp4" in histogram_title()

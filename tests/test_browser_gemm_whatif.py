@@ -1,5 +1,6 @@
 """In a real browser: FP8 health's what-if heatmap shows one chosen GEMM's two operands, each
-as that GEMM quantizes it, with the hover's three numbers (issue 22, part 3)."""
+as that GEMM quantizes it, with the hover's three numbers (issue 22, part 3); its Block scales
+view draws a tensor's block scales in that GEMM and names the worst blocks (part 4)."""
 
 import pytest
 from conftest import copy_home
@@ -7,6 +8,8 @@ from test_browser import (  # noqa: F401  (the browser fixture)
     RECIPE_HEATMAP,
     browser,
     idle,
+    shot,
+    shows,
     start_server,
     wait_for_recipe_heatmap,
 )
@@ -19,6 +22,14 @@ HEATMAP_ROWS = """(gemm) => {
         ((el.layout || {}).title || {}).text?.includes(`in the ${gemm} GEMM`)
         && el.querySelector('.heatmaplayer image'));
     return el ? Array.from(el.data[0].y) : null; }"""
+
+# The block-scale histogram of one recipe: its title and its bars' block counts.
+BLOCK_BARS = """(recipe) => {
+    const el = Array.from(document.querySelectorAll('.js-plotly-plot')).find(el => {
+        const title = ((el.layout || {}).title || {}).text || '';
+        return title.includes('Block scales of ') && title.includes(` under ${recipe} `)
+            && el.querySelector('.barlayer .point'); });
+    return el ? {title: el.layout.title.text, counts: Array.from(el.data[0].y)} : null; }"""
 
 
 def test_health_shows_the_recipe_heatmap_of_a_chosen_gemm(
@@ -51,6 +62,21 @@ def test_health_shows_the_recipe_heatmap_of_a_chosen_gemm(
         text = hover.text_content()
         assert "in wgrad" in text and "underflow" in text and "saturation" in text, text
         assert "SNR" in text and not page.locator('[data-testid="stException"]').count()
+
+        # Block scales (the fixture measures them): the first tensor, its inputs, in the GEMM
+        # chosen above, under the first block recipe; then under nvfp4, picked as a user does.
+        page.get_by_text("Block scales", exact=True).scroll_into_view_if_needed()
+        bars = page.wait_for_function(BLOCK_BARS, arg="block128", timeout=30_000).json_value()
+        assert " · inputs under block128 (probe at step" in bars["title"], bars
+        assert sum(bars["counts"]) > 0 and min(bars["counts"]) >= 0, bars
+        shows(page, [" · inputs in wgrad", "At the limit, for block128"])
+        shot(page, "health-block-scales")
+        page.locator(".st-key-block_recipe").click()
+        page.get_by_role("option", name="nvfp4", exact=True).click()
+        bars = page.wait_for_function(BLOCK_BARS, arg="nvfp4", timeout=30_000).json_value()
+        assert sum(bars["counts"]) > 0, bars
+        shows(page, ["At the limit, for nvfp4", "Worst blocks of"])
+        assert not page.locator('[data-testid="stException"]').count()
         assert not errors, errors
         page.context.close()
     finally:
