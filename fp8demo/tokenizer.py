@@ -89,7 +89,19 @@ def compute_vocabulary(texts, vocab_size: int, method: str = "keras") -> list:
 
 
 def _fast_vocabulary(texts, vocab_size: int) -> list:
-    """Hugging Face's WordPiece trainer: the same kind of vocabulary in seconds."""
+    """Hugging Face's WordPiece trainer: the same kind of vocabulary in seconds, the same
+    vocabulary on every run.
+
+    The trainer numbers the word-inner pieces ("##e") in the order of a Rust hash map, which
+    changes from process to process, and breaks ties between merges of equal counts by those
+    numbers. A first pass finds the pieces; the second fixes their numbers, in sorted order,
+    by declaring them before training (as special tokens: they are only numbered first)."""
+    first = _hf_wordpiece(texts, vocab_size, [])
+    pieces = sorted(t for t in first if t.startswith("##") and len(t) == 3)
+    return _hf_wordpiece(texts, vocab_size, pieces)
+
+
+def _hf_wordpiece(texts, vocab_size: int, numbered_first: list) -> list:
     # lazy: only the fast vocabulary learner needs it
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
@@ -98,7 +110,7 @@ def _fast_vocabulary(texts, vocab_size: int) -> list:
     tokenizer.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
     trainer = trainers.WordPieceTrainer(
         vocab_size=vocab_size,
-        special_tokens=list(RESERVED_TOKENS),
+        special_tokens=[*RESERVED_TOKENS, *numbered_first],
         continuing_subword_prefix="##",
         show_progress=False,
     )

@@ -4,7 +4,7 @@ import dataclasses
 
 import numpy as np
 
-from fp8demo import tokenizer
+from fp8demo import data, tokenizer
 from fp8demo.config import TrainConfig
 
 SMALL = TrainConfig(subset=200, vocab_size=600, seq_len=48)
@@ -48,7 +48,6 @@ def test_changed_settings_recompute_what_they_change(home):
 def test_keras_vocabulary_is_the_examples_keras_hub_call(home):
     import keras_hub
 
-    from fp8demo import data
     from fp8demo.env import tensorflow
 
     prepared = prepare(SMALL, home)
@@ -67,6 +66,34 @@ def test_fast_vocabulary_has_reserved_tokens_and_wordpieces(home):
     # Real words survive tokenization: most tokens of the training set are not [UNK].
     ids = fast.x_train[fast.x_train > 0]
     assert (ids == 1).mean() < 0.05
+
+
+def test_the_fast_vocabulary_is_the_same_in_every_process(home, tmp_path):
+    """The trainer numbers word-inner pieces in the order of a Rust hash map seeded anew in
+    each process; the vocabulary (and so the run a seed gives) must not change with it."""
+    import json
+    import subprocess
+    import sys
+
+    texts = data.load(subset=SMALL.subset, home=home, progress=lambda *_: None).train.texts
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    learn = (
+        "import json, sys; from fp8demo.tokenizer import compute_vocabulary; "
+        "texts = json.load(open(sys.argv[1])); "
+        "print(json.dumps(compute_vocabulary(texts, 600, 'fast')))"
+    )
+    learned = [
+        subprocess.run(
+            [sys.executable, "-c", learn, str(tmp_path / "texts.json")],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for _ in range(2)
+    ]
+    vocabularies = [json.loads(out.splitlines()[-1]) for out in learned]
+    assert vocabularies[0] == vocabularies[1]
+    assert vocabularies[0] == tokenizer.compute_vocabulary(texts, 600, "fast")
 
 
 def test_preview_uses_the_cached_vocabulary(home):

@@ -75,34 +75,35 @@ def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
 
 def test_data_parallel_on_two_cpu_devices(home, monkeypatch):
     """XLA's host platform split in two devices stands in for two GPUs (on a GPU machine the
-    runs use its GPUs instead, whatever their number)."""
+    runs use its GPUs instead, whatever their number). That its metrics are single-device
+    training's is the next test's (on splits that do not split evenly, the harder case)."""
     monkeypatch.setenv("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
     store = Store(home)
     # fp8 alone: its sharded float8 variables, probe and compiled step are what can break.
-    base = TrainConfig(subset=256, vocab_size=800, seq_len=48, epochs=1, precisions=("fp8",))
-    single = launcher.launch(base, store)
-    parallel = launcher.launch(dataclasses.replace(base, data_parallel=True), store)
-    wait_for(lambda: all_runs_ended(store, (single, parallel)), 400, "both comparisons")
-    for run in store.runs(parallel):
-        assert run["status"] == "finished", run["error"]
-        if backend() == "cpu":
-            assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
-            assert run["device"].startswith("CPU, ")  # its label: "CPU, 2 cores"
-        else:  # every GPU of this machine, named as the sidebar names them
-            import jax
+    config = TrainConfig(
+        subset=256, vocab_size=800, seq_len=48, epochs=1, precisions=("fp8",), data_parallel=True
+    )
+    parallel = launcher.launch(config, store)
+    wait_for(lambda: all_runs_ended(store, (parallel,)), 400, "the data-parallel comparison")
+    (run,) = store.runs(parallel)
+    assert run["status"] == "finished", run["error"]
+    if backend() == "cpu":
+        assert run["summary"]["devices"] == ["cpu:0", "cpu:1"]  # both devices used
+        assert run["device"].startswith("CPU, ")  # its label: "CPU, 2 cores"
+    else:  # every GPU of this machine, named as the sidebar names them
+        import jax
 
-            assert run["summary"]["devices"] == [str(d) for d in jax.devices()]
-            assert run["device"] == device.describe()["label"]
-        assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
-    fp8_parallel = next(r for r in store.runs(parallel) if r["precision"] == "fp8")
-    # Probed before the first and after the last step.
-    assert len(store.fp8_probe(fp8_parallel["id"])[0]) == 2
-    found = fp8_parallel["summary"]["compiled_step"]  # the sharded step is read back too
+        assert run["summary"]["devices"] == [str(d) for d in jax.devices()]
+        assert run["device"] == device.describe()["label"]
+    assert "probe_error" not in run["summary"]  # the probe runs on sharded variables too
+    # Probed before the first and after the last step, every float8 layer (8: four attention
+    # projections, two feed-forward, the dense layer and the classifier).
+    layers = [layer["name"] for layer in run["summary"]["fp8_layers"]]
+    assert len(layers) == 8 and "classifier" in layers
+    assert len(store.fp8_probe(run["id"])[0]) == 2
+    found = run["summary"]["compiled_step"]  # the sharded step is read back too
     assert "error" not in found and found["matmuls"] > 0 and found["float8_values"] > 0
-    # Same data, seed and initial weights: accuracy within noise of single-device training.
-    for a, b in zip(store.runs(single), store.runs(parallel)):
-        assert abs(a["test_accuracy"] - b["test_accuracy"]) < 0.1
-        assert b["summary"]["fp8_layers"] == a["summary"]["fp8_layers"]
+    assert 0.0 <= run["test_accuracy"] <= 1.0 and run["test_loss"] > 0
 
 
 def small_aclimdb(source, target, train: int, test: int):
