@@ -7,7 +7,10 @@ claims it when no run may start and calls evaluate_run, which keeps the results 
 summary["ptq"]. A comparison never waits for it, and a page never computes it.
 """
 
+from __future__ import annotations
+
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -16,7 +19,11 @@ from fp8demo import model as model_lib
 from fp8demo import tokenizer
 from fp8demo.config import ConfigError
 from fp8demo.store import Store
-from fp8demo.training import EvaluationSet, eval_batch_size, evaluate
+
+# fp8demo.training is imported where evaluating needs it: it loads keras and JAX (about 1.5 s),
+# which the CLI's listings and the pages, asking only post_training_pending, never use.
+if TYPE_CHECKING:
+    from fp8demo.training import EvaluationSet
 
 
 def post_training_pending(run: dict) -> bool:
@@ -46,6 +53,8 @@ def evaluate_run(store: Store, run_id) -> dict:
         if not post_training_pending(run):
             return run["summary"].get("ptq") or {}
         config, folder = run["config"], store.run_dir(run["id"])
+        from fp8demo.training import eval_batch_size
+
         fp8demo.env.use_compilation_cache(store.home)
         test = test_set_of(store, run)
         batch = eval_batch_size(config.seq_len)
@@ -61,6 +70,8 @@ def evaluate_run(store: Store, run_id) -> dict:
 def test_set_of(store: Store, run: dict) -> EvaluationSet:
     """The test split a run was evaluated on, tokenized with the vocabulary it saved: from the
     token cache of the data it recorded, else prepared again from its data source."""
+    from fp8demo.training import EvaluationSet
+
     fingerprint = (run["summary"].get("data") or {}).get("fingerprint")
     if fingerprint:
         path = tokenizer.tokens_cache_path(run["config"], fingerprint, store.home)
@@ -81,6 +92,8 @@ def test_set_of(store: Store, run: dict) -> EvaluationSet:
 
 def evaluate_post_training(folder, config, mode: str, test: EvaluationSet, batch_size: int) -> dict:
     """Test results and weight bytes of the saved bf16 weights quantized to `mode`."""
+    from fp8demo.training import evaluate
+
     quantized = model_lib.build(config, "bf16")
     quantized.load_weights(folder / "model.weights.h5")
     model_lib.compile(model_lib.quantize_post_training(quantized, mode), config)

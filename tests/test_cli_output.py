@@ -103,3 +103,20 @@ def test_this_process_runs_under_the_gpu_flags_exactly_when_it_has_a_gpu():
     flags = os.environ.get("XLA_FLAGS", "")
     for name, value in env.GPU_XLA_FLAGS.items():
         assert (f"--{name}={value}" in flags) == env.has_nvidia_gpu()
+
+
+def test_a_reader_that_stops_early_ends_the_command_quietly(tmp_path):
+    """`python -m fp8demo runs | head -1`: the pipe closes before the command writes; it stops
+    with status 141 (as a shell reports SIGPIPE) and no traceback."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fp8demo", "runs"],
+        cwd=ROOT,
+        env=dict(os.environ, FP8DEMO_HOME=str(tmp_path / "home")),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    process.stdout.close()  # the reader is gone before the first line
+    stderr = process.stderr.read()
+    assert process.wait(60) == 141
+    assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr

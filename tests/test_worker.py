@@ -54,8 +54,15 @@ def test_cancel_running_and_queued_runs(home):
 
 def test_repeats_over_seeds_share_a_group_and_give_mean_and_std(home):
     store = Store(home)
+    # No probe: the repeats' statistics read test accuracies only.
     config = TrainConfig(
-        subset=64, vocab_size=800, seq_len=32, epochs=1, precisions=("bf16", "fp8"), ptq=False
+        subset=64,
+        vocab_size=800,
+        seq_len=32,
+        epochs=1,
+        precisions=("bf16", "fp8"),
+        ptq=False,
+        probe_every=0,
     )
     ids = launcher.launch_repeats(config, 2, store, label="noise")
     assert [store.comparison(i)["config"].seed for i in ids] == [42, 43]
