@@ -11,6 +11,8 @@
    curves of two runs, three amax heatmaps, the scales figure) plus their JSON
    serialization, from a store holding a full 1,024-step history for 8 float8 layers ×
    3 roles. Target: well under 1 s.
+4. CLI commands: the wall time of `python -m fp8demo runs --json` and `show RUN --json` in a
+   new process (what a user typing them waits for, start-up included), median of 5.
 
     .venv/bin/python benchmarks/responsiveness.py [--store HOME_WITH_A_FINISHED_COMPARISON]
 """
@@ -217,6 +219,28 @@ def live_figures(home: Path, repeats: int = 10) -> dict:
     return out
 
 
+CLI_COMMANDS = (("runs", "--json"), ("show", "1", "--json"))
+
+
+def cli_seconds(home: Path, repeats: int = 5) -> dict:
+    """{command: median wall seconds} of CLI commands, each in a new process."""
+    env = dict(os.environ, FP8DEMO_HOME=str(home))
+    medians = {}
+    for command in CLI_COMMANDS:
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            subprocess.run(
+                [sys.executable, "-m", "fp8demo", *command],
+                env=env,
+                check=True,
+                capture_output=True,
+            )
+            times.append(time.perf_counter() - started)
+        medians[" ".join(command)] = statistics.median(times)
+    return medians
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument(
@@ -247,6 +271,8 @@ def main(argv=None):
         figures = live_figures(live_home)
         print(f"== prediction latency (median of {args.repeats})")
         latency = predict_latency(home, args.repeats)
+        print("== CLI commands (median of 5)")
+        commands = cli_seconds(home)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -276,9 +302,13 @@ def main(argv=None):
         f"{FIGURES_TARGET_S:.0f} s): "
         f"{_common.met(figures['build_and_json'] <= FIGURES_TARGET_S / 2)}"
     )
+    print("CLI: " + ", ".join(f"{k} {v:.2f} s" for k, v in commands.items()))
     if any(r["errors"] for r in pages):
         print("page exceptions:", [(r["page"], r["errors"][0][:200]) for r in pages if r["errors"]])
-    _common.write_json(args.json, {"pages": pages, "predict": latency, "live_figures": figures})
+    _common.write_json(
+        args.json,
+        {"pages": pages, "predict": latency, "live_figures": figures, "cli": commands},
+    )
 
 
 if __name__ == "__main__":
