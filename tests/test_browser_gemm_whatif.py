@@ -38,6 +38,8 @@ def test_health_shows_the_recipe_heatmap_of_a_chosen_gemm(
     imdb_folder,
     browser,  # noqa: F811
 ):
+    from playwright.sync_api import expect
+
     home = tmp_path / "home"
     copy_home(trained["home"], home)
     process, url = start_server(home, imdb_folder)
@@ -54,6 +56,10 @@ def test_health_shows_the_recipe_heatmap_of_a_chosen_gemm(
         assert rows and len(rows) == 16, rows
         assert {row.split(" · ")[1] for row in rows} == {"inputs", "output gradient"}
         chart = page.locator(".js-plotly-plot").filter(has=page.locator(f"text={RECIPE_HEATMAP}"))
+        # Until the rerun the click started ends, the chart drawn before it is still in the
+        # page (stale) beside the new one.
+        idle(page)
+        expect(chart).to_have_count(1, timeout=30_000)
         chart.scroll_into_view_if_needed()
         box = chart.locator(".nsewdrag").first.bounding_box()
         page.mouse.move(box["x"] + box["width"] * 0.7, box["y"] + box["height"] * 0.3)
