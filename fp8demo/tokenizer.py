@@ -94,9 +94,10 @@ def _fast_vocabulary(texts, vocab_size: int) -> list:
 
     The trainer numbers the word-inner pieces ("##e") in the order of a Rust hash map, which
     changes from process to process, and breaks ties between merges of equal counts by those
-    numbers. A first pass finds the pieces; the second fixes their numbers, in sorted order,
-    by declaring them before training (as special tokens: they are only numbered first)."""
-    first = _hf_wordpiece(texts, vocab_size, [])
+    numbers. A first pass finds the pieces (vocabulary size 1: no merges, only the alphabet,
+    which the trainer always keeps); the second fixes their numbers, in sorted order, by
+    declaring them before training (as special tokens: they are only numbered first)."""
+    first = _hf_wordpiece(texts, 1, [])
     pieces = sorted(t for t in first if t.startswith("##") and len(t) == 3)
     return _hf_wordpiece(texts, vocab_size, pieces)
 
