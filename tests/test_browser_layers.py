@@ -20,6 +20,18 @@ def grid_cells(page) -> list[str]:
     return page.locator('[data-testid="stDataFrame"] [role="gridcell"]').all_inner_texts()
 
 
+def settled(read, what, timeout=30):
+    """What `read()` returns once two reads in a row agree."""
+    last = [None]
+
+    def unchanged():
+        now = read()
+        same, last[0] = now == last[0], now
+        return same and now
+
+    return wait_for(unchanged, timeout, what)
+
+
 def test_a_layer_picked_on_train_trains_in_bf16_and_health_says_so(tmp_path, imdb_folder, browser):  # noqa: F811
     from playwright.sync_api import expect
 
@@ -37,12 +49,18 @@ def test_a_layer_picked_on_train_trains_in_bf16_and_health_says_so(tmp_path, imd
         idle(page)
         expect(page.locator(".st-key-subset input")).to_have_value("64", timeout=30_000)
         page.get_by_text("Advanced", exact=True).click()
+        # The expander scrolls while it opens, and the picker's list closes on any scroll
+        # outside it (an option clicked in a closing list is not selected): wait until the
+        # expander holds still.
+        advanced = page.locator('[data-testid="stExpander"] details').filter(has_text="Advanced")
+        size = "d => [d.getBoundingClientRect().height, d.scrollTop]"
+        settled(lambda: advanced.evaluate(size), "the Advanced expander to open")
         picker = page.locator(".st-key-bf16_layers input")
-        # A click focuses the picker but does not always open its list; typing does, and
-        # leaves the layers whose names hold the text.
         picker.click()
-        page.keyboard.type(LAYER)
+        page.keyboard.type(LAYER)  # opens the list, with the layers whose names hold the text
+        expect(picker).to_have_attribute("aria-expanded", "true")
         page.get_by_role("option", name=LAYER, exact=True).click(timeout=30_000)
+        expect(page.locator(".st-key-bf16_layers [data-tag]")).to_have_text([LAYER])
         page.keyboard.press("Escape")
         idle(page)
         page.wait_for_url(f"**bf16_layers={LAYER}**", timeout=15_000)  # the URL keeps it
