@@ -478,10 +478,16 @@ def test_a_tiny_sweep_from_the_sweep_page_to_a_trials_comparison(tmp_path, imdb_
         page.locator(".st-key-sw_high_lr input").press("Enter")
         expect(launch).to_be_enabled(timeout=30_000)
         idle(page)
-        # Tiny fixed settings on top of the Quick demo preset, and two trials.
+        # Tiny fixed settings on top of the Quick demo preset, and two trials (no probe:
+        # nothing here reads it, and its compilation is most of a tiny run).
         set_number(page, "sw_trials", 2)
         page.get_by_text("Fixed settings (every trial)").click()
-        for key, value in (("subset", 128), ("vocab_size", 800), ("seq_len", 32)):
+        for key, value in (
+            ("subset", 128),
+            ("vocab_size", 800),
+            ("seq_len", 32),
+            ("probe_every", 0),
+        ):
             set_number(page, f"sw_fixed_{key}", value)
         shot(page, "9-sweep-form")
         launch.click()

@@ -198,6 +198,7 @@ def test_best_epoch_early_stopping_and_a_short_amax_history(home):
         amax_history_length=16,
         ptq=False,
         dropout_masks="fast",
+        probe_every=0,  # nothing here reads the probe, whose compilation is most of a tiny run
     )
     _, (run_id,) = store.create_comparison(config)
     execute(store, store.claim_next_run(0))
