@@ -29,6 +29,14 @@ STATUS_ICONS = {
     "cancelled": ":material/stop_circle:",
     "interrupted": ":material/warning:",
 }
+# fp8 vs bf16 verdicts (fp8demo.verdicts), on Results and Sweep: neutral icons, a verdict is
+# never drawn red or green.
+VERDICT_ICONS = {
+    "equivalent": ":material/check_circle:",
+    "better": ":material/arrow_upward:",
+    "worse": ":material/arrow_downward:",
+    "inconclusive": ":material/help:",
+}
 
 
 # -- page setup ---------------------------------------------------------------------------

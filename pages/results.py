@@ -135,14 +135,6 @@ def accuracy_metrics(runs, found: dict):
 
 # -- fp8 vs bf16 over seeds: the verdict and more seeds ----------------------------------------
 
-VERDICT_ICONS = {
-    "equivalent": ":material/check_circle:",
-    "better": ":material/arrow_upward:",
-    "worse": ":material/arrow_downward:",
-    "inconclusive": ":material/help:",
-}
-
-
 # The engine cannot train a user's own model again: its repeats are the user's to run.
 MONITOR_REPEATS = (
     "Recorded by your own script (FP8Monitor): the dashboard cannot train your model "
@@ -189,7 +181,7 @@ def verdict_panel(store, comparison, comparisons, found: dict):
         for precision, verdict in found.items():
             name = report.difference_name(precision)
             line = verdicts.verdict_line(verdict, name)
-            st.markdown(f"{VERDICT_ICONS[verdict['verdict']]} {line}")
+            st.markdown(f"{common.VERDICT_ICONS[verdict['verdict']]} {line}")
         st.caption(
             "Over every finished comparison with these settings and another seed (a paired "
             "Student-t interval of the per-seed differences); one seed has no interval."

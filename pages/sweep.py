@@ -52,12 +52,6 @@ TRIAL_PAGES = [
     ("pages/health.py", "FP8 health", ":material/health_and_safety:"),
     ("pages/predict.py", "Predict", ":material/chat:"),
 ]
-VERDICT_ICONS = {  # neutral icons: a verdict is never drawn red or green here
-    "equivalent": ":material/check_circle:",
-    "better": ":material/arrow_upward:",
-    "worse": ":material/arrow_downward:",
-    "inconclusive": ":material/help:",
-}
 STATE_ICONS = {
     "running": ":material/play_circle:",
     "complete": ":material/check_circle:",
@@ -508,7 +502,7 @@ def best_verdict(store, row: dict):
     if verdict is None:
         return
     line = verdicts.verdict_line(verdict)
-    st.markdown(f"{VERDICT_ICONS[verdict['verdict']]} Its verdict on the test split: {line}")
+    st.markdown(f"{common.VERDICT_ICONS[verdict['verdict']]} Its verdict on the test split: {line}")
     if verdict["verdict"] == "inconclusive":
         more = verdict.get("more_seeds")
         need = f"about {more} more seed{'s' if more != 1 else ''}" if more else "many more seeds"
