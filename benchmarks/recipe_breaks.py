@@ -361,9 +361,13 @@ def health_against_accuracy(store, run, base, margin: float) -> dict:
 
 def same_setup(a, b, precision: str) -> bool:
     """Whether a run of `precision` with settings `a` belongs to an experiment with settings
-    `b`: they differ at most in the seed, the precisions trained and, for bf16, the float8
-    settings."""
+    `b`: they differ at most in the seed, the precisions trained, for bf16 the float8
+    settings and for any precision but nvfp4 nvfp4's parts."""
     ignored = {"seed", "precisions"} | (FLOAT8_ONLY if precision == BASELINE else set())
+    if precision != "nvfp4":  # an nvfp4 ablation pairs with the bf16 runs already stored
+        from fp8demo.config import NVFP4_PARTS
+
+        ignored |= set(NVFP4_PARTS)
     return set(a.differences(b)) <= ignored
 
 
