@@ -6,8 +6,8 @@ scaling recipe) faster than bf16 there?
 1. Confirms JAX sees a GPU (else says so and exits 3; --allow-cpu runs everything on the CPU as
    a logic test, where no cuBLAS call can appear and the speeds say nothing about a GPU).
 2. For each configuration (the example, "Large (hidden 1024)", "XL (hidden 4096)") and each
-   precision (bf16; fp8, Keras' delayed scaling; fp8-current, per-tensor current scaling;
-   mxfp8, 32-value blocks): builds the model (float8: model.quantize("float8"), then the
+   precision that trains (bf16; fp8, Keras' delayed scaling; every scaling recipe, fp8-current
+   to nvfp4): builds the model (float8: model.quantize("float8"), then the
    recipe's quantization), compiles the training step with a warm-up fit, counts the matmuls
    of that compiled step by how they run (fp8demo.compiled: FP8 GEMMs, other GEMMs and dots)
    and times a fit over --steps steps.
@@ -44,7 +44,17 @@ CONFIGS = {
     "large": ("Large (hidden 1024)", "Large (hidden 1024)"),
     "xl": ("XL (hidden 4096)", "XL (hidden 4096)"),
 }
-PRECISIONS = ("bf16", "fp8", "fp8-current", "mxfp8")
+# Every precision that trains, bf16 first (the ratios' base) and float32 left out.
+PRECISIONS = (
+    "bf16",
+    "fp8",
+    "fp8-current",
+    "fp8-rowwise",
+    "fp8-rowwise-gw-hp",
+    "fp8-block128",
+    "mxfp8",
+    "nvfp4",
+)
 
 
 def tiny(config) -> dict:
@@ -87,6 +97,7 @@ def hlo_summary(text: str) -> dict:
     return {
         **compiled.count_matmuls(text),
         "cublas_f8_gemms": text.count(compiled.FP8_GEMM_TARGET),
+        "cudnn_fusions": text.count("__cudnn$fusion"),
         "f8e4m3fn_mentions": len(re.findall(r"f8e4m3fn", text)),
         "f8e5m2_mentions": len(re.findall(r"f8e5m2", text)),
         "cublas_gemms_any": len(re.findall(r"__cublas\$(lt\$)?(matmul|gemm)", text)),
@@ -141,6 +152,8 @@ def fp8_gemms(measured: dict) -> str:
     counted = f"{found['fp8_matmuls']} of {found['matmuls']}"
     if found.get("recipe") in compiled.EMULATED_RECIPES:
         return f"emulated ({counted})"
+    if found.get("recipe") in compiled.BLOCK_SCALED_OPERANDS:
+        return f"{counted} block-scaled GEMMs"
     return f"{counted} FP8 GEMMs"
 
 

@@ -71,7 +71,8 @@ main() {
         # The two deselected tests train on IMDB reviews through TensorFlow; no PostgreSQL there.
         timeout --kill-after=10 "$TESTS_TIMEOUT" "$PYTHON" -m pytest -q -rA -p no:cacheprovider \
             tests/test_model.py tests/test_fp8.py tests/test_compiled.py tests/test_probe.py \
-            tests/test_recipes.py tests/test_block_scales.py \
+            tests/test_recipes.py tests/test_block_scales.py tests/test_gemm_operands.py \
+            tests/test_rowwise_gemm.py tests/test_block_scaled_gemm.py \
             --deselect tests/test_probe.py::test_training_records_probes_for_the_fp8_run \
             --deselect tests/test_probe.py::test_training_records_recipe_statistics_at_every_probe \
             -k "not postgresql" \

@@ -10,19 +10,32 @@ own optimized HLO and counts.
 Scaling recipes (model.use_recipe) differ here. XLA's rewrite needs one scalar scale per
 operand: per-tensor current scaling ("current") emits Keras' pattern and may be matched, and
 the count decides. So it does for "rowwise" (model.F8_GEMM_RECIPES), whose GEMMs multiply the
-float8 values themselves and scale the output after. Other per-row and per-block scales
-("rowwise-gw-hp", "block128", "mxfp8") multiply each value by its own scale before the matmul,
-so these recipes are emulated, and their verdict never suggests FP8 GEMMs, whatever float8
-conversions the step holds.
+float8 values themselves and scale the output after, and for "mxfp8" and "nvfp4"
+(model.BLOCK_SCALED_GEMM_RECIPES), whose GEMMs are jax.nn.scaled_matmul's block-scaled GEMMs:
+cuDNN fusions on a Blackwell GPU, elsewhere their definition in higher precision, and the
+verdict says why. The other per-row and per-block scales ("rowwise-gw-hp", "block128")
+multiply each value by its own scale before the matmul, so these recipes are emulated, and
+their verdict never suggests FP8 GEMMs, whatever float8 conversions the step holds.
 """
 
 import re
 import time
 
-from fp8demo.model import F8_GEMM_RECIPES, scaling_recipe
+from fp8demo.model import (
+    BLOCK_SCALED_GEMM_RECIPES,
+    F8_GEMM_RECIPES,
+    block_scaled_gemm_support,
+    scaling_recipe,
+)
 
 FP8_GEMM_TARGET = "__cublas$lt$matmul$f8"
-FLOAT8_TYPES = ("f8e4m3fn", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e4m3", "f8e4m3b11fnuz")
+# Float8 element types and NVFP4's float4 (its quantize steps and block-scaled GEMMs count
+# alike: low-precision values).
+FLOAT8_TYPES = (
+    "f8e4m3fn", "f8e5m2", "f8e4m3fnuz", "f8e5m2fnuz", "f8e4m3", "f8e4m3b11fnuz", "f4e2m1fn",
+)  # fmt: skip
+# XLA turns jax.nn.scaled_matmul's custom call into a cuDNN fusion on Blackwell GPUs.
+_CUDNN_FUSION = '"kind":"__cudnn$fusion"'
 
 # One HLO instruction: "%name = type[dims]{layout} opcode(operands), attributes"
 # (tuple-typed results start with "(").
@@ -32,14 +45,19 @@ _OPCODE = re.compile(r"\]\S*\s+([a-z][a-z\-]*)\(|\)\s+([a-z][a-z\-]*)\(")
 _COMPUTATION_EDGE = re.compile(
     r"^(\s*ENTRY\b|\s*HloModule\b|\s*%?[\w.\-]+\s*\(.*->.*\{\s*$|\}|\s*\w+\s*\{\s*$)"
 )
+_COMPUTATION_NAME = re.compile(r"^\s*(?:ENTRY\s+)?%?([\w.\-]+)")
+_CALLS = re.compile(r"calls=%?([\w.\-]+)")
 _CALL_TARGET = re.compile(r'custom_call_target="([^"]+)"')
 _GEMM_TARGETS = ("__cublas$gemm", "__cublas$lt$matmul", FP8_GEMM_TARGET)
-# Recipes whose scales vary within an operand, by what one scale covers.
+# Recipes whose scales vary within an operand, by what one scale covers: emulated everywhere.
 EMULATED_RECIPES = {
     "rowwise-gw-hp": "one scale per row",
     "block128": "one power-of-two scale per 128-value tile",
-    "mxfp8": "one power-of-two scale per 32 values",
-    "nvfp4": "two-level scales per 16 values (E4M3 × FP32, E2M1 values)",
+}
+# The block-scaled GEMMs' operands: (values, what one scale covers).
+BLOCK_SCALED_OPERANDS = {
+    "mxfp8": ("E4M3", "one E8M0 scale per 32 values"),
+    "nvfp4": ("E2M1", "one E4M3 scale per 16 values and an FP32 scale per tensor"),
 }
 
 
@@ -70,20 +88,26 @@ def lower_train_step(model, x_batch, y_batch):
 
 
 def _instructions(hlo: str):
-    """(name, result element type, full text) per HLO instruction; attributes printed on
-    continuation lines are joined to their instruction."""
-    current = None
+    """(name, result element type, full text, computation) per HLO instruction; attributes
+    printed on continuation lines are joined to their instruction."""
+    current, computation = None, ""
     for line in hlo.splitlines():
         match = _INSTRUCTION.match(line)
         if match:
             if current:
                 yield current
-            current = [match.group(1), match.group(2).lstrip("("), line]
+            current = [match.group(1), match.group(2).lstrip("("), line, computation]
         elif current and line.strip() and not _COMPUTATION_EDGE.match(line):
             current[2] += " " + line.strip()
-        elif current:
-            yield current
-            current = None
+        else:
+            if current:
+                yield current
+                current = None
+            header = _COMPUTATION_NAME.match(line)
+            if header and line.rstrip().endswith("{"):
+                computation = header.group(1)
+            elif line.strip() == "}":
+                computation = ""
     if current:
         yield current
 
@@ -91,19 +115,31 @@ def _instructions(hlo: str):
 def count_matmuls(hlo: str) -> dict:
     """Matmuls in an optimized HLO module, by how they run.
 
-    fp8_matmuls: cuBLASLt FP8 GEMM calls plus `dot`s whose operands are float8 (e.g. Triton
-    GEMM fusions); other matmuls are grouped by operand types (`dot`) or GEMM library call.
-    float8_values: instructions that produce a float8 tensor (the quantize steps).
+    fp8_matmuls: cuBLASLt FP8 GEMM calls, cuDNN fusions of float8 (float4) operands (block-
+    scaled GEMMs) and `dot`s whose operands are float8 (e.g. Triton GEMM fusions); other
+    matmuls are grouped by operand types (`dot`) or GEMM library call; a cuDNN fusion's own
+    `dot` is not counted again. float8_values: instructions that produce a float8 (float4)
+    tensor (the quantize steps).
     """
     instructions = list(_instructions(hlo))
-    types = {name: dtype for name, dtype, _ in instructions}
+    types = {name: dtype for name, dtype, _, _ in instructions}
+    # What a cuDNN fusion computes is its GEMM: counted once, by the fusion.
+    fused = {
+        c for _, _, text, _ in instructions if _CUDNN_FUSION in text for c in _CALLS.findall(text)
+    }
     fp8_matmuls, others, float8_values = 0, {}, 0
-    for _name, dtype, text in instructions:
+    for _name, dtype, text, computation in instructions:
+        if computation in fused:
+            continue
         if dtype in FLOAT8_TYPES:
             float8_values += 1
         opcode = _OPCODE.search(text)
         opcode = (opcode.group(1) or opcode.group(2)) if opcode else ""
-        if opcode == "custom-call":
+        if opcode == "fusion" and _CUDNN_FUSION in text:
+            operands = re.findall(r"%([\w.\-]+)", text[text.index(" fusion(") :].split(")")[0])
+            if any(types.get(operand) in FLOAT8_TYPES for operand in operands):
+                fp8_matmuls += 1
+        elif opcode == "custom-call":
             target = _CALL_TARGET.search(text)
             target = target.group(1) if target else ""
             if target == FP8_GEMM_TARGET:
@@ -142,10 +178,13 @@ def inspect(model, x_batch, y_batch) -> dict:
         found = count_matmuls(train_step_hlo(model, x_batch, y_batch))
     except Exception as e:
         return {"error": f"{type(e).__name__}: {e}"[:500]}
+    recipe = scaling_recipe(model)
+    if recipe in BLOCK_SCALED_GEMM_RECIPES and not block_scaled_gemm_support()[0]:
+        found["no_block_scaled_gemm"] = block_scaled_gemm_support()[1]
     return {
         **found,
         "backend": jax.devices()[0].platform,
-        "recipe": scaling_recipe(model),
+        "recipe": recipe,
         "seconds": round(time.perf_counter() - started, 3),
     }
 
@@ -182,6 +221,10 @@ def headline(found: dict | None) -> str | None:
     fp8, total = found["fp8_matmuls"], found["matmuls"]
     if found.get("recipe") in EMULATED_RECIPES:
         return f"{found['recipe']} scaling emulated (numerics, not speed)"
+    if found.get("recipe") in BLOCK_SCALED_OPERANDS:
+        if fp8:
+            return f"{found['recipe']} block-scaled GEMMs: {fp8} of {total} matmuls on tensor cores"
+        return f"{found['recipe']} block-scaled GEMMs emulated (numerics, not speed)"
     return f"FP8 GEMMs: {fp8} of {total} matmuls" + (
         " on tensor cores" if fp8 else " (fp8 simulated: numerics, not speed)"
     )
@@ -219,6 +262,24 @@ def verdict(found: dict | None) -> str:
             "XLA's FP8 GEMM rewrite (one scalar scale per operand) does not take, so the values "
             f"are rounded to float8 ({found['float8_values']} float8 conversions) and "
             f"{operands}. It shows the recipe's numerics; no FP8 speed-up is counted for it."
+        )
+    if recipe in BLOCK_SCALED_OPERANDS:
+        values, scope = BLOCK_SCALED_OPERANDS[recipe]
+        if fp8:
+            return (
+                f"{fp8} of the {total} matmuls in the compiled training step run as "
+                f"block-scaled GEMMs (cuDNN: {values} values with {scope}, on tensor cores); "
+                f"the rest ({others or 'none'}) run in higher precision."
+            )
+        why = found.get("no_block_scaled_gemm") or (
+            f"this {str(found.get('backend', 'device')).upper()} has no block-scaled GEMM"
+        )
+        return (
+            f"The {recipe} recipe's GEMMs are block-scaled GEMMs (jax.nn.scaled_matmul: "
+            f"{values} values with {scope}), but {why}, so their definition runs instead: "
+            f"the values times their block scales, multiplied in higher precision ({others}; "
+            f"{found['float8_values']} float8/float4 conversions). It shows the recipe's "
+            "numerics; no speed-up is counted for it."
         )
     if fp8:
         return (

@@ -340,10 +340,12 @@ def _per_gemm_gemm(layer, recipe, training):
             another GEMM quantized it, where that is the same)."""
             equation, axes = layout[gemm]
             (role_a, axes_a), (role_b, axes_b) = axes.items()
-            if recipe in F8_GEMM_RECIPES:
+            if recipe in F8_GEMM_RECIPES or recipe in BLOCK_SCALED_GEMM_RECIPES:
                 result = jnp.result_type(to(a, role_a), to(b, role_b))  # as the einsum below
                 operands = [(a, role_a, axes_a), (b, role_b, axes_b)]
-                return _rowwise_f8_gemm(equation, operands, result)
+                if recipe in F8_GEMM_RECIPES:
+                    return _rowwise_f8_gemm(equation, operands, result)
+                return _block_scaled_gemm(equation, operands, result, recipe, gemm, parts, key)
             b_quantized = qdq(b, gemm, role_b) if b_quantized is None else b_quantized
             return ops.einsum(equation, qdq(a, gemm, role_a), b_quantized)
 
@@ -371,6 +373,8 @@ def _per_gemm_gemm(layer, recipe, training):
 
 # Recipes whose GEMMs multiply the float8 values themselves (_rowwise_f8_gemm).
 F8_GEMM_RECIPES = ("rowwise",)
+# Recipes whose GEMMs are block-scaled GEMMs (_block_scaled_gemm).
+BLOCK_SCALED_GEMM_RECIPES = ("mxfp8", "nvfp4")
 
 
 def _rowwise_f8_gemm(equation: str, operands: list, dtype):
@@ -395,6 +399,84 @@ def _rowwise_f8_gemm(equation: str, operands: list, dtype):
         scale = scale * jnp.expand_dims(s, [i for i, c in enumerate(output) if c not in kept])
     y = jnp.einsum(equation, *values, preferred_element_type=jnp.float32)
     return (y * scale).astype(dtype)
+
+
+def _block_scaled_gemm(equation: str, operands: list, dtype, recipe, gemm, parts, key):
+    """einsum `equation` of two (value, role, (letters, contracted letters)) operands under
+    a block recipe (mxfp8, nvfp4) as a block-scaled GEMM, in `dtype`: each operand's
+    low-precision values and per-block scales (recipes.block_scaled_values) laid out
+    (1, rows, K) with K the contracted axes, multiplied by `scaled_matmul`, then NVFP4's two
+    FP32 tensor scales applied to the output, as the hardware GEMM does."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    output = equation.split("->")[1]
+    values, scales, tensor_scale, kept, kept_shape = [], [], 1.0, "", []
+    for value, role, (letters, contracted) in operands:
+        order, block_dims = _blocked_order(value.ndim, role, (letters, contracted))
+        v, s, t = recipes_lib.block_scaled_values(
+            jnp.transpose(value, order), recipe, role, block_dims, gemm, parts, key
+        )
+        values.append(v[None])
+        scales.append(s[None])
+        tensor_scale = tensor_scale * t
+        # A row is one index of the operand's other axes, in the operand's own order.
+        rows = [c for c in letters if c not in contracted]
+        kept += "".join(rows)
+        kept_shape += [value.shape[letters.index(c)] for c in rows]
+    y = scaled_matmul(*values, *scales)[0].reshape(kept_shape)
+    y = jnp.transpose(y, [kept.index(c) for c in output])
+    return (y * tensor_scale).astype(dtype)
+
+
+def scaled_matmul(lhs, rhs, lhs_scales, rhs_scales):
+    """jax.nn.scaled_matmul where this device has its kernel (cuDNN's block-scaled GEMM on
+    an NVIDIA Blackwell GPU), else its definition: each value times its block's scale, a
+    float32 einsum "bmk,bnk->bmn" (exact products; the sum as any float32 GEMM's)."""
+    import jax  # lazy: jax loads in ~3 s
+    import jax.numpy as jnp
+
+    if block_scaled_gemms_run_here():
+        # The kernel takes the scales in their storage formats: E8M0 (MXFP8), E4M3 (NVFP4).
+        scale_type = jnp.float8_e4m3fn if lhs.dtype == jnp.float4_e2m1fn else jnp.float8_e8m0fnu
+        return jax.nn.scaled_matmul(
+            lhs, rhs, lhs_scales.astype(scale_type), rhs_scales.astype(scale_type)
+        )
+
+    def dequantized(values, scales):
+        block = values.shape[-1] // scales.shape[-1]
+        return values.astype(jnp.float32) * jnp.repeat(scales, block, axis=-1)
+
+    a, b = dequantized(lhs, lhs_scales), dequantized(rhs, rhs_scales)
+    return jnp.einsum("bmk,bnk->bmn", a, b, preferred_element_type=jnp.float32)
+
+
+def block_scaled_gemms_run_here() -> bool:
+    """Whether jax.nn.scaled_matmul runs as a block-scaled GEMM on this process's device:
+    cuDNN has it on NVIDIA GPUs of compute capability 10 and up (Blackwell); XLA lowers it
+    nowhere else (a CPU has no lowering at all)."""
+    return block_scaled_gemm_support()[0]
+
+
+@functools.cache
+def block_scaled_gemm_support() -> tuple[bool, str]:
+    """(runs here, why not): whether this device runs jax.nn.scaled_matmul's block-scaled
+    GEMM, and if not, why, in a few words."""
+    import jax  # lazy: jax loads in ~3 s
+
+    device = jax.devices()[0]
+    if device.platform != "gpu":
+        return False, f"this {device.platform.upper()} has no block-scaled GEMM"
+    capability = str(getattr(device, "compute_capability", "") or "0")
+    if float(capability) < BLOCK_SCALED_COMPUTE_CAPABILITY:
+        return False, (
+            f"this {device.device_kind} (compute capability {capability}) has no block-scaled "
+            f"GEMM: cuDNN runs jax.nn.scaled_matmul from compute capability "
+            f"{BLOCK_SCALED_COMPUTE_CAPABILITY:.0f}.0 (Blackwell)"
+        )
+    return True, ""
+
+
+BLOCK_SCALED_COMPUTE_CAPABILITY = 10.0
 
 
 def _rounding_key(layer, training):

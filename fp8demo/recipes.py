@@ -4,8 +4,9 @@ Keras trains with one recipe, delayed per-tensor scaling. This module answers "w
 the same tensor have looked like under another recipe?": each function takes a float array
 and returns the array after quantizing to the recipe's format and back (float32, same shape).
 They are jax functions, compiled with jax.jit per input shape on first use: they take numpy
-arrays and can be called inside another jitted function (the probe's). `rowwise_values`
-stops before dequantizing: the float8 values and scales a real FP8 GEMM takes (model.py).
+arrays and can be called inside another jitted function (the probe's). `rowwise_values` and
+`block_scaled_values` stop before dequantizing: the low-precision values and scales a real
+FP8 (or FP4) GEMM takes (model.py).
 
     recipe       format                 one scale per                     scale
     delayed      E4M3 fwd, E5M2 grads   tensor                            the run's (Keras)
@@ -355,20 +356,28 @@ def _round_e2m1_stochastically(v, noise):
     return jnp.sign(v) * (low + step * up)
 
 
-def _nvfp4_operand(m, role, gemm, parts: NVFP4Parts, key):
-    """NVFP4 of one GEMM operand (blocked along its last axis) with the recipe's parts."""
+def _nvfp4_prepared(m, role, gemm, parts: NVFP4Parts, key):
+    """(matrix, tile, noise) NVFP4 quantizes one GEMM operand (blocked along its last axis)
+    with, under the recipe's parts: the Hadamard-transformed matrix for wgrad, 16x16 kernel
+    tiles, the stochastic rounding's uniform noise for output gradients (else None)."""
     import jax  # lazy: jax loads in ~3 s
 
     if parts.two_d_weights and role == "kernel":
-        return _nvfp4(m, (HADAMARD_SIZE, HADAMARD_SIZE))
+        return m, (HADAMARD_SIZE, HADAMARD_SIZE), None
     if parts.rht_signs is not None and gemm == "wgrad":
         m = random_hadamard(m, parts.rht_signs)
     if parts.stochastic_rounding and role == "outputs_grad":
         if key is None:
             raise ValueError("NVFP4 stochastic rounding needs a random key")
         noise = jax.random.uniform(jax.random.fold_in(key, GEMMS.index(gemm)), m.shape)
-        return _nvfp4(m, noise=noise)
-    return _nvfp4(m)
+        return m, (1, 16), noise
+    return m, (1, 16), None
+
+
+def _nvfp4_operand(m, role, gemm, parts: NVFP4Parts, key):
+    """NVFP4 of one GEMM operand (blocked along its last axis) with the recipe's parts."""
+    m, tile, noise = _nvfp4_prepared(m, role, gemm, parts, key)
+    return _nvfp4(m, tile, noise)
 
 
 def _on_last_axis(recipe, x, *args):
@@ -545,6 +554,54 @@ def rowwise_values(x, role: str, block_dims: int = 1):
     blocked = range(block_dims) if role == "kernel" else range(rank - block_dims, rank)
     one_per_row = tuple(slice(0, 1) if axis in blocked else slice(None) for axis in range(rank))
     return values, restore(scale)[one_per_row]
+
+
+# Recipes a block-scaled GEMM takes (jax.nn.scaled_matmul): {recipe: values per scale}.
+BLOCK_SCALED = {"mxfp8": 32, "mxfp8-floor": 32, "nvfp4": 16}
+
+
+@_compiled("recipe", "role", "block_dims", "gemm", "nvfp4")
+def block_scaled_values(
+    x, recipe: str, role: str, block_dims: int = 1, gemm="fprop", nvfp4=None, key=None
+):
+    """`quantize(x, recipe, role, ...)` of a BLOCK_SCALED recipe before dequantizing, laid
+    out as a block-scaled GEMM takes an operand: (values, block_scales, tensor_scale).
+
+    values:       (rows, K) in the element format (E4M3; E2M1 for nvfp4), rows being x's
+                  other axes and K its blocked ones as `_to_blocked` orders them (a kernel's
+                  rows are its output channels), K zero-padded to a whole number of blocks;
+    block_scales: (rows, K / block) float32, one per block of each row (a 16x16 kernel tile's
+                  scale repeated on its 16 rows): powers of two for mxfp8 (E8M0), E4M3
+                  values for nvfp4 (NaN for a block holding a NaN: E2M1 has none);
+    tensor_scale: float32 scalar, NVFP4's per-tensor scale (1 for mxfp8).
+
+    Their product is that quantize's matrix (nvfp4: up to float32 rounding).
+    """
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    if recipe not in BLOCK_SCALED:
+        raise ValueError(f"{recipe!r} is not a block recipe; choose from {', '.join(BLOCK_SCALED)}")
+    _check(recipe, role)
+    matrix, _ = _to_blocked(x, role, block_dims)
+    fmt = recipe_format(recipe, role)
+    if recipe == "nvfp4":
+        matrix, tile, noise = _nvfp4_prepared(matrix, role, gemm, nvfp4 or NVFP4Parts(), key)
+        block_scale, tensor_scale = nvfp4_scales(_tile_amax(matrix, *tile))
+        divisor = block_scale * tensor_scale  # what quantize divides by: the same values
+        # E2M1 has no NaN: a NaN scale marks a block holding one, as far as the GEMM's output.
+        holds_nan = _tile_amax(jnp.isnan(matrix).astype(jnp.float32), *tile) > 0
+        block_scale = jnp.where(holds_nan, jnp.nan, block_scale)
+    else:
+        rounding = "floor" if recipe == "mxfp8-floor" else "up"
+        block_scale = power_of_two_scale(_tile_amax(matrix, 1, 32), fmt, rounding)
+        divisor, tensor_scale, noise = block_scale, jnp.float32(1.0), None
+    usable = divisor > 0
+    values = _values(matrix / jnp.where(usable, divisor, 1.0), fmt, noise)
+    values = jnp.where(usable, values, jnp.zeros((), values.dtype))
+    block = BLOCK_SCALED[recipe]
+    pad = -matrix.shape[1] % block  # zero values in a partial block add nothing to a sum
+    values = jnp.pad(values, ((0, 0), (0, pad)))
+    return values, block_scale[:, ::block], tensor_scale  # each block's first column
 
 
 @_compiled("recipe", "role", "block_dims")

@@ -464,8 +464,8 @@ if not problems:
             "if XLA runs the float8 layers as FP8 GEMMs. After its fit, each float8 run says "
             "how many of its matmuls did (Live card, Results), and Results compares the training "
             "speed of fp8 with bf16 (and of every other precision). fp8-current and fp8-rowwise "
-            "can run FP8 GEMMs; the other recipes (fp8-rowwise-gw-hp, fp8-block128, mxfp8, "
-            "nvfp4) are emulated: numerics, not speed."
+            "can run FP8 GEMMs, mxfp8 and nvfp4 block-scaled GEMMs on a Blackwell GPU; "
+            "fp8-rowwise-gw-hp and fp8-block128 are emulated: numerics, not speed."
             + (
                 " On this CPU fp8 is simulated: it shows fp8's numerics, never a speed-up."
                 if platform != "gpu"

@@ -134,3 +134,53 @@ def test_inspection_failure_is_reported_not_raised():
     assert compiled.headline(found) is None
     assert compiled.verdict(found).startswith("The compiled training step could not be inspected")
     assert compiled.verdict(None).startswith("The compiled training step has not been inspected")
+
+
+# jax.nn.scaled_matmul as XLA compiles it on a Blackwell GPU: a cuDNN fusion of E4M3 values
+# and E8M0 scales whose computation dequantizes and holds the dot.
+BLOCK_SCALED_HLO = """HloModule jit_train_step
+
+%block_scaled_dot (lhs: f8e4m3fn[1,64,32], rhs: f8e4m3fn[1,16,32], ls: f8e8m0fnu[1,64,1], \
+rs: f8e8m0fnu[1,16,1]) -> f32[1,64,16] {
+  %lhs = f8e4m3fn[1,64,32]{2,1,0} parameter(0)
+  %rhs = f8e4m3fn[1,16,32]{2,1,0} parameter(1)
+  %ls = f8e8m0fnu[1,64,1]{2,1,0} parameter(2)
+  %rs = f8e8m0fnu[1,16,1]{2,1,0} parameter(3)
+  %a = f32[1,64,32]{2,1,0} convert(%lhs)
+  %b = f32[1,16,32]{2,1,0} convert(%rhs)
+  ROOT %dot.1 = f32[1,64,16]{2,1,0} dot(%a, %b), lhs_batch_dims={0}, rhs_batch_dims={0}
+}
+
+ENTRY %main (x: bf16[64,32], w: bf16[16,32]) -> f32[1,64,16] {
+  %x = bf16[64,32]{1,0} parameter(0)
+  %w = bf16[16,32]{1,0} parameter(1)
+  %xq = f8e4m3fn[1,64,32]{2,1,0} convert(%x)
+  %wq = f8e4m3fn[1,16,32]{2,1,0} convert(%w)
+  %xs = f8e8m0fnu[1,64,1]{2,1,0} constant({...})
+  %ws = f8e8m0fnu[1,16,1]{2,1,0} constant({...})
+  %dot.2 = bf16[64,16]{1,0} dot(%x, %w), lhs_contracting_dims={1}, rhs_contracting_dims={1}
+  ROOT %fusion.3 = f32[1,64,16]{2,1,0} fusion(%xq, %wq, %xs, %ws), kind=kCustom, \
+calls=%block_scaled_dot, backend_config={"operation_queue_id":"0",\
+"fusion_backend_config":{"kind":"__cudnn$fusion"}}
+}
+"""
+
+
+def test_counts_a_cudnn_block_scaled_gemm_once():
+    """The fusion is one block-scaled GEMM of float8 operands; the dot inside it is not
+    counted again, nor are its computation's parameters as float8 values."""
+    found = compiled.count_matmuls(BLOCK_SCALED_HLO)
+    assert found == {
+        "matmuls": 2,
+        "fp8_matmuls": 1,
+        "float8_values": 2,
+        "other_matmuls": {"bf16": 1},
+    }
+    text = compiled.verdict({**found, "backend": "gpu", "recipe": "mxfp8"})
+    assert text.startswith("1 of the 2 matmuls in the compiled training step run as block-scaled")
+    # Reading bf16 values instead, the same fusion is no low-precision GEMM.
+    plain = BLOCK_SCALED_HLO.replace(
+        "f8e4m3fn[1,64,32]{2,1,0} convert", "bf16[1,64,32]{2,1,0} convert"
+    )
+    plain = plain.replace("f8e4m3fn[1,16,32]{2,1,0} convert", "bf16[1,16,32]{2,1,0} convert")
+    assert compiled.count_matmuls(plain)["fp8_matmuls"] == 0

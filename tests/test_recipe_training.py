@@ -187,8 +187,9 @@ def test_each_recipe_precision_is_the_fp8_model_with_its_recipe():
 
 
 def test_only_per_tensor_recipes_claim_the_fp8_gemms_counted():
-    """On a GPU the count decides for per-tensor scales; block recipes stay emulated even if
-    float8 operands reach a dot."""
+    """On a GPU the count decides for per-tensor scales (and for the block-scaled GEMMs,
+    test_block_scaled_gemm); emulated recipes stay emulated even if float8 operands reach a
+    dot."""
     found = {
         "matmuls": 29,
         "fp8_matmuls": 20,
@@ -263,6 +264,11 @@ def test_all_six_train_and_are_recorded(six):
             assert "no FP8 speed-up is counted" in text
             assert not compiled.runs_fp8_gemms(found)
             assert compiled.headline(found) == f"{recipe} scaling emulated (numerics, not speed)"
+        elif recipe in compiled.BLOCK_SCALED_OPERANDS and not found["fp8_matmuls"]:
+            assert text.startswith(f"The {recipe} recipe's GEMMs are block-scaled GEMMs")
+            assert found["no_block_scaled_gemm"] in text and not compiled.runs_fp8_gemms(found)
+            if backend() == "cpu":
+                assert "this CPU has no block-scaled GEMM" in text
         elif backend() == "cpu":  # per-tensor scales: the count decides; none on a CPU
             assert found["fp8_matmuls"] == 0 and text.startswith("None of the")
 
@@ -303,7 +309,12 @@ def test_all_six_show_live_and_in_results(six, monkeypatch):
     legend = {t["name"]: t["line"]["color"] for t in loss["data"] if t["name"] in ALL_SIX}
     assert legend == {p: charts.color(p) for p in ALL_SIX}
     assert len(set(legend.values())) == 6  # one colour each
-    assert "mxfp8 scaling emulated (numerics, not speed)" in [c.value for c in live.caption]
+    captions = [c.value for c in live.caption]
+    assert "block128 scaling emulated (numerics, not speed)" in captions
+    mxfp8 = six["store"].run(six["run_ids"]["mxfp8"])["summary"]["compiled_step"]
+    assert compiled.headline(mxfp8).startswith("mxfp8 block-scaled GEMMs") and (
+        compiled.headline(mxfp8) in captions
+    )
 
     results = AppTest.from_file(os.path.join(root, "pages/results.py"), default_timeout=60)
     results.query_params["comparison"] = cid

@@ -30,9 +30,9 @@ F8_DOT = re.compile(
 )
 
 
-def rowwise_layer(name, dtype, kernel):
+def rowwise_layer(name, dtype, kernel, recipe="rowwise", config=None):
     """`LAYERS[name]` (a Dense layer for "dense", else an EinsumDense) in `dtype`, quantized
-    by Keras and switched to the rowwise recipe, with the given kernel."""
+    by Keras and switched to `recipe` (with `config`'s nvfp4 parts), with the given kernel."""
     import keras
 
     equation, input_shape, kernel_shape, grad_shape = LAYERS[name]
@@ -48,7 +48,7 @@ def rowwise_layer(name, dtype, kernel):
         warnings.simplefilter("ignore", UserWarning)
         model.quantize("float8")
     layer._kernel.assign(kernel)
-    model_lib.use_recipe(model, "rowwise")
+    model_lib.use_recipe(model, recipe, config)
     return layer
 
 
@@ -70,11 +70,12 @@ def training_step(layer):
 
 
 def run(layer, x, dy, emulated: bool, monkeypatch):
-    """(y, dx, dkernel) as float32 numpy arrays, from the f8 x f8 GEMMs or, `emulated`, from
-    the quantize-dequantize GEMMs every other per-GEMM recipe runs."""
+    """(y, dx, dkernel) as float32 numpy arrays, from the low-precision GEMMs (f8 x f8,
+    block-scaled) or, `emulated`, from quantize-dequantize GEMMs (block128's, for one)."""
     with monkeypatch.context() as patch:
         if emulated:
             patch.setattr(model_lib, "F8_GEMM_RECIPES", ())
+            patch.setattr(model_lib, "BLOCK_SCALED_GEMM_RECIPES", ())
         trainable = [v.value for v in layer.trainable_variables]
         results = jax.jit(training_step(layer))(trainable, x, dy)
         return [np.asarray(r.astype("float32")) for r in results]
