@@ -22,6 +22,7 @@ Prints
 
     nice -n 15 .venv/bin/python benchmarks/recipe_breaks.py --seeds 3
     .venv/bin/python benchmarks/recipe_breaks.py --quick            # a smoke run
+    ... --home DIR --precision bf16,mxfp8 --rerun mxfp8              # mxfp8 again, paired
 
 The settings are the preset "Where delayed scaling breaks"; any setting changes with its CLI
 flag as for `python -m fp8demo train` (`--lr 3e-3`, `--precision bf16,fp8`). `--home DIR`
@@ -82,6 +83,12 @@ def parse_args(argv=None):
         type=float,
         default=0.10,
         help="accuracy fell: validation accuracy this far below bf16's (fraction)",
+    )
+    parser.add_argument(
+        "--rerun",
+        default="",
+        help="precisions to train again although the store holds them (after a code change); "
+        "the latest run of each counts",
     )
     parser.add_argument("--json", default="")
     for flag, options in config_lib.cli_flags():
@@ -148,13 +155,14 @@ def validation_tracker(x, y, every: int, chunk: int = 64):
     return ValidationTracker()
 
 
-def train_seed(store, config, seed: int, rotation: int, val_every: int, val_reviews: int):
+def train_seed(store, config, seed: int, rotation: int, val_every: int, val_reviews: int, rerun=()):
     """Train one comparison at `seed`, its precisions rotated by `rotation`, leaving out those
-    the store holds a finished run of already (a stopped experiment resumes)."""
+    the store holds a finished run of already (a stopped experiment resumes) unless `rerun`
+    names them."""
     from fp8demo import tokenizer, worker
 
     done = collect(store, config)
-    missing = [p for p in config.precisions if seed not in done.get(p, {})]
+    missing = [p for p in config.precisions if seed not in done.get(p, {}) or p in rerun]
     if not missing:
         return
     order = missing[rotation % len(missing) :] + missing[: rotation % len(missing)]
@@ -511,7 +519,8 @@ def main(argv=None):
     store = Store(home)
     try:
         for k in range(args.seeds):
-            train_seed(store, config, config.seed + k, k, val_every, args.val_reviews)
+            rerun = [p.strip() for p in args.rerun.split(",") if p.strip()]
+            train_seed(store, config, config.seed + k, k, val_every, args.val_reviews, rerun)
         print(f"load average after: {_common.load_average()}")
         _common.write_json(args.json, report(store, config, args.margin))
     finally:
