@@ -435,7 +435,7 @@ def scaled_matmul(lhs, rhs, lhs_scales, rhs_scales):
     import jax  # lazy: jax loads in ~3 s
     import jax.numpy as jnp
 
-    if block_scaled_gemms_run_here():
+    if block_scaled_gemm_support()[0]:
         # The kernel takes the scales in their storage formats: E8M0 (MXFP8), E4M3 (NVFP4).
         scale_type = jnp.float8_e4m3fn if lhs.dtype == jnp.float4_e2m1fn else jnp.float8_e8m0fnu
         return jax.nn.scaled_matmul(
@@ -450,17 +450,15 @@ def scaled_matmul(lhs, rhs, lhs_scales, rhs_scales):
     return jnp.einsum("bmk,bnk->bmn", a, b, preferred_element_type=jnp.float32)
 
 
-def block_scaled_gemms_run_here() -> bool:
-    """Whether jax.nn.scaled_matmul runs as a block-scaled GEMM on this process's device:
-    cuDNN has it on NVIDIA GPUs of compute capability 10 and up (Blackwell); XLA lowers it
-    nowhere else (a CPU has no lowering at all)."""
-    return block_scaled_gemm_support()[0]
+# cuDNN runs jax.nn.scaled_matmul's block-scaled GEMM from Blackwell on; XLA lowers it for no
+# other NVIDIA GPU and no CPU.
+BLOCK_SCALED_COMPUTE_CAPABILITY = 10.0
 
 
 @functools.cache
 def block_scaled_gemm_support() -> tuple[bool, str]:
-    """(runs here, why not): whether this device runs jax.nn.scaled_matmul's block-scaled
-    GEMM, and if not, why, in a few words."""
+    """(runs here, why not): whether this process's device runs jax.nn.scaled_matmul's
+    block-scaled GEMM, and if not, why, in a few words."""
     import jax  # lazy: jax loads in ~3 s
 
     device = jax.devices()[0]
@@ -474,9 +472,6 @@ def block_scaled_gemm_support() -> tuple[bool, str]:
             f"{BLOCK_SCALED_COMPUTE_CAPABILITY:.0f}.0 (Blackwell)"
         )
     return True, ""
-
-
-BLOCK_SCALED_COMPUTE_CAPABILITY = 10.0
 
 
 def _rounding_key(layer, training):

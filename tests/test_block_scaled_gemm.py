@@ -152,7 +152,7 @@ def test_the_lowered_step_multiplies_block_scaled_operands(recipe, element, monk
     # A (1, rows, K) operand of scaled_matmul, widened for the dot off Blackwell.
     widened = re.compile(rf"stablehlo\.convert %\S+ : \(tensor<1x\d+x\d+x{element}>\)")
     text = lowered()
-    if model_lib.block_scaled_gemms_run_here():
+    if model_lib.block_scaled_gemm_support()[0]:
         assert text.count("__op$block_scaled_dot") == 3
     else:
         assert len(widened.findall(text)) == 6  # two operands x fprop, dgrad, wgrad
