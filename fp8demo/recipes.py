@@ -186,12 +186,21 @@ def _tile_amax(m, rows: int | None, cols: int | None):
     n_rows, n_cols = m.shape
     rows = max(1, min(rows or n_rows, n_rows))
     cols = max(1, min(cols or n_cols, n_cols))
-    padded_rows, padded_cols = -(-n_rows // rows) * rows, -(-n_cols // cols) * cols
+    amax = _tile_grid_amax(m, rows, cols)
+    amax = jnp.repeat(jnp.repeat(amax, rows, axis=0), cols, axis=1)
+    return amax[:n_rows, :n_cols]
+
+
+def _tile_grid_amax(m, rows: int, cols: int):
+    """The amax over the finite values of each rows x cols tile of matrix `m`, one per tile
+    (the last ones partial: zero padding leaves their amax unchanged)."""
+    import jax.numpy as jnp  # lazy: jax loads in ~3 s
+
+    n_rows, n_cols = m.shape
     magnitude = jnp.where(jnp.isfinite(m), jnp.abs(m), 0.0)
-    magnitude = jnp.pad(magnitude, ((0, padded_rows - n_rows), (0, padded_cols - n_cols)))
-    tiles = magnitude.reshape(padded_rows // rows, rows, padded_cols // cols, cols)
-    amax = jnp.broadcast_to(tiles.max(axis=(1, 3), keepdims=True), tiles.shape)
-    return amax.reshape(padded_rows, padded_cols)[:n_rows, :n_cols]
+    magnitude = jnp.pad(magnitude, ((0, -n_rows % rows), (0, -n_cols % cols)))
+    tiles = magnitude.reshape(-(-n_rows // rows), rows, -(-n_cols // cols), cols)
+    return tiles.max(axis=(1, 3))
 
 
 def _fitting_scale(amax, fmt: Format):
@@ -583,25 +592,35 @@ def block_scaled_values(
         raise ValueError(f"{recipe!r} is not a block recipe; choose from {', '.join(BLOCK_SCALED)}")
     _check(recipe, role)
     matrix, _ = _to_blocked(x, role, block_dims)
-    fmt = recipe_format(recipe, role)
+    fmt, block = recipe_format(recipe, role), BLOCK_SCALED[recipe]
+    tile, noise, tensor_scale = (1, block), None, jnp.float32(1.0)
     if recipe == "nvfp4":
         matrix, tile, noise = _nvfp4_prepared(matrix, role, gemm, nvfp4 or NVFP4Parts(), key)
-        block_scale, tensor_scale = nvfp4_scales(_tile_amax(matrix, *tile))
-        divisor = block_scale * tensor_scale  # what quantize divides by: the same values
-        # E2M1 has no NaN: a NaN scale marks a block holding one, as far as the GEMM's output.
-        holds_nan = _tile_amax(jnp.isnan(matrix).astype(jnp.float32), *tile) > 0
-        block_scale = jnp.where(holds_nan, jnp.nan, block_scale)
+    # The scales are computed per tile, not per value as quantize does: the same numbers, a
+    # block's worth fewer of them.
+    amax = _tile_grid_amax(matrix, *tile)
+    if recipe == "nvfp4":
+        block_scale, tensor_scale = nvfp4_scales(amax)
     else:
         rounding = "floor" if recipe == "mxfp8-floor" else "up"
-        block_scale = power_of_two_scale(_tile_amax(matrix, 1, 32), fmt, rounding)
-        divisor, tensor_scale, noise = block_scale, jnp.float32(1.0), None
-    usable = divisor > 0
-    values = _values(matrix / jnp.where(usable, divisor, 1.0), fmt, noise)
-    values = jnp.where(usable, values, jnp.zeros((), values.dtype))
-    block = BLOCK_SCALED[recipe]
-    pad = -matrix.shape[1] % block  # zero values in a partial block add nothing to a sum
-    values = jnp.pad(values, ((0, 0), (0, pad)))
-    return values, block_scale[:, ::block], tensor_scale  # each block's first column
+        block_scale = power_of_two_scale(amax, fmt, rounding)
+    divisor = block_scale * tensor_scale  # what quantize divides by: the same values
+
+    def per_value(scales):  # a tile's scale on each of its values, K padded to whole blocks
+        scales = jnp.repeat(scales, tile[0], axis=0)[: matrix.shape[0]]
+        return scales, jnp.repeat(scales, block, axis=1)
+
+    (block_scale, _), (divisor, divisor_per_value) = per_value(block_scale), per_value(divisor)
+    pad = ((0, 0), (0, -matrix.shape[1] % block))  # zero values add nothing to a GEMM's sum
+    if noise is not None:
+        noise = jnp.pad(noise, pad)
+    usable = divisor_per_value > 0
+    scaled = jnp.pad(matrix, pad) / jnp.where(usable, divisor_per_value, 1.0)
+    values = jnp.where(usable, _values(scaled, fmt, noise), jnp.zeros((), fmt.dtype))
+    if recipe == "nvfp4":  # E2M1 has no NaN: a NaN scale carries a block's NaN to the GEMM
+        holds_nan = _tile_grid_amax(jnp.isnan(matrix).astype(jnp.float32), *tile) > 0
+        block_scale = jnp.where(per_value(holds_nan)[0], jnp.nan, block_scale)
+    return values, block_scale, tensor_scale
 
 
 @_compiled("recipe", "role", "block_dims")
