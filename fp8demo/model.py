@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 
 import fp8demo.env  # noqa: F401
-from fp8demo import fp8
+from fp8demo import fp8, gemms
 from fp8demo import recipes as recipes_lib
 from fp8demo.config import FLOAT8_PRECISIONS, HEAD, RECIPE_PRECISIONS, TrainConfig
 
@@ -279,7 +279,7 @@ def _per_tensor_gemm(layer, recipe, training):
     pass straight through), then an identity whose backward quantizes the output gradient."""
     from keras import ops  # lazy: keras loads in ~3 s
 
-    axes = recipes_lib.operand_axes(layer)
+    axes = gemms.operand_axes(layer)
     equation = getattr(layer, "equation", None)
 
     def quantized_operand(role):
@@ -315,7 +315,7 @@ def _per_tensor_gemm(layer, recipe, training):
 def _per_gemm_gemm(layer, recipe, training):
     """Y = X·W whose three GEMMs each quantize their operands along that GEMM's contraction
     axes, as Transformer Engine and torchao do: fprop X·W along K, dgrad dY·Wᵀ along N, wgrad
-    Xᵀ·dY along M (recipes.gemm_layout). A per-row or per-block scale differs between the two
+    Xᵀ·dY along M (gemms.gemm_layout). A per-row or per-block scale differs between the two
     GEMMs a tensor feeds, so the backward quantizes X, W and dY afresh (a custom gradient).
     The recipes of F8_GEMM_RECIPES multiply float8 values; the others dequantized ones."""
     import jax.numpy as jnp  # lazy: jax loads in ~3 s
@@ -326,7 +326,7 @@ def _per_gemm_gemm(layer, recipe, training):
 
     @ops.custom_gradient
     def matmul(x, kernel, x_scale, x_history, k_scale, k_history, g_scale, g_history):
-        layout = recipes_lib.gemm_layout(getattr(layer, "equation", None), len(x.shape))
+        layout = gemms.gemm_layout(getattr(layer, "equation", None), len(x.shape))
 
         def to(value, role):  # the dtype an operand is quantize-dequantized to
             return value.dtype if role == "outputs_grad" else dtype

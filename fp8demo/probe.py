@@ -30,7 +30,7 @@ import math
 
 import numpy as np
 
-from fp8demo import block_scales, fp8
+from fp8demo import block_scales, fp8, gemms
 from fp8demo import recipes as recipes_lib
 from fp8demo.fp8 import ROLES
 
@@ -67,10 +67,10 @@ def tensor_stats(values, scale, role):
 
 def contraction_layout(layer) -> dict:
     """{role: (axis letters, letters a block runs along, blocks lead)} for one float8 layer:
-    recipes.operand_axes, with kernels blocked along their leading (K) axes."""
+    gemms.operand_axes, with kernels blocked along their leading (K) axes."""
     return {
         role: (letters, blocked, role == "kernel")
-        for role, (letters, blocked) in recipes_lib.operand_axes(layer).items()
+        for role, (letters, blocked) in gemms.operand_axes(layer).items()
     }
 
 
@@ -78,7 +78,7 @@ def second_gemm_layout(layer, inputs_rank: int) -> dict:
     """{role: (axis letters, letters a block runs along, blocks lead)} of each tensor in the
     other GEMM that uses it (recipes.ROLE_GEMMS): inputs and output gradients in wgrad,
     blocked along the tokens M; the kernel in dgrad, blocked along N."""
-    layout = recipes_lib.gemm_layout(getattr(layer, "equation", None), inputs_rank)
+    layout = gemms.gemm_layout(getattr(layer, "equation", None), inputs_rank)
     return {
         role: (*layout[gemms[1]][1][role], role == "kernel")
         for role, gemms in recipes_lib.ROLE_GEMMS.items()

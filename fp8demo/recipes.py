@@ -33,7 +33,7 @@ axes form that dimension (an EinsumDense may contract over two). A shape that th
 not divide gets a partial last block whose scale comes from its own values (zero padding).
 A layer runs three GEMMs (fprop X·W, dgrad dY·Wᵀ, wgrad Xᵀ·dY) and each quantizes its
 operands along its own contraction axes, so the caller moves those axes where these
-functions block: `gemm_layout` names them for a layer's einsum (the kernel along N in dgrad,
+functions block: `gemms.gemm_layout` names them for a layer's einsum (the kernel along N in dgrad,
 inputs and output gradients along the tokens M in wgrad); a 128x128 kernel tile is the same
 tile either way round.
 
@@ -87,7 +87,7 @@ GEMM_OPERANDS = {
     "dgrad": ("outputs_grad", "kernel"),
     "wgrad": ("inputs", "outputs_grad"),
 }
-# The two GEMMs each tensor feeds; `operand_axes` blocks it as the first does.
+# The two GEMMs each tensor feeds; `gemms.operand_axes` blocks it as the first does.
 ROLE_GEMMS = {
     "inputs": ("fprop", "wgrad"),
     "kernel": ("fprop", "dgrad"),
@@ -653,65 +653,3 @@ def what_if(x, recipe: str, role: str, delayed_scale=None, block_dims: int = 1) 
         "saturation_pct": (100 * saturation).astype(jnp.float32),
         "snr_db": snr.astype(jnp.float32),
     }
-
-
-def operand_axes(layer) -> dict:
-    """{role: (its axis letters, the letters its blocks run along)} of a float8 layer, as the
-    forward GEMM and the input-gradient GEMM block them (what the probe measures).
-
-    Blocks run along what a matmul contracts: for inputs and kernel the contracted axes, for
-    the output gradient the kernel's output axes (the input-gradient matmul contracts those).
-    A Dense layer reads as the einsum "...a,ab->...b"; "..." stands for unblocked axes.
-    """
-    equation = getattr(layer, "equation", None) or DENSE_EQUATION
-    inputs, rest = equation.split(",")
-    kernel, outputs = rest.split("->")
-    contracted = "".join(c for c in kernel if c in inputs and c not in outputs)
-    return {
-        "inputs": (inputs, contracted),
-        "kernel": (kernel, contracted),
-        "outputs_grad": (outputs, "".join(c for c in kernel if c not in contracted)),
-    }
-
-
-DENSE_EQUATION = "...a,ab->...b"
-
-
-def gemm_layout(equation: str | None, inputs_rank: int) -> dict:
-    """The three GEMMs of a float8 layer computing `equation` ("inputs,kernel->outputs"; None:
-    a Dense layer) on inputs of rank `inputs_rank`:
-
-        {gemm: (einsum equation, {role: (axis letters, letters contracted in that GEMM)})}
-
-    fprop contracts K (in inputs and kernel, not outputs), dgrad N (in outputs and kernel,
-    not inputs), wgrad M (in inputs and outputs, not kernel: the tokens). The ellipsis is
-    spelled out in capital letters so that each GEMM's einsum can name every axis.
-    """
-    i, k, o = _explicit(equation or DENSE_EQUATION, inputs_rank)
-    stray = [c for c in i if c not in k + o] + [c for c in k if c not in i + o]
-    if stray:
-        raise ValueError(f"einsum {equation!r} sums axes {''.join(stray)} of one operand alone")
-
-    def contracted(first, second, other, order):
-        return "".join(c for c in order if c in first and c in second and c not in other)
-
-    k_axes, n_axes, m_axes = contracted(i, k, o, k), contracted(o, k, i, k), contracted(i, o, k, i)
-    return {
-        "fprop": (f"{i},{k}->{o}", {"inputs": (i, k_axes), "kernel": (k, k_axes)}),
-        "dgrad": (f"{o},{k}->{i}", {"outputs_grad": (o, n_axes), "kernel": (k, n_axes)}),
-        "wgrad": (f"{i},{o}->{k}", {"inputs": (i, m_axes), "outputs_grad": (o, m_axes)}),
-    }
-
-
-def _explicit(equation: str, inputs_rank: int) -> tuple[str, str, str]:
-    """(inputs, kernel, outputs) letters of `equation` with "..." replaced by fresh capitals."""
-    inputs, rest = equation.replace(" ", "").split(",")
-    kernel, outputs = rest.split("->")
-    if "..." in kernel:
-        raise ValueError(f"einsum {equation!r}: a kernel with '...' is not a float8 layer's")
-    named = len(inputs.replace("...", ""))
-    if "..." not in inputs and named != inputs_rank:
-        raise ValueError(f"einsum {equation!r} does not fit inputs of rank {inputs_rank}")
-    fresh = "".join(c for c in "ABCDEFGHIJKLMNOPQRSTUVWXYZ" if c not in equation)
-    ellipsis = fresh[: max(inputs_rank - named, 0)]
-    return inputs.replace("...", ellipsis), kernel, outputs.replace("...", ellipsis)

@@ -19,8 +19,8 @@ import pytest
 from test_recipes import current_rule, power_of_two_rule, round_to_format
 
 import fp8demo.env  # noqa: F401
+from fp8demo import gemms, recipes
 from fp8demo import model as model_lib
-from fp8demo import recipes
 from fp8demo.config import RECIPE_PRECISIONS
 from fp8demo.recipes import E4M3, E5M2
 
@@ -250,22 +250,22 @@ def test_rowwise_is_torchaos_recipe_e4m3_with_power_of_two_scales():
 
 
 def test_gemm_layout_names_each_gemms_contraction_axes():
-    dense = recipes.gemm_layout(None, 3)  # "...a,ab->...b" on (batch, tokens, features)
+    dense = gemms.gemm_layout(None, 3)  # "...a,ab->...b" on (batch, tokens, features)
     assert dense == {
         "fprop": ("ABa,ab->ABb", {"inputs": ("ABa", "a"), "kernel": ("ab", "a")}),
         "dgrad": ("ABb,ab->ABa", {"outputs_grad": ("ABb", "b"), "kernel": ("ab", "b")}),
         "wgrad": ("ABa,ABb->ab", {"inputs": ("ABa", "AB"), "outputs_grad": ("ABb", "AB")}),
     }
-    query = recipes.gemm_layout("abc,cde->abde", 3)
+    query = gemms.gemm_layout("abc,cde->abde", 3)
     assert query["dgrad"] == (
         "abde,cde->abc",
         {"outputs_grad": ("abde", "de"), "kernel": ("cde", "de")},
     )
     assert query["wgrad"][1]["inputs"] == ("abc", "ab")
     with pytest.raises(ValueError, match="sums axes x of one operand alone"):
-        recipes.gemm_layout("abx,bc->ac", 3)
+        gemms.gemm_layout("abx,bc->ac", 3)
     with pytest.raises(ValueError, match="does not fit inputs of rank 2"):
-        recipes.gemm_layout("abc,cd->abd", 2)
+        gemms.gemm_layout("abc,cd->abd", 2)
     with pytest.raises(ValueError, match="unknown GEMM 'bprop'"):
         recipes.quantize(np.ones((2, 4), np.float32), "rowwise", "inputs", gemm="bprop")
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import backend, train_comparison
 
 import fp8demo.env  # noqa: F401
-from fp8demo import compiled, recipes
+from fp8demo import compiled, gemms, recipes
 from fp8demo import model as model_lib
 from fp8demo.config import RECIPE_PRECISIONS, ConfigError, TrainConfig
 
@@ -88,7 +88,7 @@ def test_operands_are_quantized_in_blocks_along_what_the_matmul_contracts(
 
     rng = np.random.default_rng(3)
     x = varied(rng, shape)
-    axes = recipes.operand_axes(SimpleNamespace(equation=equation))[role]
+    axes = gemms.operand_axes(SimpleNamespace(equation=equation))[role]
     # Compiled, as in a training step (eager op-by-op rounding can differ in the last bit).
     got = np.asarray(jax.jit(lambda x: model_lib.recipe_qdq(x, recipe, role, axes, "float32"))(x))
     moved, block_dims = blocked(x)
