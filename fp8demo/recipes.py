@@ -33,9 +33,9 @@ axes form that dimension (an EinsumDense may contract over two). A shape that th
 not divide gets a partial last block whose scale comes from its own values (zero padding).
 A layer runs three GEMMs (fprop X·W, dgrad dY·Wᵀ, wgrad Xᵀ·dY) and each quantizes its
 operands along its own contraction axes, so the caller moves those axes where these
-functions block: `gemms.gemm_layout` names them for a layer's einsum (the kernel along N in dgrad,
-inputs and output gradients along the tokens M in wgrad); a 128x128 kernel tile is the same
-tile either way round.
+functions block: `gemms.gemm_layout` names them for a layer's einsum (the kernel along N in
+dgrad, inputs and output gradients along the tokens M in wgrad); a 128x128 kernel tile is the
+same tile either way round.
 
 Non-finite input. Scales come from the finite values only, so one inf or NaN does not change
 how the rest of its block is quantized. NaN stays NaN; ±inf saturates to ±fmax x scale and
@@ -606,11 +606,11 @@ def block_scaled_values(
         block_scale = power_of_two_scale(amax, fmt, rounding)
     divisor = block_scale * tensor_scale  # what quantize divides by: the same values
 
-    def per_value(scales):  # a tile's scale on each of its values, K padded to whole blocks
-        scales = jnp.repeat(scales, tile[0], axis=0)[: matrix.shape[0]]
-        return scales, jnp.repeat(scales, block, axis=1)
+    def per_row(scales):  # a 16x16 tile's scale on each of its 16 rows
+        return jnp.repeat(scales, tile[0], axis=0)[: matrix.shape[0]]
 
-    (block_scale, _), (divisor, divisor_per_value) = per_value(block_scale), per_value(divisor)
+    block_scale, divisor = per_row(block_scale), per_row(divisor)
+    divisor_per_value = jnp.repeat(divisor, block, axis=1)  # K padded to whole blocks
     pad = ((0, 0), (0, -matrix.shape[1] % block))  # zero values add nothing to a GEMM's sum
     if noise is not None:
         noise = jnp.pad(noise, pad)
@@ -619,7 +619,7 @@ def block_scaled_values(
     values = jnp.where(usable, _values(scaled, fmt, noise), jnp.zeros((), fmt.dtype))
     if recipe == "nvfp4":  # E2M1 has no NaN: a NaN scale carries a block's NaN to the GEMM
         holds_nan = _tile_grid_amax(jnp.isnan(matrix).astype(jnp.float32), *tile) > 0
-        block_scale = jnp.where(per_value(holds_nan)[0], jnp.nan, block_scale)
+        block_scale = jnp.where(per_row(holds_nan), jnp.nan, block_scale)
     return values, block_scale, tensor_scale
 
 
